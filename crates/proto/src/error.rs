@@ -1,0 +1,130 @@
+//! Error codes: the machine-readable half of every error reply and `bye` event.
+//!
+//! Each code pairs with a sentence chosen by the server at the moment of the error (naming the
+//! user, the limit, ...), so a person can act on it; programs branch on the code alone.
+
+use serde::{Deserialize, Serialize};
+
+/// Why a request failed or why the server is closing the connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The client offered no protocol version the server speaks. Closes the connection.
+    UnsupportedVersion,
+    /// A request other than `hello` came before signing in. Closes the connection.
+    HandshakeRequired,
+    /// The client did not sign in within the handshake timeout. Closes the connection.
+    HandshakeTimeout,
+    /// A second `hello` on a connection that is already signed in.
+    AlreadySignedIn,
+    /// The user name breaks the naming rules. Closes the connection.
+    InvalidName,
+    /// Someone online already uses this name (compared without regard to case). Closes the connection.
+    NameTaken,
+    /// The server holds its maximum number of connections. Closes the connection.
+    ServerFull,
+    /// A request's JSON is not an object of the expected shape for its type.
+    BadRequest,
+    /// The request's `type` is not one this server knows.
+    UnknownRequest,
+    /// The user named in a request is not online.
+    NotFound,
+    /// The room name breaks the naming rules, or no such room exists.
+    InvalidRoom,
+    /// The request names a room the client is not in.
+    NotInRoom,
+    /// The client is already in the most rooms allowed.
+    TooManyRooms,
+    /// The message text is empty or only whitespace.
+    EmptyText,
+    /// The message text is longer than the limit.
+    TextTooLong,
+    /// A frame could not be decoded. Closes the connection.
+    BadFrame,
+    /// A frame was longer than the limit. Closes the connection.
+    FrameTooLarge,
+    /// The client fell too far behind reading what the server sent. Closes the connection.
+    TooSlow,
+    /// Nothing was heard from the client for the keepalive timeout. Closes the connection.
+    Timeout,
+    /// The server is shutting down. Closes the connection.
+    Shutdown,
+    /// A code this build does not know (sent by a newer peer).
+    #[serde(other)]
+    Unknown,
+}
+
+impl ErrorCode {
+    /// The code as it appears on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::UnsupportedVersion => "unsupported_version",
+            Self::HandshakeRequired => "handshake_required",
+            Self::HandshakeTimeout => "handshake_timeout",
+            Self::AlreadySignedIn => "already_signed_in",
+            Self::InvalidName => "invalid_name",
+            Self::NameTaken => "name_taken",
+            Self::ServerFull => "server_full",
+            Self::BadRequest => "bad_request",
+            Self::UnknownRequest => "unknown_request",
+            Self::NotFound => "not_found",
+            Self::InvalidRoom => "invalid_room",
+            Self::NotInRoom => "not_in_room",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::EmptyText => "empty_text",
+            Self::TextTooLong => "text_too_long",
+            Self::BadFrame => "bad_frame",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::TooSlow => "too_slow",
+            Self::Timeout => "timeout",
+            Self::Shutdown => "shutdown",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wire_names_match_as_str() {
+        use ErrorCode::*;
+        for code in [
+            UnsupportedVersion,
+            HandshakeRequired,
+            HandshakeTimeout,
+            AlreadySignedIn,
+            InvalidName,
+            NameTaken,
+            ServerFull,
+            BadRequest,
+            UnknownRequest,
+            NotFound,
+            InvalidRoom,
+            NotInRoom,
+            TooManyRooms,
+            EmptyText,
+            TextTooLong,
+            BadFrame,
+            FrameTooLarge,
+            TooSlow,
+            Timeout,
+            Shutdown,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+            assert_eq!(serde_json::from_str::<ErrorCode>(&json).unwrap(), code);
+        }
+        assert_eq!(
+            serde_json::from_str::<ErrorCode>("\"from_the_future\"").unwrap(),
+            Unknown
+        );
+    }
+}

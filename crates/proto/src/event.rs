@@ -1,0 +1,127 @@
+//! Events: what the server pushes to a client unasked. They carry no `id` and get no reply.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// Every event kind, tagged on the wire by its `type` field.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// Someone said something in a room the client is in.
+    Message(RoomMessage),
+    /// Someone sent the client a private message.
+    Private(Private),
+    /// Users entered a room the client is in.
+    Join(Presence),
+    /// Users left a room the client is in.
+    Part(Departure),
+    /// The server is closing this connection, and why. Nothing follows it.
+    Bye(Bye),
+}
+
+/// A message to a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomMessage {
+    /// The server's id for the message; ids grow over time.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The room.
+    pub room: String,
+    /// The sender's name.
+    pub from: String,
+    /// The message, as sent: it may hold any Unicode, so display it escaped.
+    pub text: String,
+}
+
+/// A private message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Private {
+    /// The server's id for the message.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The sender's name.
+    pub from: String,
+    /// The recipient's name (the client's own).
+    pub to: String,
+    /// The message, as sent.
+    pub text: String,
+}
+
+/// Users entered a room. A list, so that a server may announce many arrivals in one event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// The room.
+    pub room: String,
+    /// Who entered it.
+    pub users: Vec<String>,
+}
+
+/// Users left a room, all for the same reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Departure {
+    /// The room.
+    pub room: String,
+    /// Who left it.
+    pub users: Vec<String>,
+    /// Why they left.
+    pub reason: PartReason,
+}
+
+/// Why a user left a room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PartReason {
+    /// Left this room and is still online.
+    Part,
+    /// Signed off with `quit`.
+    Quit,
+    /// The connection closed or broke without a `quit` (a killed client, a reset).
+    Lost,
+    /// The server heard nothing from the client for the keepalive timeout.
+    Timeout,
+    /// The client fell too far behind reading and was disconnected.
+    TooSlow,
+    /// The client broke the protocol and was disconnected.
+    ProtocolError,
+    /// A reason this build does not know (sent by a newer server).
+    #[serde(other)]
+    Other,
+}
+
+/// The server's last word on a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bye {
+    /// Why the connection is closing; `shutdown` when the server stops.
+    pub code: ErrorCode,
+    /// The same, for a person.
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serializes_the_documented_shape() {
+        let event = Event::Part(Departure {
+            room: "lobby".into(),
+            users: vec!["bob".into()],
+            reason: PartReason::TooSlow,
+        });
+        assert_eq!(
+            serde_json::to_string(&event).unwrap(),
+            r#"{"type":"part","room":"lobby","users":["bob"],"reason":"too_slow"}"#
+        );
+        let bye = Event::Bye(Bye {
+            code: ErrorCode::Shutdown,
+            message: "The server is shutting down.".into(),
+        });
+        assert_eq!(
+            serde_json::to_string(&bye).unwrap(),
+            r#"{"type":"bye","code":"shutdown","message":"The server is shutting down."}"#
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Every number that bounds what a peer may send or make the other side hold.
+//!
+//! Both sides enforce these before allocating; docs/protocol.md lists them in its "Limits" table.
+
+/// Longest control frame a server accepts from a client, counting the kind byte and JSON.
+/// Requests are small (the longest is a 4 KiB message plus framing); 64 KiB leaves room for
+/// growth while keeping what an idle attacker can make the server buffer per connection small.
+pub const SERVER_MAX_CONTROL_FRAME: usize = 64 * 1024;
+
+/// Longest control frame a client accepts from a server. Replies can list every user online
+/// (tens of thousands of names), so this is far larger than the other direction.
+pub const CLIENT_MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
+
+/// Longest data frame in either direction (kind byte, 4-byte transfer id and up to 256 KiB of
+/// file bytes). Data frames are reserved for file transfer; version 1 sends none.
+pub const MAX_DATA_FRAME: usize = 1 + 4 + 256 * 1024;
+
+/// Longest message text, in bytes of UTF-8.
+pub const MAX_TEXT_BYTES: usize = 4096;
+
+/// Longest user or room name, in characters (names are ASCII, so also bytes).
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// Most rooms one user may be in at once.
+pub const MAX_ROOMS_PER_USER: usize = 32;
+
+/// Longest client software description in `hello`, in bytes.
+pub const MAX_CLIENT_DESCRIPTION: usize = 128;

@@ -1,0 +1,308 @@
+//! Requests: what a client asks of the server. Each carries an `id` and gets exactly one reply.
+//!
+//! On the wire a request is one JSON object: `{"id": 7, "type": "say", "room": "lobby", "text":
+//! "hi"}`. Each request kind is a struct here, paired through [`Call`] with the `result` its
+//! `ok` reply carries, so a client can send a typed request and get a typed answer.
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::ErrorCode;
+
+/// One request: its id, chosen by the client, and what it asks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// Echoed in the reply so the client can match them; the server does not interpret it.
+    pub id: u64,
+    /// The request itself, tagged by `type`.
+    #[serde(flatten)]
+    pub body: RequestBody,
+}
+
+/// Every request kind, tagged on the wire by its `type` field.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum RequestBody {
+    /// Sign in; must be the first request.
+    Hello(Hello),
+    /// Send a message to a room.
+    Say(Say),
+    /// Send a private message to one user.
+    Msg(Msg),
+    /// Enter a room.
+    Join(Join),
+    /// Leave a room.
+    Part(Part),
+    /// List the rooms.
+    Rooms(Rooms),
+    /// List users online, or in one room.
+    Users(Users),
+    /// Sign off; the server replies, then closes the connection.
+    Quit(Quit),
+}
+
+/// A request kind and the `result` of its `ok` reply.
+pub trait Call: Serialize + Into<RequestBody> {
+    /// What the `result` field of the `ok` reply holds.
+    type Output: Serialize + DeserializeOwned;
+}
+
+/// Why a control frame from a client is not a request this server can carry out. The
+/// connection stays open when the id could be read: the client gets an error reply for it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct RequestError {
+    /// The request's id, when one could be read.
+    pub id: Option<u64>,
+    /// [`ErrorCode::UnknownRequest`] or [`ErrorCode::BadRequest`].
+    pub code: ErrorCode,
+    /// What was wrong, for a person.
+    pub message: String,
+}
+
+impl Request {
+    /// Parses one control frame's payload as a request.
+    pub fn decode(json: &[u8]) -> Result<Request, RequestError> {
+        serde_json::from_slice(json).map_err(|err| {
+            // The happy path parses once; only a failure pays for this second look, which
+            // recovers what it can so the client learns which request failed and why.
+            #[derive(Deserialize)]
+            struct Head {
+                id: Option<u64>,
+                #[serde(rename = "type")]
+                kind: Option<String>,
+            }
+            let head = serde_json::from_slice::<Head>(json).ok();
+            let id = head.as_ref().and_then(|head| head.id);
+            match head.and_then(|head| head.kind) {
+                Some(kind) if !KNOWN_TYPES.contains(&kind.as_str()) => RequestError {
+                    id,
+                    code: ErrorCode::UnknownRequest,
+                    message: format!("Unknown request type {kind:?}."),
+                },
+                _ => RequestError {
+                    id,
+                    code: ErrorCode::BadRequest,
+                    message: format!("Malformed request: {err}."),
+                },
+            }
+        })
+    }
+}
+
+const KNOWN_TYPES: &[&str] = &["hello", "say", "msg", "join", "part", "rooms", "users", "quit"];
+
+macro_rules! call {
+    ($request:ident => $output:ty) => {
+        impl From<$request> for RequestBody {
+            fn from(request: $request) -> Self {
+                RequestBody::$request(request)
+            }
+        }
+        impl Call for $request {
+            type Output = $output;
+        }
+    };
+}
+
+/// `hello`: sign in as `name`, offering the protocol versions the client speaks.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// Protocol versions the client speaks.
+    pub versions: Vec<u16>,
+    /// The user name to sign in as.
+    pub name: String,
+    /// Free text naming the client software, for the server's log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
+}
+call!(Hello => Welcome);
+
+/// The result of `hello`: the session's terms and who is online.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The protocol version chosen for this connection.
+    pub version: u16,
+    /// The server software and its version.
+    pub server: String,
+    /// The name signed in, as the server spells it.
+    pub name: String,
+    /// The room the client was placed in.
+    pub room: String,
+    /// Everyone online, the new client included, sorted without regard to case.
+    pub online: Vec<String>,
+    /// The server pings after this many milliseconds of silence from the client.
+    pub keepalive_ms: u64,
+    /// ... and closes the connection after this many milliseconds of silence.
+    pub timeout_ms: u64,
+    /// Longest message text the server accepts, in bytes.
+    pub max_text: usize,
+}
+
+/// `say`: send `text` to everyone in `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Say {
+    /// The room; the sender must be in it.
+    pub room: String,
+    /// The message.
+    pub text: String,
+}
+call!(Say => Sent);
+
+/// The result of `say` and `msg`: the message as stored and delivered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Sent {
+    /// The server's id for the message.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// For `msg`, the recipient's name as the server spells it; for `say`, the room.
+    pub to: String,
+}
+
+/// `msg`: send `text` privately to the user `to`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Msg {
+    /// The recipient, matched without regard to case.
+    pub to: String,
+    /// The message.
+    pub text: String,
+}
+call!(Msg => Sent);
+
+/// `join`: enter `room`, creating it if nobody is in it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Join {
+    /// The room; a leading `#` is ignored and case does not matter.
+    pub room: String,
+}
+call!(Join => Joined);
+
+/// The result of `join`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Joined {
+    /// The room's canonical name.
+    pub room: String,
+    /// Everyone in the room now, the client included.
+    pub members: Vec<String>,
+}
+
+/// `part`: leave `room`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Part {
+    /// The room to leave.
+    pub room: String,
+}
+call!(Part => Parted);
+
+/// The result of `part`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Parted {
+    /// The room's canonical name.
+    pub room: String,
+}
+
+/// `rooms`: list the rooms that exist.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rooms {}
+call!(Rooms => RoomList);
+
+/// The result of `rooms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomList {
+    /// Every room, sorted by name.
+    pub rooms: Vec<RoomInfo>,
+}
+
+/// One room in a [`RoomList`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomInfo {
+    /// The room's canonical name.
+    pub name: String,
+    /// How many users are in it.
+    pub members: usize,
+    /// Whether the asking client is one of them.
+    pub joined: bool,
+}
+
+/// `users`: list everyone online, or the members of `room`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Users {
+    /// Restrict the list to this room's members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+}
+call!(Users => UserList);
+
+/// The result of `users`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserList {
+    /// The room asked about, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// The names, sorted without regard to case.
+    pub users: Vec<String>,
+}
+
+/// `quit`: sign off cleanly; others are told the user quit rather than lost its connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quit {}
+call!(Quit => Empty);
+
+/// The result of requests that return nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Empty {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_the_documented_shape() {
+        let request = Request::decode(br#"{"id":7,"type":"say","room":"lobby","text":"hi"}"#);
+        assert_eq!(
+            request,
+            Ok(Request {
+                id: 7,
+                body: RequestBody::Say(Say {
+                    room: "lobby".into(),
+                    text: "hi".into()
+                })
+            })
+        );
+        let request = Request::decode(br#"{"type":"rooms","id":8,"future_field":1}"#).unwrap();
+        assert_eq!(request.body, RequestBody::Rooms(Rooms {}));
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let request = Request {
+            id: 1,
+            body: Hello {
+                versions: vec![1],
+                name: "alice".into(),
+                client: None,
+            }
+            .into(),
+        };
+        let json = serde_json::to_vec(&request).unwrap();
+        assert_eq!(
+            std::str::from_utf8(&json).unwrap(),
+            r#"{"id":1,"type":"hello","versions":[1],"name":"alice"}"#
+        );
+        assert_eq!(Request::decode(&json).unwrap(), request);
+    }
+
+    #[test]
+    fn tells_unknown_from_malformed() {
+        let err = Request::decode(br#"{"id":3,"type":"dance"}"#).unwrap_err();
+        assert_eq!((err.id, err.code), (Some(3), ErrorCode::UnknownRequest));
+        let err = Request::decode(br#"{"id":4,"type":"say","room":"lobby"}"#).unwrap_err();
+        assert_eq!((err.id, err.code), (Some(4), ErrorCode::BadRequest));
+        assert!(err.message.contains("text"), "{}", err.message);
+        let err = Request::decode(b"not json").unwrap_err();
+        assert_eq!((err.id, err.code), (None, ErrorCode::BadRequest));
+        let err = Request::decode(br#"{"type":"say","room":"lobby","text":"x"}"#).unwrap_err();
+        assert_eq!(err.id, None);
+    }
+}
