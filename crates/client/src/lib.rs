@@ -1,1 +1,10 @@
-//! placeholder
+//! A Parley client as a library: an async [`Client`] that signs in, sends typed requests and
+//! hands out the server's events; the parser for the commands people type ([`command`]); and
+//! safe rendering of what other people wrote ([`display`]).
+
+pub mod client;
+pub mod command;
+pub mod display;
+
+pub use client::{Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, RequestError};
+pub use command::{Command, ParseError};

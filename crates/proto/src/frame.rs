@@ -14,6 +14,12 @@ use crate::limits::{CLIENT_MAX_CONTROL_FRAME, MAX_DATA_FRAME, SERVER_MAX_CONTROL
 /// Bytes before the payload: the length field and the kind byte.
 pub const HEADER_LEN: usize = 5;
 
+/// A complete ping frame, ready to write.
+pub const PING_FRAME: [u8; 5] = [0, 0, 0, 1, FrameKind::Ping as u8];
+
+/// A complete pong frame, ready to write.
+pub const PONG_FRAME: [u8; 5] = [0, 0, 0, 1, FrameKind::Pong as u8];
+
 /// The decoder reserves at most this much ahead of the bytes that have arrived, so a frame
 /// that is announced but never sent costs little memory.
 const MAX_RESERVE_AHEAD: usize = 64 * 1024;
@@ -254,6 +260,12 @@ mod tests {
     }
 
     #[test]
+    fn keepalive_constants_are_frames() {
+        assert_eq!(Frame::Ping.to_bytes()[..], PING_FRAME);
+        assert_eq!(Frame::Pong.to_bytes()[..], PONG_FRAME);
+    }
+
+    #[test]
     fn round_trips_every_kind() {
         let frames = sample_frames();
         let mut wire = BytesMut::new();
@@ -294,7 +306,11 @@ mod tests {
         let capacity_before = src.capacity();
         let err = codec.decode(&mut src).unwrap_err();
         assert!(matches!(err, FrameError::TooLarge { max, .. } if max == SERVER_MAX_CONTROL_FRAME));
-        assert_eq!(src.capacity(), capacity_before, "nothing reserved for a refused frame");
+        assert_eq!(
+            src.capacity(),
+            capacity_before,
+            "nothing reserved for a refused frame"
+        );
 
         let huge = BytesMut::from(&u32::MAX.to_be_bytes()[..]);
         let err = codec.decode(&mut huge.clone()).unwrap_err();
@@ -308,7 +324,11 @@ mod tests {
         src.put_u32(8 << 20);
         src.put_u8(FrameKind::Control as u8);
         assert!(codec.decode(&mut src).unwrap().is_none());
-        assert!(src.capacity() <= MAX_RESERVE_AHEAD + 64, "{}", src.capacity());
+        assert!(
+            src.capacity() <= MAX_RESERVE_AHEAD + 64,
+            "{}",
+            src.capacity()
+        );
     }
 
     #[test]

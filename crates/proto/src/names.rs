@@ -15,7 +15,9 @@ pub enum NameError {
     #[error("a name can be at most {MAX_NAME_CHARS} characters long; this one has {0}")]
     TooLong(usize),
     /// The name holds a character outside letters, digits, `_`, `-` and `.`.
-    #[error("a name may only contain letters A-Z and a-z, digits, '_', '-' and '.'; {0:?} is not allowed")]
+    #[error(
+        "a name may only contain letters A-Z and a-z, digits, '_', '-' and '.'; {0:?} is not allowed"
+    )]
     BadChar(char),
 }
 
@@ -70,10 +72,16 @@ mod tests {
     #[test]
     fn refuses_with_the_reason() {
         assert_eq!(validate_user_name(""), Err(NameError::Empty));
-        assert_eq!(validate_user_name(&"n".repeat(33)), Err(NameError::TooLong(33)));
+        assert_eq!(
+            validate_user_name(&"n".repeat(33)),
+            Err(NameError::TooLong(33))
+        );
         assert_eq!(validate_user_name("al ice"), Err(NameError::BadChar(' ')));
         assert_eq!(validate_user_name("zoë"), Err(NameError::BadChar('ë')));
-        assert_eq!(validate_user_name("a\u{1b}"), Err(NameError::BadChar('\u{1b}')));
+        assert_eq!(
+            validate_user_name("a\u{1b}"),
+            Err(NameError::BadChar('\u{1b}'))
+        );
     }
 
     #[test]

@@ -166,7 +166,11 @@ mod tests {
 
     #[test]
     fn error_reply_and_events_decode() {
-        let json = payload(error_frame(5, ErrorCode::NotFound, "No user named carol is online."));
+        let json = payload(error_frame(
+            5,
+            ErrorCode::NotFound,
+            "No user named carol is online.",
+        ));
         assert_eq!(
             ServerMessage::decode(&json).unwrap(),
             ServerMessage::Reply(Reply::Error {
@@ -180,7 +184,10 @@ mod tests {
             users: vec!["bob".into()],
         });
         let json = payload(event_frame(&event));
-        assert_eq!(ServerMessage::decode(&json).unwrap(), ServerMessage::Event(event));
+        assert_eq!(
+            ServerMessage::decode(&json).unwrap(),
+            ServerMessage::Event(event)
+        );
         assert_eq!(
             ServerMessage::decode(br#"{"type":"typing","user":"bob"}"#).unwrap(),
             ServerMessage::Unknown

@@ -90,7 +90,9 @@ impl Request {
     }
 }
 
-const KNOWN_TYPES: &[&str] = &["hello", "say", "msg", "join", "part", "rooms", "users", "quit"];
+const KNOWN_TYPES: &[&str] = &[
+    "hello", "say", "msg", "join", "part", "rooms", "users", "quit",
+];
 
 macro_rules! call {
     ($request:ident => $output:ty) => {

@@ -1,1 +1,112 @@
-//! placeholder
+//! The Parley chat server as a library.
+//!
+//! [`serve`] runs a server on a listener the caller has already bound, until a cancellation
+//! token fires: tests bind `127.0.0.1:0` in-process, the binary binds what the user asked for.
+//! Inside, each connection is a session ([`session`]) and a hub ([`hub`]) routes between them.
+
+mod config;
+mod hub;
+mod outbox;
+mod session;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parley_proto::ErrorCode;
+use parley_proto::event::{Bye, Event};
+use parley_proto::reply::event_frame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+pub use config::Config;
+
+use session::Context;
+
+/// After an accept error (typically the process is out of file descriptors), wait this long
+/// before trying again instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves clients on `listener` until `shutdown` is cancelled; then tells every client that the
+/// server is shutting down, waits up to [`Config::shutdown_grace`] for them to be told, and
+/// returns.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let grace = config.shutdown_grace;
+    let ctx = Arc::new(Context::new(config, shutdown.clone()));
+    let tracker = TaskTracker::new();
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    warn!("accepting a connection failed: {err}; retrying shortly");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
+                }
+            },
+        };
+        // Chat frames are small and latency matters more than packing them.
+        let _ = stream.set_nodelay(true);
+        if active.load(Ordering::Acquire) >= ctx.config.max_connections {
+            warn!(
+                "{peer} refused: the server holds its maximum of {} connections",
+                ctx.config.max_connections
+            );
+            tracker.spawn(refuse_full(stream, ctx.config.max_connections));
+            continue;
+        }
+        info!("{peer} connected");
+        let guard = ActiveGuard::new(&active);
+        let ctx = ctx.clone();
+        tracker.spawn(async move {
+            session::run(stream, peer, ctx).await;
+            drop(guard);
+        });
+    }
+    drop(listener);
+    tracker.close();
+    if timeout(grace, tracker.wait()).await.is_err() {
+        warn!("some connections did not close within {grace:?}; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Tells a connection over the limit why it is refused, then closes it.
+async fn refuse_full(mut stream: TcpStream, max: usize) {
+    let bye: Bytes = event_frame(&Event::Bye(Bye {
+        code: ErrorCode::ServerFull,
+        message: format!("The server holds its maximum of {max} connections; try again later."),
+    }));
+    let _ = timeout(Duration::from_secs(1), async {
+        stream.write_all(&bye).await?;
+        stream.shutdown().await
+    })
+    .await;
+}
+
+/// Counts a connection as active for as long as it lives.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<AtomicUsize>) -> Self {
+        active.fetch_add(1, Ordering::AcqRel);
+        Self(active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

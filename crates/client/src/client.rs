@@ -1,0 +1,421 @@
+//! The async client: connect and sign in, send typed requests, receive events.
+//!
+//! [`connect`](Client::connect) returns a [`Client`] (cheap to clone; every clone sends on the
+//! same connection) and an [`Events`] stream. A reader task routes replies to the requests
+//! waiting for them and events to the stream, answers pings, and watches for a silent server;
+//! a writer task owns the socket's write half. The stream's last item is always
+//! [`ClientEvent::Closed`], saying whether the server closed cleanly or the connection was lost.
+
+use std::collections::HashMap;
+use std::pin::pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use parley_proto::event::{Bye, Event};
+use parley_proto::frame::{PING_FRAME, PONG_FRAME};
+use parley_proto::request::{Call, Hello, Quit, Welcome};
+use parley_proto::{
+    ErrorCode, Frame, FrameCodec, Reply, Request, SUPPORTED_VERSIONS, ServerMessage, control_frame,
+};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::FramedRead;
+
+/// Frames waiting for the writer; requests wait here when the socket is slow.
+const WRITE_QUEUE: usize = 256;
+
+/// Events waiting for the application. When it falls this far behind, the reader stops reading
+/// and the server, not this process, absorbs (and bounds) the backlog.
+const EVENT_QUEUE: usize = 1024;
+
+/// Where to connect and as whom.
+#[derive(Debug, Clone)]
+pub struct ConnectOptions {
+    /// Host name or IP address of the server.
+    pub host: String,
+    /// TCP port of the server.
+    pub port: u16,
+    /// The user name to sign in as.
+    pub name: String,
+    /// How long connecting and signing in may take.
+    pub timeout: Duration,
+}
+
+impl ConnectOptions {
+    /// Options with the default timeout of 10 seconds.
+    pub fn new(host: impl Into<String>, port: u16, name: impl Into<String>) -> Self {
+        Self {
+            host: host.into(),
+            port,
+            name: name.into(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+
+    fn address(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why connecting or signing in failed. Each message names the server's address and the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The host name could not be resolved.
+    #[error("cannot connect to {address}: the host name could not be resolved ({source})")]
+    Resolve {
+        /// host:port as given.
+        address: String,
+        /// The resolver's error.
+        source: std::io::Error,
+    },
+    /// The TCP connection failed (refused, unreachable, ...).
+    #[error("cannot connect to {address}: {source}")]
+    Connect {
+        /// host:port as given.
+        address: String,
+        /// The socket error.
+        source: std::io::Error,
+    },
+    /// Connecting or signing in took longer than the timeout.
+    #[error("cannot connect to {address}: no answer within {} seconds", timeout.as_secs())]
+    Timeout {
+        /// host:port as given.
+        address: String,
+        /// The timeout that expired.
+        timeout: Duration,
+    },
+    /// The server answered `hello` with an error (name taken, invalid, version...).
+    #[error("{address} refused to sign you in: {message}")]
+    Refused {
+        /// host:port as given.
+        address: String,
+        /// The error code.
+        code: ErrorCode,
+        /// The server's sentence.
+        message: String,
+    },
+    /// The connection broke or the server misbehaved during sign-in.
+    #[error("cannot sign in to {address}: {reason}")]
+    Handshake {
+        /// host:port as given.
+        address: String,
+        /// What happened.
+        reason: String,
+    },
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    /// The server answered with an error.
+    #[error("{message}")]
+    Refused {
+        /// The error code.
+        code: ErrorCode,
+        /// The server's sentence.
+        message: String,
+    },
+    /// The connection ended before the reply came.
+    #[error("the connection to the server is closed")]
+    Closed,
+    /// The reply's result did not have the expected shape.
+    #[error("the server sent a reply this client does not understand: {0}")]
+    BadReply(String),
+}
+
+/// What the [`Events`] stream yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientEvent {
+    /// Something the server pushed: a message, a private message, a join or a part.
+    Server(Event),
+    /// The connection ended; nothing follows.
+    Closed(Closed),
+}
+
+/// How a connection ended.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    /// The client quit and the server confirmed.
+    Quit,
+    /// The server closed the connection and said why (`shutdown`, `timeout`, ...).
+    ByServer(Bye),
+    /// The connection broke, or the server went silent, without a word from it.
+    Lost(String),
+}
+
+/// The server's events, in order.
+pub struct Events {
+    rx: mpsc::Receiver<ClientEvent>,
+}
+
+impl Events {
+    /// The next event; `None` only after [`ClientEvent::Closed`] was returned.
+    pub async fn recv(&mut self) -> Option<ClientEvent> {
+        self.rx.recv().await
+    }
+}
+
+/// A signed-in connection. Clones share it.
+#[derive(Clone)]
+pub struct Client {
+    shared: Arc<Shared>,
+}
+
+type Pending = HashMap<u64, oneshot::Sender<Reply>>;
+
+struct Shared {
+    writer: mpsc::Sender<Bytes>,
+    /// Requests waiting for their reply. A std mutex: held only to insert or remove, never
+    /// across an await.
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    /// Set when `quit` is sent, so the server closing the connection afterwards is expected.
+    quitting: AtomicBool,
+    welcome: Welcome,
+    address: String,
+}
+
+impl Client {
+    /// Connects over TCP and signs in.
+    pub async fn connect(options: &ConnectOptions) -> Result<(Client, Events), ConnectError> {
+        let address = options.address();
+        let deadline = Instant::now() + options.timeout;
+        let timed_out = || ConnectError::Timeout {
+            address: address.clone(),
+            timeout: options.timeout,
+        };
+        let addrs = tokio::time::timeout_at(
+            deadline,
+            tokio::net::lookup_host((options.host.as_str(), options.port)),
+        )
+        .await
+        .map_err(|_| timed_out())?
+        .map_err(|source| ConnectError::Resolve {
+            address: address.clone(),
+            source,
+        })?;
+        let mut last_error = None;
+        let mut stream = None;
+        for addr in addrs {
+            match tokio::time::timeout_at(deadline, TcpStream::connect(addr)).await {
+                Err(_) => return Err(timed_out()),
+                Ok(Ok(connected)) => {
+                    stream = Some(connected);
+                    break;
+                }
+                Ok(Err(err)) => last_error = Some(err),
+            }
+        }
+        let stream = stream.ok_or_else(|| ConnectError::Connect {
+            address: address.clone(),
+            source: last_error
+                .unwrap_or_else(|| std::io::Error::other("the host name has no addresses")),
+        })?;
+        let _ = stream.set_nodelay(true);
+        tokio::time::timeout_at(
+            deadline,
+            Self::sign_in(stream, &options.name, address.clone()),
+        )
+        .await
+        .map_err(|_| timed_out())?
+    }
+
+    /// Signs in over an already connected transport (TCP, TLS, an in-memory pipe).
+    pub async fn sign_in<S>(
+        stream: S,
+        name: &str,
+        address: String,
+    ) -> Result<(Client, Events), ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, mut write_half) = tokio::io::split(stream);
+        let mut frames = FramedRead::new(read_half, FrameCodec::client());
+        let broken = |reason: String| ConnectError::Handshake {
+            address: address.clone(),
+            reason,
+        };
+        let hello = Request {
+            id: 0,
+            body: Hello {
+                versions: SUPPORTED_VERSIONS.to_vec(),
+                name: name.to_owned(),
+                client: Some(concat!("parley/", env!("CARGO_PKG_VERSION")).to_owned()),
+            }
+            .into(),
+        };
+        write_half
+            .write_all(&control_frame(&hello))
+            .await
+            .map_err(|err| broken(err.to_string()))?;
+        let welcome = loop {
+            let frame = match frames.next().await {
+                None => return Err(broken("the server closed the connection".into())),
+                Some(Err(err)) => return Err(broken(err.to_string())),
+                Some(Ok(frame)) => frame,
+            };
+            let json = match frame {
+                Frame::Control(json) => json,
+                Frame::Ping => {
+                    let _ = write_half.write_all(&PONG_FRAME).await;
+                    continue;
+                }
+                Frame::Pong | Frame::Data { .. } => continue,
+            };
+            match ServerMessage::decode(&json)
+                .map_err(|err| broken(format!("unreadable reply: {err}")))?
+            {
+                ServerMessage::Reply(Reply::Ok { result, .. }) => {
+                    break serde_json::from_value::<Welcome>(result)
+                        .map_err(|err| broken(format!("unreadable welcome: {err}")))?;
+                }
+                ServerMessage::Reply(Reply::Error { code, message, .. }) => {
+                    return Err(ConnectError::Refused {
+                        address: address.clone(),
+                        code,
+                        message,
+                    });
+                }
+                ServerMessage::Event(Event::Bye(bye)) => {
+                    return Err(ConnectError::Refused {
+                        address: address.clone(),
+                        code: bye.code,
+                        message: bye.message,
+                    });
+                }
+                ServerMessage::Event(_) | ServerMessage::Unknown => continue,
+            }
+        };
+
+        let (writer, write_queue) = mpsc::channel(WRITE_QUEUE);
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let shared = Arc::new(Shared {
+            writer,
+            pending: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+            quitting: AtomicBool::new(false),
+            welcome,
+            address,
+        });
+        tokio::spawn(write_loop(write_half, write_queue));
+        tokio::spawn(read_loop(frames, shared.clone(), events_tx));
+        Ok((Client { shared }, Events { rx: events_rx }))
+    }
+
+    /// What the server said when this client signed in.
+    pub fn welcome(&self) -> &Welcome {
+        &self.shared.welcome
+    }
+
+    /// The server's address as host:port.
+    pub fn address(&self) -> &str {
+        &self.shared.address
+    }
+
+    /// Sends one request and waits for its reply.
+    pub async fn call<C: Call>(&self, request: C) -> Result<C::Output, RequestError> {
+        let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.shared.pending.lock().unwrap().insert(id, tx);
+        let frame = control_frame(&Request {
+            id,
+            body: request.into(),
+        });
+        if self.shared.writer.send(frame).await.is_err() {
+            self.shared.pending.lock().unwrap().remove(&id);
+            return Err(RequestError::Closed);
+        }
+        match rx.await.map_err(|_| RequestError::Closed)? {
+            Reply::Ok { result, .. } => serde_json::from_value(result)
+                .map_err(|err| RequestError::BadReply(err.to_string())),
+            Reply::Error { code, message, .. } => Err(RequestError::Refused { code, message }),
+        }
+    }
+
+    /// Signs off; the event stream then ends with [`Closed::Quit`].
+    pub async fn quit(&self) -> Result<(), RequestError> {
+        self.shared.quitting.store(true, Ordering::Release);
+        self.call(Quit {}).await.map(drop)
+    }
+}
+
+async fn write_loop<W: AsyncWrite>(write_half: W, mut queue: mpsc::Receiver<Bytes>) {
+    let mut write_half = pin!(write_half);
+    while let Some(frame) = queue.recv().await {
+        if write_half.write_all(&frame).await.is_err() {
+            return;
+        }
+    }
+    let _ = write_half.shutdown().await;
+}
+
+async fn read_loop<S: AsyncRead>(
+    mut frames: FramedRead<ReadHalf<S>, FrameCodec>,
+    shared: Arc<Shared>,
+    events: mpsc::Sender<ClientEvent>,
+) {
+    let interval = Duration::from_millis(shared.welcome.keepalive_ms.max(100));
+    let silence_limit = Duration::from_millis(shared.welcome.timeout_ms.max(300));
+    let mut last_heard = Instant::now();
+    let mut ping_sent = false;
+    // Like the server: one timer, re-armed when it rings rather than on every frame.
+    let mut alarm = pin!(sleep_until(last_heard + interval));
+    let closed = loop {
+        let next = tokio::select! {
+            next = frames.next() => next,
+            _ = &mut alarm => {
+                let silent = last_heard.elapsed();
+                if silent >= silence_limit {
+                    break Closed::Lost(format!("no answer from the server for {} seconds", silent.as_secs()));
+                }
+                if silent >= interval && !ping_sent {
+                    let _ = shared.writer.try_send(Bytes::from_static(&PING_FRAME));
+                    ping_sent = true;
+                }
+                alarm.as_mut().reset(last_heard + if ping_sent { silence_limit } else { interval });
+                continue;
+            }
+        };
+        last_heard = Instant::now();
+        ping_sent = false;
+        let json = match next {
+            None if shared.quitting.load(Ordering::Acquire) => break Closed::Quit,
+            None => break Closed::Lost("the server closed the connection without a word".into()),
+            Some(Err(err)) => break Closed::Lost(err.to_string()),
+            Some(Ok(Frame::Control(json))) => json,
+            Some(Ok(Frame::Ping)) => {
+                let _ = shared.writer.try_send(Bytes::from_static(&PONG_FRAME));
+                continue;
+            }
+            Some(Ok(Frame::Pong | Frame::Data { .. })) => continue,
+        };
+        match ServerMessage::decode(&json) {
+            Ok(ServerMessage::Reply(reply)) => {
+                if let Some(waiter) = shared.pending.lock().unwrap().remove(&reply.id()) {
+                    let _ = waiter.send(reply);
+                }
+            }
+            Ok(ServerMessage::Event(Event::Bye(bye))) => break Closed::ByServer(bye),
+            Ok(ServerMessage::Event(event)) => {
+                // An application that dropped its Events still gets its replies.
+                let _ = events.send(ClientEvent::Server(event)).await;
+            }
+            Ok(ServerMessage::Unknown) => {}
+            Err(err) => {
+                break Closed::Lost(format!("the server sent an unreadable message: {err}"));
+            }
+        }
+    };
+    // Dropping the waiters makes every pending call fail with `Closed`.
+    shared.pending.lock().unwrap().clear();
+    let _ = events.send(ClientEvent::Closed(closed)).await;
+}

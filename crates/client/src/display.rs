@@ -1,0 +1,141 @@
+//! Rendering for a terminal: everything another user chose (messages, names, reasons) goes
+//! through [`sanitize`], so nobody can move the cursor, recolour, clear or retitle someone
+//! else's terminal, ring its bell, or reorder text with bidirectional controls.
+
+use std::borrow::Cow;
+use std::fmt::Write;
+
+use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage};
+
+/// Makes `text` safe to print: control characters become visible caret notation (`ESC` is
+/// `^[`, a newline `^J`), and C1 controls, bidirectional overrides and line separators become
+/// `\u{..}` escapes. Text without any of them is returned as is, without copying.
+pub fn sanitize(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\u{0}'..='\u{1f}' => {
+                out.push('^');
+                out.push((c as u8 + b'@') as char);
+            }
+            '\u{7f}' => out.push_str("^?"),
+            c if is_unsafe(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn is_unsafe(c: char) -> bool {
+    matches!(c,
+        '\u{0}'..='\u{1f}'
+        | '\u{7f}'..='\u{9f}'
+        // Bidirectional embeddings, overrides and isolates ("Trojan Source").
+        | '\u{202a}'..='\u{202e}'
+        | '\u{2066}'..='\u{2069}'
+        // Line and paragraph separators would split one event over several lines.
+        | '\u{2028}' | '\u{2029}'
+    )
+}
+
+/// One line for an event, as the line-mode client prints it; `None` for events not shown.
+pub fn event_line(event: &Event) -> Option<String> {
+    Some(match event {
+        Event::Message(RoomMessage {
+            room, from, text, ..
+        }) => message_line(room, from, text),
+        Event::Private(Private { from, text, .. }) => {
+            format!("[private from {}] {}", sanitize(from), sanitize(text))
+        }
+        Event::Join(Presence { room, users }) => {
+            format!("* {} joined #{}", names(users), sanitize(room))
+        }
+        Event::Part(Departure {
+            room,
+            users,
+            reason,
+        }) => {
+            let who = names(users);
+            let room = sanitize(room);
+            match reason {
+                PartReason::Part => format!("* {who} left #{room}"),
+                PartReason::Quit => format!("* {who} quit"),
+                PartReason::Lost => format!("* {who} left (connection lost)"),
+                PartReason::Timeout => format!("* {who} left (timed out)"),
+                PartReason::TooSlow => format!("* {who} was disconnected (too slow to keep up)"),
+                PartReason::ProtocolError => format!("* {who} was disconnected (protocol error)"),
+                PartReason::Other => format!("* {who} left #{room}"),
+            }
+        }
+        Event::Bye(_) => return None,
+    })
+}
+
+/// A room message line, the same for one's own confirmed messages and others'.
+pub fn message_line(room: &str, from: &str, text: &str) -> String {
+    format!(
+        "[#{}] {}: {}",
+        sanitize(room),
+        sanitize(from),
+        sanitize(text)
+    )
+}
+
+/// Names joined by ", ", each sanitized.
+pub fn names(users: &[String]) -> String {
+    users
+        .iter()
+        .map(|u| sanitize(u))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_text_is_borrowed() {
+        assert!(matches!(sanitize("héllo, wörld ✓"), Cow::Borrowed(_)));
+    }
+
+    #[test]
+    fn escapes_become_visible() {
+        assert_eq!(sanitize("\u{1b}[2Jgone"), "^[[2Jgone");
+        assert_eq!(sanitize("a\nb\rc\u{7}"), "a^Jb^Mc^G");
+        assert_eq!(sanitize("x\u{7f}"), "x^?");
+        assert_eq!(sanitize("\u{9b}31m"), "\\u{9b}31m");
+        assert_eq!(sanitize("abc\u{202e}fed"), "abc\\u{202e}fed");
+        assert_eq!(sanitize("\u{2028}"), "\\u{2028}");
+    }
+
+    #[test]
+    fn nothing_unsafe_survives() {
+        let nasty: String = (0u32..0x3000).filter_map(char::from_u32).collect();
+        let safe = sanitize(&nasty);
+        assert!(!safe.chars().any(is_unsafe));
+    }
+
+    #[test]
+    fn event_lines() {
+        let event = Event::Message(RoomMessage {
+            id: 1,
+            ts: 0,
+            room: "lobby".into(),
+            from: "bob".into(),
+            text: "hi \u{1b}]0;pwned\u{7}".into(),
+        });
+        assert_eq!(event_line(&event).unwrap(), "[#lobby] bob: hi ^[]0;pwned^G");
+        let event = Event::Part(Departure {
+            room: "lobby".into(),
+            users: vec!["bob".into()],
+            reason: PartReason::Lost,
+        });
+        assert_eq!(event_line(&event).unwrap(), "* bob left (connection lost)");
+    }
+}

@@ -1,0 +1,320 @@
+//! `parley client <USERNAME> [HOST] [PORT]` in line mode: commands from stdin one per line,
+//! events to stdout one per line, so it works in a terminal and from a script alike.
+//!
+//! Requests are sent in the order typed and run concurrently with event printing, so a reply
+//! never waits behind the screen and a script's lines keep their order on the server.
+//! Exit codes: 0 after quitting, 1 when connecting or signing in failed, 2 for usage mistakes,
+//! 3 when the server closed the connection or it was lost.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::{FuturesUnordered, StreamExt};
+use parley_client::command::{self, Command, HELP};
+use parley_client::display::{event_line, message_line, names, sanitize};
+use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
+use parley_proto::ErrorCode;
+use parley_proto::names::canonical_room;
+use parley_proto::request::{Join, Msg, Part, Rooms, Say, Users};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::server::DEFAULT_PORT;
+
+/// How long quitting waits for replies still on their way before leaving anyway.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
+
+const EXIT_CONNECT: u8 = 1;
+const EXIT_DISCONNECTED: u8 = 3;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Your name: 1 to 32 letters, digits, '_', '-' or '.'.
+    #[arg(value_name = "USERNAME")]
+    username: String,
+    /// Server host name or address.
+    #[arg(value_name = "HOST")]
+    host: Option<String>,
+    /// Server port.
+    #[arg(value_name = "PORT")]
+    port: Option<u16>,
+    /// Server host name or address; the same as the HOST argument.
+    #[arg(
+        long = "host",
+        id = "host_option",
+        value_name = "HOST",
+        conflicts_with = "host"
+    )]
+    host_option: Option<String>,
+    /// Server port; the same as the PORT argument.
+    #[arg(
+        long = "port",
+        id = "port_option",
+        value_name = "PORT",
+        conflicts_with = "port"
+    )]
+    port_option: Option<u16>,
+    /// Line mode: plain lines in and out (the only mode for now, and always used when
+    /// stdin or stdout is not a terminal).
+    #[arg(long)]
+    plain: bool,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let host = args
+        .host
+        .or(args.host_option)
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
+    let options = ConnectOptions::new(host, port, args.username);
+    let (client, mut events) = match Client::connect(&options).await {
+        Ok(connected) => connected,
+        Err(err) => {
+            eprintln!("parley: {}", sanitize(&err.to_string()));
+            return Ok(ExitCode::from(EXIT_CONNECT));
+        }
+    };
+    let welcome = client.welcome();
+    println!(
+        "Connected to {} as {}. Online ({}): {}. You are in #{}; type /help for commands.",
+        client.address(),
+        sanitize(&welcome.name),
+        welcome.online.len(),
+        names(&welcome.online),
+        sanitize(&welcome.room),
+    );
+
+    let mut session = LineSession {
+        rooms: vec![welcome.room.clone()],
+        client: client.clone(),
+    };
+    let mut input = BufReader::new(tokio::io::stdin()).lines();
+    let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
+    let mut quitting = false;
+    let quit_deadline = tokio::time::sleep(Duration::MAX);
+    tokio::pin!(quit_deadline);
+    loop {
+        if quitting && in_flight.is_empty() {
+            break;
+        }
+        tokio::select! {
+            line = input.next_line(), if !quitting => {
+                let command = match line {
+                    Ok(Some(line)) => command::parse(&line),
+                    // End of input (or unreadable input) means quit.
+                    Ok(None) | Err(_) => Some(Ok(Command::Quit)),
+                };
+                match command {
+                    None => {}
+                    Some(Err(err)) => println!("! {err}"),
+                    Some(Ok(Command::Quit)) => {
+                        quitting = true;
+                        quit_deadline.as_mut().reset(tokio::time::Instant::now() + QUIT_TIMEOUT);
+                    }
+                    Some(Ok(command)) => in_flight.push(session.execute(command)),
+                }
+            }
+            Some(outcome) = in_flight.next() => session.settle(outcome),
+            event = events.recv() => match event {
+                Some(ClientEvent::Server(event)) => {
+                    if let Some(line) = event_line(&event) {
+                        println!("{line}");
+                    }
+                }
+                Some(ClientEvent::Closed(closed)) => return Ok(report_closed(&client, closed)),
+                None => return Ok(ExitCode::from(EXIT_DISCONNECTED)),
+            },
+            _ = &mut quit_deadline => break,
+        }
+    }
+    let _ = tokio::time::timeout(QUIT_TIMEOUT, client.quit()).await;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Says how the connection ended and picks the exit code.
+fn report_closed(client: &Client, closed: Closed) -> ExitCode {
+    match closed {
+        Closed::Quit => return ExitCode::SUCCESS,
+        Closed::ByServer(bye) if bye.code == ErrorCode::Shutdown => {
+            eprintln!(
+                "! The server at {} is shutting down; disconnected.",
+                client.address()
+            );
+        }
+        Closed::ByServer(bye) => {
+            eprintln!(
+                "! Disconnected by the server at {}: {}",
+                client.address(),
+                sanitize(&bye.message)
+            );
+        }
+        Closed::Lost(reason) => {
+            eprintln!(
+                "! Lost the connection to {}: {}",
+                client.address(),
+                sanitize(&reason)
+            );
+        }
+    }
+    ExitCode::from(EXIT_DISCONNECTED)
+}
+
+/// The line client's own state: the rooms it is in, the current one last.
+struct LineSession {
+    rooms: Vec<String>,
+    client: Client,
+}
+
+/// What a finished request has to show, and the room it failed to join, if any.
+struct Outcome {
+    lines: Vec<String>,
+    failed_join: Option<String>,
+}
+
+impl Outcome {
+    fn lines(lines: Vec<String>) -> Self {
+        Self {
+            lines,
+            failed_join: None,
+        }
+    }
+}
+
+impl LineSession {
+    fn current_room(&self) -> Option<&String> {
+        self.rooms.last()
+    }
+
+    /// Sends the request for `command` now, so requests keep the order they were typed in, and
+    /// returns the future of what to print when its reply comes.
+    fn execute(&mut self, command: Command) -> BoxFuture<'static, Outcome> {
+        let client = self.client.clone();
+        let me = client.welcome().name.clone();
+        match command {
+            Command::Say(text) => {
+                let Some(room) = self.current_room().cloned() else {
+                    return ready(vec!["! You are not in any room; /join one first.".into()]);
+                };
+                Box::pin(async move {
+                    let result = client
+                        .call(Say {
+                            room: room.clone(),
+                            text: text.clone(),
+                        })
+                        .await;
+                    Outcome::lines(vec![match result {
+                        Ok(sent) => message_line(&sent.to, &me, &text),
+                        Err(err) => failure(err),
+                    }])
+                })
+            }
+            Command::Msg { to, text } => Box::pin(async move {
+                let result = client
+                    .call(Msg {
+                        to,
+                        text: text.clone(),
+                    })
+                    .await;
+                Outcome::lines(vec![match result {
+                    Ok(sent) => format!("[private to {}] {}", sanitize(&sent.to), sanitize(&text)),
+                    Err(err) => failure(err),
+                }])
+            }),
+            Command::Users(room) => Box::pin(async move {
+                let result = client.call(Users { room }).await;
+                Outcome::lines(vec![match result {
+                    Ok(list) => match list.room {
+                        Some(room) => format!(
+                            "In #{} ({}): {}",
+                            sanitize(&room),
+                            list.users.len(),
+                            names(&list.users)
+                        ),
+                        None => format!("Online ({}): {}", list.users.len(), names(&list.users)),
+                    },
+                    Err(err) => failure(err),
+                }])
+            }),
+            Command::Join(room) => {
+                let room = canonical_room(&room);
+                // Optimistically current, so lines typed after /join go to the new room.
+                self.rooms.retain(|r| *r != room);
+                self.rooms.push(room.clone());
+                Box::pin(async move {
+                    match client.call(Join { room: room.clone() }).await {
+                        Ok(joined) => Outcome::lines(vec![format!(
+                            "You joined #{}. Here ({}): {}",
+                            sanitize(&joined.room),
+                            joined.members.len(),
+                            names(&joined.members)
+                        )]),
+                        Err(err) => Outcome {
+                            lines: vec![failure(err)],
+                            failed_join: Some(room),
+                        },
+                    }
+                })
+            }
+            Command::Part(room) => {
+                let Some(room) = room
+                    .map(|r| canonical_room(&r))
+                    .or_else(|| self.current_room().cloned())
+                else {
+                    return ready(vec!["! You are not in any room.".into()]);
+                };
+                self.rooms.retain(|r| *r != room);
+                let now_in = self.current_room().cloned();
+                Box::pin(async move {
+                    let mut lines = vec![match client.call(Part { room }).await {
+                        Ok(parted) => format!("You left #{}.", sanitize(&parted.room)),
+                        Err(err) => failure(err),
+                    }];
+                    lines.push(match now_in {
+                        Some(room) => format!("Now talking in #{}.", sanitize(&room)),
+                        None => "You are in no room now; /join one to talk.".into(),
+                    });
+                    Outcome::lines(lines)
+                })
+            }
+            Command::Rooms => Box::pin(async move {
+                Outcome::lines(vec![match client.call(Rooms {}).await {
+                    Ok(list) => {
+                        let rooms: Vec<String> = list
+                            .rooms
+                            .iter()
+                            .map(|r| {
+                                let you = if r.joined { ", you are in it" } else { "" };
+                                format!("#{} ({}{you})", sanitize(&r.name), r.members)
+                            })
+                            .collect();
+                        format!("Rooms ({}): {}", rooms.len(), rooms.join(", "))
+                    }
+                    Err(err) => failure(err),
+                }])
+            }),
+            Command::Help => ready(HELP.lines().map(str::to_owned).collect()),
+            Command::Files(_) | Command::Download(_) | Command::Upload { .. } => ready(vec![
+                "! File sharing is not available on this server yet.".into(),
+            ]),
+            Command::Quit => unreachable!("quit is handled by the input loop"),
+        }
+    }
+
+    /// Prints a finished request's lines and undoes a join that failed.
+    fn settle(&mut self, outcome: Outcome) {
+        for line in &outcome.lines {
+            println!("{line}");
+        }
+        if let Some(room) = outcome.failed_join {
+            self.rooms.retain(|r| *r != room);
+        }
+    }
+}
+
+fn ready(lines: Vec<String>) -> BoxFuture<'static, Outcome> {
+    Box::pin(std::future::ready(Outcome::lines(lines)))
+}
+
+fn failure(err: RequestError) -> String {
+    format!("! {}", sanitize(&err.to_string()))
+}

@@ -1,0 +1,35 @@
+//! The server's tunables, with defaults fit for a small self-hosted server.
+
+use std::time::Duration;
+
+/// How a server behaves; [`Config::default`] is what `parley server` runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Connections held at once; one more is told `server_full` and closed.
+    pub max_connections: usize,
+    /// Time a new connection has to send a valid `hello`.
+    pub handshake_timeout: Duration,
+    /// The server pings a client it has heard nothing from for this long.
+    pub keepalive_interval: Duration,
+    /// ... and drops it after this long without hearing anything. Detects dead peers and
+    /// half-open connections (a lost network, a powered-off machine) within seconds.
+    pub keepalive_timeout: Duration,
+    /// Bytes a client's outgoing queue may hold before the client is cut off as too slow.
+    /// 1 MiB is over 2,000 messages of typical size: far more than a healthy client ever lags.
+    pub max_queue_bytes: usize,
+    /// On shutdown, how long connections get to receive their `bye` before being dropped.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            keepalive_interval: Duration::from_secs(3),
+            keepalive_timeout: Duration::from_secs(10),
+            max_queue_bytes: 1024 * 1024,
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}

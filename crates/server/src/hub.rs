@@ -1,0 +1,345 @@
+//! The hub: who is online, which rooms exist, and routing between sessions.
+//!
+//! All of it lives behind one std `Mutex`. Every operation is short and never awaits (pushing
+//! into an [`Outbox`] does not block), so an async lock would only add cost; holding the lock
+//! while pushing also gives every recipient the same order of events. A broadcast is encoded
+//! once, outside any per-recipient loop, and every recipient gets a clone of the same `Bytes`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage};
+use parley_proto::limits::{MAX_ROOMS_PER_USER, MAX_TEXT_BYTES};
+use parley_proto::names::{self, fold};
+use parley_proto::reply::event_frame;
+use parley_proto::request::{Joined, RoomInfo, Sent};
+use parley_proto::{DEFAULT_ROOM, ErrorCode};
+
+use crate::outbox::Outbox;
+
+/// Identifies one signed-in session inside the hub.
+pub(crate) type SessionId = u64;
+
+/// A request the hub refused: a protocol error code and a sentence for the user.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub(crate) struct Refusal {
+    pub(crate) code: ErrorCode,
+    pub(crate) message: String,
+}
+
+fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
+    Refusal {
+        code,
+        message: message.into(),
+    }
+}
+
+#[derive(Default)]
+pub(crate) struct Hub {
+    state: Mutex<State>,
+    next_message_id: AtomicU64,
+}
+
+#[derive(Default)]
+struct State {
+    /// Folded name to session; a `BTreeMap` so listings come out sorted.
+    names: BTreeMap<String, SessionId>,
+    members: HashMap<SessionId, Member>,
+    rooms: BTreeMap<String, Room>,
+}
+
+struct Member {
+    name: String,
+    outbox: Outbox,
+    rooms: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct Room {
+    /// Each member's outbox, so a broadcast needs no second lookup per recipient.
+    members: HashMap<SessionId, Outbox>,
+}
+
+impl State {
+    fn member_names(&self, room: &Room) -> Vec<String> {
+        let mut names: Vec<String> = room
+            .members
+            .keys()
+            .map(|id| self.members[id].name.clone())
+            .collect();
+        names.sort_by_key(|name| fold(name));
+        names
+    }
+
+    /// Sends `frame` to everyone in `room` but `except`.
+    fn broadcast(&self, room: &str, frame: &Bytes, except: SessionId) {
+        if let Some(room) = self.rooms.get(room) {
+            for (id, outbox) in &room.members {
+                if *id != except {
+                    outbox.push(frame.clone());
+                }
+            }
+        }
+    }
+
+    /// Removes `id` from `room` and tells those left why, unless `reason` is `None`; drops the
+    /// room when it empties.
+    fn leave_room(&mut self, id: SessionId, room_name: &str, reason: Option<PartReason>) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        room.members.remove(&id);
+        let empty = room.members.is_empty();
+        if empty && room_name != DEFAULT_ROOM {
+            self.rooms.remove(room_name);
+        } else if let (false, Some(reason)) = (empty, reason) {
+            let event = Event::Part(Departure {
+                room: room_name.to_owned(),
+                users: vec![self.members[&id].name.clone()],
+                reason,
+            });
+            self.broadcast(room_name, &event_frame(&event), id);
+        }
+    }
+}
+
+impl Hub {
+    /// Signs `name` in: claims the name, places the session in the default room, queues the
+    /// reply built by `welcome` (given everyone online) and tells the room. The reply is queued
+    /// under the lock so that it reaches the client before any event does.
+    pub(crate) fn sign_in(
+        &self,
+        id: SessionId,
+        name: &str,
+        outbox: Outbox,
+        welcome: impl FnOnce(&str, Vec<String>) -> Bytes,
+    ) -> Result<(), Refusal> {
+        names::validate_user_name(name).map_err(|err| {
+            refuse(
+                ErrorCode::InvalidName,
+                format!("The name {name:?} is not allowed: {err}."),
+            )
+        })?;
+        let mut state = self.state.lock().unwrap();
+        let key = fold(name);
+        if state.names.contains_key(&key) {
+            return Err(refuse(
+                ErrorCode::NameTaken,
+                format!("The name {name} is taken: someone online uses it. Pick another."),
+            ));
+        }
+        state.names.insert(key, id);
+        state.members.insert(
+            id,
+            Member {
+                name: name.to_owned(),
+                outbox: outbox.clone(),
+                rooms: BTreeSet::from([DEFAULT_ROOM.to_owned()]),
+            },
+        );
+        let online = state
+            .names
+            .values()
+            .map(|id| state.members[id].name.clone())
+            .collect();
+        outbox.push(welcome(DEFAULT_ROOM, online));
+        let lobby = state.rooms.entry(DEFAULT_ROOM.to_owned()).or_default();
+        lobby.members.insert(id, outbox);
+        let event = Event::Join(Presence {
+            room: DEFAULT_ROOM.to_owned(),
+            users: vec![name.to_owned()],
+        });
+        state.broadcast(DEFAULT_ROOM, &event_frame(&event), id);
+        Ok(())
+    }
+
+    /// Signs a session out of every room, telling each room why it left; `None` tells nobody
+    /// (the server is stopping and everyone is being told that instead).
+    pub(crate) fn sign_out(&self, id: SessionId, reason: Option<PartReason>) {
+        let mut state = self.state.lock().unwrap();
+        let Some(rooms) = state.members.get(&id).map(|m| m.rooms.clone()) else {
+            return;
+        };
+        for room in &rooms {
+            state.leave_room(id, room, reason);
+        }
+        if let Some(member) = state.members.remove(&id) {
+            state.names.remove(&fold(&member.name));
+        }
+    }
+
+    /// Sends `text` from `id` to everyone else in `room`.
+    pub(crate) fn say(&self, id: SessionId, room: &str, text: String) -> Result<Sent, Refusal> {
+        check_text(&text)?;
+        let room = names::canonical_room(room);
+        let (message_id, ts) = self.stamp();
+        let state = self.state.lock().unwrap();
+        let member = &state.members[&id];
+        if !member.rooms.contains(&room) {
+            return Err(refuse(
+                ErrorCode::NotInRoom,
+                format!("You are not in #{room}; /join it first."),
+            ));
+        }
+        let event = Event::Message(RoomMessage {
+            id: message_id,
+            ts,
+            room: room.clone(),
+            from: member.name.clone(),
+            text,
+        });
+        state.broadcast(&room, &event_frame(&event), id);
+        Ok(Sent {
+            id: message_id,
+            ts,
+            to: room,
+        })
+    }
+
+    /// Sends `text` from `id` to the user named `to` only.
+    pub(crate) fn msg(&self, id: SessionId, to: &str, text: String) -> Result<Sent, Refusal> {
+        check_text(&text)?;
+        let (message_id, ts) = self.stamp();
+        let state = self.state.lock().unwrap();
+        let Some(recipient) = state.names.get(&fold(to)).map(|r| &state.members[r]) else {
+            return Err(refuse(
+                ErrorCode::NotFound,
+                format!("No user named {to} is online."),
+            ));
+        };
+        let event = Event::Private(Private {
+            id: message_id,
+            ts,
+            from: state.members[&id].name.clone(),
+            to: recipient.name.clone(),
+            text,
+        });
+        recipient.outbox.push(event_frame(&event));
+        Ok(Sent {
+            id: message_id,
+            ts,
+            to: recipient.name.clone(),
+        })
+    }
+
+    /// Puts `id` in `room`, creating it if needed, and tells the others there.
+    pub(crate) fn join(&self, id: SessionId, room: &str) -> Result<Joined, Refusal> {
+        let room = checked_room(room)?;
+        let mut state = self.state.lock().unwrap();
+        let member = state.members.get_mut(&id).expect("a session in the hub");
+        if !member.rooms.contains(&room) {
+            if member.rooms.len() >= MAX_ROOMS_PER_USER {
+                return Err(refuse(
+                    ErrorCode::TooManyRooms,
+                    format!(
+                        "You are in {MAX_ROOMS_PER_USER} rooms, the most allowed; /part one first."
+                    ),
+                ));
+            }
+            member.rooms.insert(room.clone());
+            let (name, outbox) = (member.name.clone(), member.outbox.clone());
+            state
+                .rooms
+                .entry(room.clone())
+                .or_default()
+                .members
+                .insert(id, outbox);
+            let event = Event::Join(Presence {
+                room: room.clone(),
+                users: vec![name],
+            });
+            state.broadcast(&room, &event_frame(&event), id);
+        }
+        let members = state.member_names(&state.rooms[&room]);
+        Ok(Joined { room, members })
+    }
+
+    /// Takes `id` out of `room` and tells the others there.
+    pub(crate) fn part(&self, id: SessionId, room: &str) -> Result<String, Refusal> {
+        let room = checked_room(room)?;
+        let mut state = self.state.lock().unwrap();
+        let member = state.members.get_mut(&id).expect("a session in the hub");
+        if !member.rooms.remove(&room) {
+            return Err(refuse(
+                ErrorCode::NotInRoom,
+                format!("You are not in #{room}."),
+            ));
+        }
+        state.leave_room(id, &room, Some(PartReason::Part));
+        Ok(room)
+    }
+
+    /// Every room, with its size and whether `id` is in it.
+    pub(crate) fn rooms(&self, id: SessionId) -> Vec<RoomInfo> {
+        let state = self.state.lock().unwrap();
+        state
+            .rooms
+            .iter()
+            .map(|(name, room)| RoomInfo {
+                name: name.clone(),
+                members: room.members.len(),
+                joined: room.members.contains_key(&id),
+            })
+            .collect()
+    }
+
+    /// Everyone online, or everyone in `room`.
+    pub(crate) fn users(&self, room: Option<&str>) -> Result<Vec<String>, Refusal> {
+        let state = self.state.lock().unwrap();
+        let Some(room) = room else {
+            return Ok(state
+                .names
+                .values()
+                .map(|id| state.members[id].name.clone())
+                .collect());
+        };
+        let room = checked_room(room)?;
+        match state.rooms.get(&room) {
+            Some(room) => Ok(state.member_names(room)),
+            None => Err(refuse(
+                ErrorCode::InvalidRoom,
+                format!("There is no room #{room}."),
+            )),
+        }
+    }
+
+    /// A new message id and the current time in milliseconds since the Unix epoch.
+    fn stamp(&self) -> (u64, u64) {
+        let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) + 1;
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        (id, ts)
+    }
+}
+
+fn check_text(text: &str) -> Result<(), Refusal> {
+    if text.trim().is_empty() {
+        return Err(refuse(ErrorCode::EmptyText, "A message cannot be empty."));
+    }
+    if text.len() > MAX_TEXT_BYTES {
+        return Err(refuse(
+            ErrorCode::TextTooLong,
+            format!(
+                "A message can be at most {MAX_TEXT_BYTES} bytes long; this one has {}.",
+                text.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn checked_room(room: &str) -> Result<String, Refusal> {
+    let room = names::canonical_room(room);
+    names::validate_room_name(&room).map_err(|err| {
+        refuse(
+            ErrorCode::InvalidRoom,
+            format!("The room name {room:?} is not allowed: {err}."),
+        )
+    })?;
+    Ok(room)
+}

@@ -1,0 +1,452 @@
+//! One connection, from its first byte to its last: the handshake, requests, keepalive and an
+//! orderly end.
+//!
+//! Each connection runs as a reader (this module's loop, which also carries out requests) and a
+//! writer task that drains the session's [`Outbox`] into the socket. Replies and events travel
+//! the same queue, so the writer is the only one touching the socket's write half, and a stalled
+//! socket stalls only this connection's writer.
+
+use std::fmt;
+use std::io::IoSlice;
+use std::net::SocketAddr;
+use std::pin::pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Buf, Bytes};
+use futures_util::StreamExt;
+use parley_proto::event::{Bye, Event, PartReason};
+use parley_proto::frame::{PING_FRAME, PONG_FRAME};
+use parley_proto::reply::{error_frame, event_frame, ok_frame};
+use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
+use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
+use parley_proto::{SUPPORTED_VERSIONS, limits::MAX_TEXT_BYTES};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info};
+
+use crate::config::Config;
+use crate::hub::{Hub, Refusal, SessionId};
+use crate::outbox::{self, Outbox, OutboxReader};
+
+/// After a session ends, how long its writer may take to deliver what is queued (the reply to
+/// `quit`, a `bye`) before the socket is dropped anyway.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Most frames the writer takes from the queue for one vectored write.
+const WRITE_BATCH: usize = 64;
+
+/// What every session shares.
+pub(crate) struct Context {
+    pub(crate) hub: Hub,
+    pub(crate) config: Config,
+    pub(crate) shutdown: CancellationToken,
+    next_session: AtomicU64,
+}
+
+impl Context {
+    pub(crate) fn new(config: Config, shutdown: CancellationToken) -> Self {
+        Self {
+            hub: Hub::default(),
+            config,
+            shutdown,
+            next_session: AtomicU64::new(1),
+        }
+    }
+}
+
+/// Why a session ended.
+enum End {
+    /// The client sent `quit`.
+    Quit,
+    /// The client closed the connection without `quit`.
+    Closed,
+    /// Reading failed (a reset, a broken pipe).
+    Broken(std::io::Error),
+    /// The client did not sign in in time.
+    HandshakeTimeout,
+    /// Nothing heard from the client for the keepalive timeout.
+    Timeout,
+    /// The client's outgoing queue overflowed.
+    TooSlow,
+    /// The server is shutting down.
+    Shutdown,
+    /// The client broke the protocol; it is told why in a `bye`.
+    Violation(ErrorCode, String),
+    /// The handshake was refused; the error reply is already queued.
+    Refused(String),
+}
+
+impl End {
+    /// The `bye` to send, if the client should get one.
+    fn bye(&self) -> Option<Bytes> {
+        let (code, message) = match self {
+            End::HandshakeTimeout => (
+                ErrorCode::HandshakeTimeout,
+                "No hello arrived in time; closing.".to_owned(),
+            ),
+            End::Timeout => (
+                ErrorCode::Timeout,
+                "Nothing heard from the client within the keepalive timeout; closing.".to_owned(),
+            ),
+            End::Shutdown => (
+                ErrorCode::Shutdown,
+                "The server is shutting down.".to_owned(),
+            ),
+            End::Violation(code, message) => (*code, message.clone()),
+            End::Quit | End::Closed | End::Broken(_) | End::TooSlow | End::Refused(_) => {
+                return None;
+            }
+        };
+        Some(event_frame(&Event::Bye(Bye { code, message })))
+    }
+
+    /// What the others are told, or `None` when nobody should be (the server is stopping).
+    fn part_reason(&self) -> Option<PartReason> {
+        Some(match self {
+            End::Quit => PartReason::Quit,
+            End::Closed | End::Broken(_) => PartReason::Lost,
+            End::Timeout | End::HandshakeTimeout => PartReason::Timeout,
+            End::TooSlow => PartReason::TooSlow,
+            End::Violation(..) | End::Refused(_) => PartReason::ProtocolError,
+            End::Shutdown => return None,
+        })
+    }
+}
+
+impl fmt::Display for End {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            End::Quit => f.write_str("quit"),
+            End::Closed => f.write_str("connection closed"),
+            End::Broken(err) => write!(f, "connection broken: {err}"),
+            End::HandshakeTimeout => f.write_str("did not sign in in time"),
+            End::Timeout => f.write_str("keepalive timeout"),
+            End::TooSlow => f.write_str("too slow reading, outgoing queue full"),
+            End::Shutdown => f.write_str("server shutting down"),
+            End::Violation(code, message) => write!(f, "protocol error ({code}): {message}"),
+            End::Refused(message) => write!(f, "refused: {message}"),
+        }
+    }
+}
+
+/// Runs one connection to its end.
+pub(crate) async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>)
+where
+    S: AsyncRead + AsyncWrite + Send + 'static,
+{
+    let (read_half, write_half) = tokio::io::split(stream);
+    let mut frames = FramedRead::new(read_half, FrameCodec::server());
+    let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
+    let abort_writer = CancellationToken::new();
+    let mut writer = tokio::spawn(write_loop(write_half, queue, abort_writer.clone()));
+
+    let mut session = Session {
+        id: ctx.next_session.fetch_add(1, Ordering::Relaxed),
+        ctx: &ctx,
+        outbox,
+        name: None,
+        last_heard: Instant::now(),
+        ping_sent: false,
+    };
+    let end = session.read_loop(&mut frames).await;
+
+    match &session.name {
+        Some(name) => {
+            ctx.hub.sign_out(session.id, end.part_reason());
+            info!("{name} ({peer}) left: {end}");
+        }
+        None => info!("{peer} left without signing in: {end}"),
+    }
+    if let Some(bye) = end.bye() {
+        session.outbox.push_last(bye);
+    }
+    drop(session);
+    if matches!(end, End::TooSlow) {
+        // Its queue is full and it is not reading: flushing would only wait.
+        abort_writer.cancel();
+    }
+    if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
+        abort_writer.cancel();
+        let _ = writer.await;
+    }
+}
+
+struct Session<'a> {
+    id: SessionId,
+    ctx: &'a Context,
+    outbox: Outbox,
+    /// Set once `hello` succeeds.
+    name: Option<String>,
+    last_heard: Instant,
+    ping_sent: bool,
+}
+
+impl Session<'_> {
+    async fn read_loop<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) -> End
+    where
+        R: AsyncRead + Unpin,
+    {
+        let config = &self.ctx.config;
+        // One timer, re-armed only when it fires, so a busy connection costs no timer
+        // updates per frame: on waking it checks how long the client has really been silent.
+        let mut alarm = pin!(sleep_until(self.last_heard + config.handshake_timeout));
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
+                _ = self.outbox.overflowed() => return End::TooSlow,
+                _ = &mut alarm => {
+                    match self.keepalive(config) {
+                        Ok(wake_at) => alarm.as_mut().reset(wake_at),
+                        Err(end) => return end,
+                    }
+                    continue;
+                }
+                next = frames.next() => next,
+            };
+            self.last_heard = Instant::now();
+            self.ping_sent = false;
+            let frame = match next {
+                None => return End::Closed,
+                Some(Ok(frame)) => frame,
+                Some(Err(FrameError::Io(err))) => return End::Broken(err),
+                Some(Err(err @ FrameError::TooLarge { .. })) => {
+                    return End::Violation(ErrorCode::FrameTooLarge, format!("{err}; closing."));
+                }
+                Some(Err(err)) => {
+                    return End::Violation(ErrorCode::BadFrame, format!("{err}; closing."));
+                }
+            };
+            let signed_in = self.name.is_some();
+            match frame {
+                Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
+                Frame::Pong => {}
+                Frame::Data { .. } => {
+                    return End::Violation(
+                        ErrorCode::BadFrame,
+                        "Data frames are not used by protocol version 1; closing.".into(),
+                    );
+                }
+                Frame::Control(json) => {
+                    if let Some(end) = self.handle(&json) {
+                        return end;
+                    }
+                }
+            }
+            if !signed_in && self.name.is_some() {
+                alarm
+                    .as_mut()
+                    .reset(self.last_heard + config.keepalive_interval);
+            }
+        }
+    }
+
+    /// Called when the alarm rings: pings a quiet client, gives up on a silent one, and says
+    /// when to look again.
+    fn keepalive(&mut self, config: &Config) -> Result<Instant, End> {
+        if self.name.is_none() {
+            return Err(End::HandshakeTimeout);
+        }
+        let silent = self.last_heard.elapsed();
+        if silent >= config.keepalive_timeout {
+            return Err(End::Timeout);
+        }
+        if silent >= config.keepalive_interval && !self.ping_sent {
+            self.outbox.push(Bytes::from_static(&PING_FRAME));
+            self.ping_sent = true;
+        }
+        Ok(if self.ping_sent {
+            self.last_heard + config.keepalive_timeout
+        } else {
+            self.last_heard + config.keepalive_interval
+        })
+    }
+
+    /// Carries out one control frame; `Some` ends the session.
+    fn handle(&mut self, json: &[u8]) -> Option<End> {
+        let request = match Request::decode(json) {
+            Ok(request) => request,
+            Err(RequestError {
+                id: Some(id),
+                code,
+                message,
+            }) => {
+                self.outbox.push(error_frame(id, code, &message));
+                return self.name.is_none().then_some(End::Refused(message));
+            }
+            Err(RequestError { message, .. }) => {
+                return Some(End::Violation(
+                    ErrorCode::BadFrame,
+                    format!("A control frame must hold a request with an id. {message}"),
+                ));
+            }
+        };
+        if self.name.is_none() {
+            return self.hello(request);
+        }
+        let id = request.id;
+        let hub = &self.ctx.hub;
+        let reply = match request.body {
+            RequestBody::Hello(_) => Err(Refusal {
+                code: ErrorCode::AlreadySignedIn,
+                message: "This connection is already signed in.".into(),
+            }),
+            RequestBody::Say(say) => hub
+                .say(self.id, &say.room, say.text)
+                .map(|sent| ok_frame::<request::Say>(id, &sent)),
+            RequestBody::Msg(msg) => hub
+                .msg(self.id, &msg.to, msg.text)
+                .map(|sent| ok_frame::<request::Msg>(id, &sent)),
+            RequestBody::Join(join) => hub
+                .join(self.id, &join.room)
+                .map(|joined| ok_frame::<request::Join>(id, &joined)),
+            RequestBody::Part(part) => hub
+                .part(self.id, &part.room)
+                .map(|room| ok_frame::<request::Part>(id, &request::Parted { room })),
+            RequestBody::Rooms(_) => Ok(ok_frame::<request::Rooms>(
+                id,
+                &RoomList {
+                    rooms: hub.rooms(self.id),
+                },
+            )),
+            RequestBody::Users(users) => hub.users(users.room.as_deref()).map(|names| {
+                let room = users
+                    .room
+                    .as_deref()
+                    .map(parley_proto::names::canonical_room);
+                ok_frame::<request::Users>(id, &UserList { room, users: names })
+            }),
+            RequestBody::Quit(_) => {
+                self.outbox.push(ok_frame::<request::Quit>(id, &Empty {}));
+                return Some(End::Quit);
+            }
+        };
+        self.outbox
+            .push(reply.unwrap_or_else(|refusal| error_frame(id, refusal.code, &refusal.message)));
+        None
+    }
+
+    /// The first request must be a `hello` that the server accepts; anything else ends the
+    /// session after an error reply.
+    fn hello(&mut self, request: Request) -> Option<End> {
+        let id = request.id;
+        let refuse = |code, message: String| {
+            self.outbox.push(error_frame(id, code, &message));
+            Some(End::Refused(message))
+        };
+        let RequestBody::Hello(hello) = request.body else {
+            return refuse(
+                ErrorCode::HandshakeRequired,
+                "Sign in with a hello request first.".into(),
+            );
+        };
+        let Some(version) = negotiate(&hello.versions) else {
+            return refuse(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "This server speaks protocol version {SUPPORTED_VERSIONS:?}; the client offered {:?}. Upgrade the older side.",
+                    hello.versions
+                ),
+            );
+        };
+        let config = &self.ctx.config;
+        let welcome = |room: &str, online: Vec<String>| {
+            ok_frame::<Hello>(
+                id,
+                &Welcome {
+                    version,
+                    server: concat!("parley/", env!("CARGO_PKG_VERSION")).into(),
+                    name: hello.name.clone(),
+                    room: room.into(),
+                    online,
+                    keepalive_ms: config.keepalive_interval.as_millis() as u64,
+                    timeout_ms: config.keepalive_timeout.as_millis() as u64,
+                    max_text: MAX_TEXT_BYTES,
+                },
+            )
+        };
+        match self
+            .ctx
+            .hub
+            .sign_in(self.id, &hello.name, self.outbox.clone(), welcome)
+        {
+            Ok(()) => {
+                debug!(client = ?hello.client, "signed in as {}", hello.name);
+                self.name = Some(hello.name);
+                None
+            }
+            Err(refusal) => refuse(refusal.code, refusal.message),
+        }
+    }
+}
+
+/// The highest version both sides speak.
+fn negotiate(offered: &[u16]) -> Option<u16> {
+    offered
+        .iter()
+        .copied()
+        .filter(|v| SUPPORTED_VERSIONS.contains(v))
+        .max()
+}
+
+/// Drains the queue into the socket until every [`Outbox`] is gone or `abort` fires, then
+/// closes the write side.
+async fn write_loop<W>(write_half: W, mut queue: OutboxReader, abort: CancellationToken)
+where
+    W: AsyncWrite + Send,
+{
+    let mut write_half = pin!(write_half);
+    let mut batch = Vec::new();
+    let drained = abort
+        .run_until_cancelled(async {
+            loop {
+                if queue.recv_many(&mut batch, WRITE_BATCH).await == 0 {
+                    return true;
+                }
+                let bytes = batch.iter().map(Bytes::len).sum();
+                if write_batch(&mut write_half, &mut batch).await.is_err() {
+                    return false;
+                }
+                queue.release(bytes);
+            }
+        })
+        .await;
+    if drained == Some(true) {
+        let _ = write_half.shutdown().await;
+    }
+}
+
+/// Writes every frame of `batch` with as few system calls as the transport allows.
+async fn write_batch<W>(
+    w: &mut std::pin::Pin<&mut W>,
+    batch: &mut Vec<Bytes>,
+) -> std::io::Result<()>
+where
+    W: AsyncWrite,
+{
+    let mut first = 0;
+    while first < batch.len() {
+        let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
+        let mut written = w.write_vectored(&slices).await?;
+        drop(slices);
+        if written == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let frame = &mut batch[first];
+            if written >= frame.len() {
+                written -= frame.len();
+                first += 1;
+            } else {
+                frame.advance(written);
+                written = 0;
+            }
+        }
+    }
+    batch.clear();
+    Ok(())
+}
