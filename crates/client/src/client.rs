@@ -86,7 +86,7 @@ pub enum ConnectError {
         source: std::io::Error,
     },
     /// Connecting or signing in took longer than the timeout.
-    #[error("cannot connect to {address}: no answer within {} seconds", timeout.as_secs())]
+    #[error("cannot connect to {address}: no answer within {} s", timeout.as_secs())]
     Timeout {
         /// host:port as given.
         address: String,

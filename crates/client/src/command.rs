@@ -101,10 +101,11 @@ fn parse_nonblank(line: &str) -> Result<Command, ParseError> {
             .map(|(to, text)| Command::Msg { to, text })
             .ok_or(ParseError::Usage(USAGE_AT));
     }
-    if let Some((keyword, rest)) = line.split_once("::") {
-        if let Some(command) = parse_legacy(keyword, rest) {
-            return command;
-        }
+    if let Some(command) = line
+        .split_once("::")
+        .and_then(|(keyword, rest)| parse_legacy(keyword, rest))
+    {
+        return command;
     }
     Ok(Command::Say(line.to_owned()))
 }

@@ -54,6 +54,9 @@ pub struct Args {
         conflicts_with = "port"
     )]
     port_option: Option<u16>,
+    /// Seconds to wait for the server to answer when connecting.
+    #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
+    connect_timeout: u64,
     /// Line mode: plain lines in and out (the only mode for now, and always used when
     /// stdin or stdout is not a terminal).
     #[arg(long)]
@@ -66,7 +69,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .or(args.host_option)
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
-    let options = ConnectOptions::new(host, port, args.username);
+    let options = ConnectOptions {
+        timeout: Duration::from_secs(args.connect_timeout),
+        ..ConnectOptions::new(host, port, args.username)
+    };
     let (client, mut events) = match Client::connect(&options).await {
         Ok(connected) => connected,
         Err(err) => {

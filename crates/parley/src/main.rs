@@ -9,7 +9,8 @@ mod server;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand};
 
 /// Self-hosted chat and file sharing.
 #[derive(Parser)]
@@ -28,7 +29,10 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => return usage_error(err),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -45,6 +49,9 @@ fn main() -> ExitCode {
             Command::Client(args) => client::run(args).await,
         }
     });
+    // Do not wait for the thread blocked reading stdin: the client may end because the server
+    // went away while the user has typed nothing.
+    runtime.shutdown_background();
     match result {
         Ok(code) => code,
         Err(err) => {
@@ -52,4 +59,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints clap's message, followed by the usage line when clap left it out (it does for a bad
+/// value, such as a port that is not a number), and picks the exit code: 0 for --help and
+/// --version, 2 for mistakes.
+fn usage_error(err: clap::Error) -> ExitCode {
+    let _ = err.print();
+    if matches!(
+        err.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        return ExitCode::SUCCESS;
+    }
+    if !err.render().to_string().contains("Usage:") {
+        let mut command = Cli::command();
+        command.build();
+        let subcommand = std::env::args().nth(1).unwrap_or_default();
+        let usage = match command.find_subcommand_mut(&subcommand) {
+            Some(sub) => sub.render_usage(),
+            None => command.render_usage(),
+        };
+        eprintln!("\n{usage}");
+    }
+    ExitCode::from(2)
 }

@@ -1,0 +1,136 @@
+//! Signing in, the welcome, join notices and broadcast.
+
+use parley_client::ClientEvent;
+use parley_proto::event::{Event, Presence, RoomMessage};
+use parley_proto::request::Say;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn welcome_says_who_is_online() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    assert_eq!(alice.welcome().online, ["alice"]);
+    assert_eq!(alice.welcome().room, "lobby");
+    assert_eq!(alice.welcome().version, 1);
+
+    let (bob, _bob_events) = server.join("Bob").await;
+    assert_eq!(bob.welcome().online, ["alice", "Bob"]);
+    assert_eq!(bob.welcome().name, "Bob");
+}
+
+#[tokio::test]
+async fn everyone_else_is_told_of_a_join() {
+    let server = TestServer::start().await;
+    let (_alice, mut alice_events) = server.join("alice").await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    assert_eq!(
+        next_server_event(&mut alice_events).await,
+        Event::Join(Presence {
+            room: "lobby".into(),
+            users: vec!["bob".into()]
+        })
+    );
+    // The newcomer is not told of its own arrival.
+    assert_quiet(&mut bob_events).await;
+}
+
+#[tokio::test]
+async fn broadcast_reaches_everyone_in_the_room_and_is_confirmed() {
+    let server = TestServer::start().await;
+    let (alice, mut alice_events) = server.join("alice").await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    let (_carol, mut carol_events) = server.join("carol").await;
+    // Let alice see both joins so her stream holds only what follows.
+    for _ in 0..2 {
+        next_server_event(&mut alice_events).await;
+    }
+    next_server_event(&mut bob_events).await;
+
+    let sent = alice
+        .call(Say {
+            room: "lobby".into(),
+            text: "hello, everyone".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(sent.to, "lobby");
+    assert!(sent.id > 0 && sent.ts > 0);
+
+    for events in [&mut bob_events, &mut carol_events] {
+        let event = next_server_event(events).await;
+        assert_eq!(
+            event,
+            Event::Message(RoomMessage {
+                id: sent.id,
+                ts: sent.ts,
+                room: "lobby".into(),
+                from: "alice".into(),
+                text: "hello, everyone".into(),
+            })
+        );
+    }
+    // The sender's confirmation is the reply, not an echo.
+    assert_quiet(&mut alice_events).await;
+}
+
+#[tokio::test]
+async fn messages_arrive_in_the_order_sent() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    for i in 0..200 {
+        alice
+            .call(Say {
+                room: "lobby".into(),
+                text: format!("message {i}"),
+            })
+            .await
+            .unwrap();
+    }
+    for i in 0..200 {
+        match next_event(&mut bob_events).await {
+            ClientEvent::Server(Event::Message(m)) => assert_eq!(m.text, format!("message {i}")),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn empty_and_overlong_messages_are_refused_with_a_reason() {
+    let server = TestServer::start().await;
+    let (alice, _events) = server.join("alice").await;
+    let err = alice
+        .call(Say {
+            room: "lobby".into(),
+            text: "   ".into(),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            parley_client::RequestError::Refused {
+                code: parley_proto::ErrorCode::EmptyText,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = alice
+        .call(Say {
+            room: "lobby".into(),
+            text: "x".repeat(4097),
+        })
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("4096"), "{err}");
+    // The longest allowed message goes through.
+    alice
+        .call(Say {
+            room: "lobby".into(),
+            text: "x".repeat(4096),
+        })
+        .await
+        .unwrap();
+}

@@ -1,0 +1,14 @@
+//! Integration tests: the real server on 127.0.0.1:0, real clients (the library in-process and
+//! the `parley` binary where the user's experience is the point). One file per feature.
+
+mod support;
+
+mod chat;
+mod cli;
+mod frames;
+mod leaving;
+mod names;
+mod private;
+mod rooms;
+mod shutdown;
+mod slow_client;

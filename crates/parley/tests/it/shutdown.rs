@@ -1,0 +1,80 @@
+//! The server stopping: a clean shutdown is announced to every client; an abrupt loss is
+//! reported differently; either way the line client exits non-zero.
+
+use parley_client::{ClientEvent, Closed};
+use parley_proto::ErrorCode;
+
+use crate::support::*;
+
+#[tokio::test]
+async fn every_client_is_told_when_the_server_shuts_down() {
+    let server = TestServer::start().await;
+    let (_alice, mut alice_events) = server.join("alice").await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    next_server_event(&mut alice_events).await; // bob joined
+    server.shutdown.cancel();
+    for events in [&mut alice_events, &mut bob_events] {
+        match next_event(events).await {
+            ClientEvent::Closed(Closed::ByServer(bye)) => {
+                assert_eq!(bye.code, ErrorCode::Shutdown);
+                assert!(bye.message.contains("shutting down"));
+            }
+            other => panic!("expected the shutdown notice, got {other:?}"),
+        }
+    }
+    tokio::time::timeout(WAIT, server.task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// Starts `parley server 0` and returns it with the address it printed.
+async fn server_process() -> (Proc, std::net::SocketAddr) {
+    let mut server = Proc::spawn(&["server", "0", "--host", "127.0.0.1"]);
+    let line = server.expect_line(|l| l.contains("listening on")).await;
+    let addr = line
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (server, addr)
+}
+
+#[tokio::test]
+async fn sigterm_stops_the_server_cleanly_and_the_client_says_so() {
+    let (mut server, addr) = server_process().await;
+    let client = Proc::client("alice", addr).await;
+    let connected = server.expect_line(|l| l.contains("connected")).await;
+    assert!(
+        connected.contains("127.0.0.1:"),
+        "the connect line names the peer: {connected}"
+    );
+
+    signal(server.pid(), "TERM");
+    let (code, stdout, stderr) = client.finish().await;
+    assert_eq!(code, 3, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stderr.contains("is shutting down"), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let (code, stdout, stderr) = server.finish().await;
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("alice (127.0.0.1:") && stdout.contains(") left"),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn an_abrupt_loss_is_reported_differently() {
+    let (server, addr) = server_process().await;
+    let client = Proc::client("alice", addr).await;
+    signal(server.pid(), "KILL");
+    let (code, stdout, stderr) = client.finish().await;
+    assert_eq!(code, 3, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains("Lost the connection to 127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("shutting down"), "{stderr}");
+    drop(server);
+}

@@ -1,0 +1,176 @@
+//! A client that stops reading never delays anyone else, and cannot make the server's memory
+//! grow without bound: past its queue limit it is cut off, and the others are told.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parley_client::{Client, ClientEvent, Events};
+use parley_proto::event::{Event, PartReason};
+use parley_proto::request::{Say, Users};
+
+use crate::support::*;
+
+const SENDERS: usize = 4;
+
+/// Sends `per_sender` messages of `size` bytes from each of [`SENDERS`] clients at once.
+async fn flood(senders: &[Client], per_sender: usize, size: usize) {
+    let mut tasks = Vec::new();
+    for (s, sender) in senders.iter().enumerate() {
+        let sender = sender.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_sender {
+                let mut text = format!("{s}:{i}:");
+                text.extend(std::iter::repeat_n('x', size - text.len()));
+                sender
+                    .call(Say {
+                        room: "lobby".into(),
+                        text,
+                    })
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// Receives every flooded message, checks per-sender order, and returns the worst delay
+/// between the server accepting a message and its arrival here.
+async fn receive_all(events: &mut Events, per_sender: usize) -> Duration {
+    let mut next = [0usize; SENDERS];
+    let mut worst = Duration::ZERO;
+    while next.iter().sum::<usize>() < SENDERS * per_sender {
+        let message = wait_for(events, |event| match event {
+            ClientEvent::Server(Event::Message(m)) => Some(m.clone()),
+            _ => None,
+        })
+        .await;
+        let mut parts = message.text.splitn(3, ':');
+        let s: usize = parts.next().unwrap().parse().unwrap();
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(
+            i, next[s],
+            "messages from sender {s} out of order or missing"
+        );
+        next[s] += 1;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        worst = worst.max(Duration::from_millis(now.saturating_sub(message.ts)));
+    }
+    worst
+}
+
+async fn senders(server: &TestServer) -> Vec<Client> {
+    let mut senders = Vec::new();
+    for s in 0..SENDERS {
+        senders.push(server.join(&format!("sender{s}")).await.0);
+    }
+    senders
+}
+
+#[tokio::test]
+async fn a_stalled_reader_does_not_delay_the_others() {
+    // A queue limit far above what is sent: the stalled client stays connected throughout, so
+    // the others' progress cannot come from it being cut off.
+    let server = TestServer::with_config(Config {
+        max_queue_bytes: 256 << 20,
+        ..Config::default()
+    })
+    .await;
+    let mut stalled = server.raw().await;
+    stalled.hello("stalled").await;
+    let (watcher, mut watcher_events) = server.join("watcher").await;
+    let senders = senders(&server).await;
+
+    // 32 MiB: far more than the kernel's socket buffers can absorb for the stalled client.
+    let per_sender = 2_000;
+    let (_, worst) = tokio::join!(
+        flood(&senders, per_sender, 4096),
+        receive_all(&mut watcher_events, per_sender)
+    );
+    assert!(
+        worst < Duration::from_secs(5),
+        "a message took {worst:?} to arrive"
+    );
+    let online = watcher.call(Users { room: None }).await.unwrap().users;
+    assert!(online.contains(&"stalled".to_owned()), "{online:?}");
+    drop(stalled);
+}
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
+    // The real binary, so its memory is its own and nothing else in this test process.
+    let mut server = Proc::spawn(&["server", "0", "--host", "127.0.0.1"]);
+    let line = server.expect_line(|l| l.contains("listening on")).await;
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    let port = addr.port();
+    let join = |name: &'static str| async move {
+        Client::connect(&parley_client::ConnectOptions::new("127.0.0.1", port, name))
+            .await
+            .unwrap()
+    };
+
+    let mut stalled = RawConn::connect(addr).await;
+    stalled.hello("stalled").await;
+    let (_watcher, mut watcher_events) = join("watcher").await;
+    let mut senders = Vec::new();
+    for name in ["sender0", "sender1", "sender2", "sender3"] {
+        senders.push(join(name).await.0);
+    }
+    let before = rss_kib(server.pid());
+
+    // 64 MiB through the server, 64 times the stalled client's 1 MiB queue limit.
+    let per_sender = 4_000;
+    let mut peak = before;
+    let mut cut_off = false;
+    let receive = async {
+        let mut next = [0usize; SENDERS];
+        while next.iter().sum::<usize>() < SENDERS * per_sender {
+            match next_server_event(&mut watcher_events).await {
+                Event::Message(m) => {
+                    let mut parts = m.text.splitn(3, ':');
+                    let s: usize = parts.next().unwrap().parse().unwrap();
+                    let i: usize = parts.next().unwrap().parse().unwrap();
+                    assert_eq!(
+                        i, next[s],
+                        "messages from sender {s} out of order or missing"
+                    );
+                    next[s] += 1;
+                    if i.is_multiple_of(500) {
+                        peak = peak.max(rss_kib(server.pid()));
+                    }
+                }
+                Event::Part(d) if d.users == ["stalled"] => {
+                    assert_eq!(d.reason, PartReason::TooSlow);
+                    cut_off = true;
+                }
+                Event::Join(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    };
+    tokio::join!(flood(&senders, per_sender, 4096), receive);
+    assert!(cut_off, "the stalled client was never cut off");
+    let growth_mib = (peak.saturating_sub(before)) / 1024;
+    assert!(
+        growth_mib < 24,
+        "the server grew by {growth_mib} MiB while 64 MiB flowed"
+    );
+    assert!(
+        stalled.closed_within_wait().await,
+        "the stalled client's connection stayed open"
+    );
+}

@@ -1,0 +1,312 @@
+//! Shared test fixtures: an in-process server, library clients, raw frame-level connections and
+//! the `parley` binary as a child process. Every wait is bounded by [`WAIT`].
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+use parley_client::{Client, ClientEvent, ConnectOptions, Events};
+use parley_proto::{Frame, FrameCodec, ServerMessage};
+use serde_json::{Value, json};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::task::JoinHandle;
+use tokio::time::timeout;
+use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
+
+pub use parley_proto::event::Event;
+pub use parley_server::Config;
+
+/// The longest any single expected thing may take before a test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A server running in this process.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub shutdown: CancellationToken,
+    pub task: JoinHandle<std::io::Result<()>>,
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config(Config::default()).await
+    }
+
+    pub async fn with_config(config: Config) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(parley_server::serve(listener, config, shutdown.clone()));
+        Self {
+            addr,
+            shutdown,
+            task,
+        }
+    }
+
+    /// Signs `name` in with the client library.
+    pub async fn join(&self, name: &str) -> (Client, Events) {
+        Client::connect(&self.options(name))
+            .await
+            .unwrap_or_else(|err| panic!("{name} could not sign in: {err}"))
+    }
+
+    pub fn options(&self, name: &str) -> ConnectOptions {
+        ConnectOptions::new("127.0.0.1", self.addr.port(), name)
+    }
+
+    pub async fn raw(&self) -> RawConn {
+        RawConn::connect(self.addr).await
+    }
+}
+
+/// The next event, failing the test if none comes within [`WAIT`].
+pub async fn next_event(events: &mut Events) -> ClientEvent {
+    timeout(WAIT, events.recv())
+        .await
+        .expect("no event within the wait")
+        .expect("the event stream ended")
+}
+
+/// The next server event, which must not be the end of the connection.
+pub async fn next_server_event(events: &mut Events) -> Event {
+    match next_event(events).await {
+        ClientEvent::Server(event) => event,
+        ClientEvent::Closed(closed) => panic!("connection closed: {closed:?}"),
+    }
+}
+
+/// Skips events until one matches, failing after [`WAIT`].
+pub async fn wait_for<T>(
+    events: &mut Events,
+    mut pick: impl FnMut(&ClientEvent) -> Option<T>,
+) -> T {
+    timeout(WAIT, async {
+        loop {
+            let event = events.recv().await.expect("the event stream ended");
+            if let Some(found) = pick(&event) {
+                return found;
+            }
+            if let ClientEvent::Closed(closed) = event {
+                panic!("connection closed while waiting: {closed:?}");
+            }
+        }
+    })
+    .await
+    .expect("the awaited event did not come within the wait")
+}
+
+/// Asserts that no event arrives for a short while (used to check that something was *not*
+/// delivered, after a later event proved the server had already routed it).
+pub async fn assert_quiet(events: &mut Events) {
+    if let Ok(event) = timeout(Duration::from_millis(200), events.recv()).await {
+        panic!("expected no event, got {event:?}");
+    }
+}
+
+/// A connection speaking raw frames, for testing what a misbehaving client can do.
+pub struct RawConn {
+    pub frames: FramedRead<tokio::net::tcp::OwnedReadHalf, FrameCodec>,
+    pub write: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawConn {
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (read, write) = stream.into_split();
+        Self {
+            frames: FramedRead::new(read, FrameCodec::client()),
+            write,
+        }
+    }
+
+    pub async fn send_bytes(&mut self, bytes: &[u8]) {
+        self.write.write_all(bytes).await.unwrap();
+    }
+
+    pub async fn send_json(&mut self, value: Value) {
+        let frame = Frame::Control(Bytes::from(serde_json::to_vec(&value).unwrap()));
+        self.send_bytes(&frame.to_bytes()).await;
+    }
+
+    pub async fn hello(&mut self, name: &str) -> Value {
+        self.send_json(json!({"id": 0, "type": "hello", "versions": [1], "name": name}))
+            .await;
+        let reply = self.recv_json().await;
+        assert_eq!(reply["type"], "ok", "hello refused: {reply}");
+        reply
+    }
+
+    /// The next control message as JSON, answering pings on the way.
+    pub async fn recv_json(&mut self) -> Value {
+        loop {
+            match self.recv_frame().await {
+                Some(Frame::Control(json)) => {
+                    // Also check that it decodes with the protocol crate.
+                    ServerMessage::decode(&json).expect("the server sent an undecodable message");
+                    return serde_json::from_slice(&json).unwrap();
+                }
+                Some(Frame::Ping) => self.send_bytes(&Frame::Pong.to_bytes()).await,
+                Some(_) => {}
+                None => panic!("the connection closed before a control message"),
+            }
+        }
+    }
+
+    /// The next frame, `None` at end of stream.
+    pub async fn recv_frame(&mut self) -> Option<Frame> {
+        timeout(WAIT, self.frames.next())
+            .await
+            .expect("no frame within the wait")
+            .map(|frame| frame.expect("an undecodable frame from the server"))
+    }
+
+    /// Asserts that the server closes the connection next (after any pings).
+    pub async fn expect_closed(&mut self) {
+        loop {
+            match self.recv_frame().await {
+                None => return,
+                Some(Frame::Ping | Frame::Pong) => {}
+                Some(frame) => panic!("expected the connection to close, got {frame:?}"),
+            }
+        }
+    }
+
+    /// Reads and discards until the server closes; true if it did within [`WAIT`].
+    pub async fn closed_within_wait(self) -> bool {
+        let mut read = self.frames.into_inner();
+        let mut sink = BytesMut::with_capacity(64 * 1024);
+        timeout(WAIT, async {
+            loop {
+                sink.clear();
+                if matches!(read.read_buf(&mut sink).await, Ok(0) | Err(_)) {
+                    return;
+                }
+            }
+        })
+        .await
+        .is_ok()
+    }
+}
+
+/// The `parley` binary under test.
+pub fn parley() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_parley"));
+    command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .env_remove("RUST_LOG")
+        .kill_on_drop(true);
+    command
+}
+
+/// A running `parley` process with line-by-line access to its stdout.
+pub struct Proc {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    pub stdout: Lines<BufReader<ChildStdout>>,
+    /// Every stdout line read so far, for failure messages.
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = parley().args(args).spawn().expect("parley runs");
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        Self {
+            child,
+            stdin,
+            stdout,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Starts `parley client <name>` against `addr` and waits for its welcome line.
+    pub async fn client(name: &str, addr: SocketAddr) -> Self {
+        let port = addr.port().to_string();
+        let mut proc = Self::spawn(&["client", name, "127.0.0.1", &port]);
+        proc.expect_line(|l| l.starts_with("Connected to")).await;
+        proc
+    }
+
+    pub async fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is open");
+        stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .await
+            .unwrap();
+        stdin.flush().await.unwrap();
+    }
+
+    /// Closes stdin: end of input.
+    pub fn close_stdin(&mut self) {
+        self.stdin = None;
+    }
+
+    /// Reads stdout until a line matches; fails after [`WAIT`] or at end of output.
+    pub async fn expect_line(&mut self, mut matches: impl FnMut(&str) -> bool) -> String {
+        let found = timeout(WAIT, async {
+            while let Some(line) = self.stdout.next_line().await.unwrap() {
+                self.seen.push(line.clone());
+                if matches(&line) {
+                    return Some(line);
+                }
+            }
+            None
+        })
+        .await;
+        match found {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!(
+                "output ended without the expected line; saw {:#?}",
+                self.seen
+            ),
+            Err(_) => panic!(
+                "the expected line did not come within the wait; saw {:#?}",
+                self.seen
+            ),
+        }
+    }
+
+    /// Waits for the process to exit (stdin stays open: close it first to mean end of input);
+    /// returns its exit code, all its stdout and its stderr.
+    pub async fn finish(mut self) -> (i32, String, String) {
+        let mut stdout = self.seen.join("\n");
+        timeout(WAIT, async {
+            while let Ok(Some(line)) = self.stdout.next_line().await {
+                stdout.push('\n');
+                stdout.push_str(line.as_str());
+            }
+        })
+        .await
+        .expect("the process did not close its output within the wait");
+        let output = timeout(WAIT, self.child.wait_with_output())
+            .await
+            .expect("the process did not exit within the wait")
+            .unwrap();
+        (
+            output.status.code().unwrap_or(-1),
+            stdout,
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("the process is running")
+    }
+}
+
+/// Sends a Unix signal to a process.
+pub fn signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &pid.to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid} failed");
+}
