@@ -302,11 +302,9 @@ impl Proc {
     }
 }
 
-/// Sends a Unix signal to a process.
+/// Sends a Unix signal ("TERM", "KILL", ...) to a process.
 pub fn signal(pid: u32, signal: &str) {
-    let status = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &pid.to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill -{signal} {pid} failed");
+    use nix::sys::signal::{Signal, kill};
+    let signal: Signal = format!("SIG{signal}").parse().expect("a signal name");
+    kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("the signal was sent");
 }
