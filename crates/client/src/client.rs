@@ -170,7 +170,11 @@ pub struct Client {
     shared: Arc<Shared>,
 }
 
-type Pending = HashMap<u64, oneshot::Sender<Reply>>;
+/// Requests waiting for their reply, and whether replies can still come.
+struct Pending {
+    open: bool,
+    waiters: HashMap<u64, oneshot::Sender<Reply>>,
+}
 
 struct Shared {
     writer: mpsc::Sender<Bytes>,
@@ -300,7 +304,10 @@ impl Client {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             writer,
-            pending: Mutex::new(HashMap::new()),
+            pending: Mutex::new(Pending {
+                open: true,
+                waiters: HashMap::new(),
+            }),
             next_id: AtomicU64::new(1),
             quitting: AtomicBool::new(false),
             welcome,
@@ -325,13 +332,20 @@ impl Client {
     pub async fn call<C: Call>(&self, request: C) -> Result<C::Output, RequestError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
-        self.shared.pending.lock().unwrap().insert(id, tx);
+        {
+            let mut pending = self.shared.pending.lock().unwrap();
+            // Checked under the lock the reader closes it with, so no waiter is left behind.
+            if !pending.open {
+                return Err(RequestError::Closed);
+            }
+            pending.waiters.insert(id, tx);
+        }
         let frame = control_frame(&Request {
             id,
             body: request.into(),
         });
         if self.shared.writer.send(frame).await.is_err() {
-            self.shared.pending.lock().unwrap().remove(&id);
+            self.shared.pending.lock().unwrap().waiters.remove(&id);
             return Err(RequestError::Closed);
         }
         match rx.await.map_err(|_| RequestError::Closed)? {
@@ -400,7 +414,8 @@ async fn read_loop<S: AsyncRead>(
         };
         match ServerMessage::decode(&json) {
             Ok(ServerMessage::Reply(reply)) => {
-                if let Some(waiter) = shared.pending.lock().unwrap().remove(&reply.id()) {
+                let waiter = shared.pending.lock().unwrap().waiters.remove(&reply.id());
+                if let Some(waiter) = waiter {
                     let _ = waiter.send(reply);
                 }
             }
@@ -415,7 +430,12 @@ async fn read_loop<S: AsyncRead>(
             }
         }
     };
-    // Dropping the waiters makes every pending call fail with `Closed`.
-    shared.pending.lock().unwrap().clear();
+    // Dropping the waiters makes every pending call fail with `Closed`, and later calls fail
+    // at once.
+    {
+        let mut pending = shared.pending.lock().unwrap();
+        pending.open = false;
+        pending.waiters.clear();
+    }
     let _ = events.send(ClientEvent::Closed(closed)).await;
 }

@@ -9,7 +9,7 @@ use crate::support::*;
 #[tokio::test]
 async fn every_client_is_told_when_the_server_shuts_down() {
     let server = TestServer::start().await;
-    let (_alice, mut alice_events) = server.join("alice").await;
+    let (alice, mut alice_events) = server.join("alice").await;
     let (_bob, mut bob_events) = server.join("bob").await;
     next_server_event(&mut alice_events).await; // bob joined
     server.shutdown.cancel();
