@@ -27,6 +27,10 @@ async fn every_client_is_told_when_the_server_shuts_down() {
         .unwrap()
         .unwrap()
         .unwrap();
+    // A request on the closed connection fails at once rather than waiting forever.
+    let late =
+        tokio::time::timeout(WAIT, alice.call(parley_proto::request::Users::default())).await;
+    assert_eq!(late.unwrap(), Err(parley_client::RequestError::Closed));
 }
 
 /// Starts `parley server 0` and returns it with the address it printed.
