@@ -34,7 +34,7 @@ pub struct Args {
     /// Most connections held at once.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
-    /// Seconds of silence after which a client is pinged; it is dropped after three times as long.
+    /// Seconds of silence (N) after which a client is pinged; it is dropped after 3N+1 seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive: u64,
 }

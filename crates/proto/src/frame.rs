@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::limits::{CLIENT_MAX_CONTROL_FRAME, MAX_DATA_FRAME, SERVER_MAX_CONTROL_FRAME};
+use crate::limits::{CLIENT_MAX_CONTROL_FRAME, SERVER_MAX_CONTROL_FRAME};
 
 /// Bytes before the payload: the length field and the kind byte.
 pub const HEADER_LEN: usize = 5;
@@ -89,6 +89,9 @@ pub enum FrameError {
     /// A ping or pong carried a payload, or a data frame was shorter than its transfer id.
     #[error("malformed {0:?} frame")]
     Malformed(FrameKind),
+    /// A frame of a kind this side does not accept (data frames, in protocol version 1).
+    #[error("{0:?} frames are not used by protocol version 1")]
+    Unexpected(FrameKind),
     /// Reading from the transport failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -102,17 +105,20 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
-    /// The codec a server uses to read what clients send.
+    /// The codec a server uses to read what clients send. Protocol version 1 carries no file
+    /// data, so data frames are refused from their header, before any of the body is buffered.
     pub fn server() -> Self {
-        Self::with_limits(SERVER_MAX_CONTROL_FRAME, MAX_DATA_FRAME)
+        Self::with_limits(SERVER_MAX_CONTROL_FRAME, 0)
     }
 
-    /// The codec a client uses to read what the server sends.
+    /// The codec a client uses to read what the server sends (no data frames in version 1).
     pub fn client() -> Self {
-        Self::with_limits(CLIENT_MAX_CONTROL_FRAME, MAX_DATA_FRAME)
+        Self::with_limits(CLIENT_MAX_CONTROL_FRAME, 0)
     }
 
-    /// A codec with explicit limits (each counts the kind byte and the payload).
+    /// A codec with explicit limits (each counts the kind byte and the payload); a `max_data`
+    /// of 0 refuses data frames altogether. [`crate::limits::MAX_DATA_FRAME`] is the protocol's
+    /// data limit.
     pub fn with_limits(max_control: usize, max_data: usize) -> Self {
         Self {
             max_control,
@@ -151,6 +157,9 @@ impl Decoder for FrameCodec {
         }
         let kind = FrameKind::from_byte(src[4]).ok_or(FrameError::UnknownKind(src[4]))?;
         let max = self.limit(kind);
+        if max == 0 {
+            return Err(FrameError::Unexpected(kind));
+        }
         if len > max {
             return Err(match kind {
                 FrameKind::Ping | FrameKind::Pong => FrameError::Malformed(kind),
@@ -237,6 +246,7 @@ fn put_header(dst: &mut BytesMut, kind: FrameKind, payload_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_DATA_FRAME;
 
     fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
         let mut src = BytesMut::from(bytes);
@@ -245,6 +255,11 @@ mod tests {
             frames.push(frame);
         }
         Ok(frames)
+    }
+
+    /// A codec that accepts data frames, as file transfer will.
+    fn data_codec() -> FrameCodec {
+        FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, MAX_DATA_FRAME)
     }
 
     fn sample_frames() -> Vec<Frame> {
@@ -272,7 +287,7 @@ mod tests {
         for frame in &frames {
             frame.encode(&mut wire);
         }
-        let decoded = decode_all(&mut FrameCodec::server(), &wire).unwrap();
+        let decoded = decode_all(&mut data_codec(), &wire).unwrap();
         assert_eq!(decoded, frames);
     }
 
@@ -283,7 +298,7 @@ mod tests {
             frame.encode(&mut wire);
         }
         for split in 0..wire.len() {
-            let mut codec = FrameCodec::server();
+            let mut codec = data_codec();
             let mut src = BytesMut::from(&wire[..split]);
             let mut frames = Vec::new();
             while let Some(frame) = codec.decode(&mut src).unwrap() {
@@ -347,8 +362,13 @@ mod tests {
             Err(FrameError::Malformed(FrameKind::Ping))
         ));
         assert!(matches!(
-            decode_all(&mut codec, &[0, 0, 0, 3, 2, 0, 0]),
+            decode_all(&mut data_codec(), &[0, 0, 0, 3, 2, 0, 0]),
             Err(FrameError::Malformed(FrameKind::Data))
+        ));
+        // Version 1 refuses data frames from the header: no body is awaited or buffered.
+        assert!(matches!(
+            decode_all(&mut codec, &[0, 0, 1, 0, 2]),
+            Err(FrameError::Unexpected(FrameKind::Data))
         ));
     }
 
@@ -379,7 +399,11 @@ mod tests {
                 bytes[1] = 0;
                 bytes[4] = (next() % 5) as u8;
             }
-            let mut codec = FrameCodec::server();
+            let mut codec = if next() % 2 == 0 {
+                FrameCodec::server()
+            } else {
+                data_codec()
+            };
             let mut src = BytesMut::from(&bytes[..]);
             while let Ok(Some(_)) = codec.decode(&mut src) {}
             assert!(src.capacity() <= MAX_RESERVE_AHEAD + 64);

@@ -175,8 +175,7 @@ impl Hub {
     /// Sends `text` from `id` to everyone else in `room`.
     pub(crate) fn say(&self, id: SessionId, room: &str, text: String) -> Result<Sent, Refusal> {
         check_text(&text)?;
-        let room = names::canonical_room(room);
-        let (message_id, ts) = self.stamp();
+        let room = checked_room(room)?;
         let state = self.state.lock().unwrap();
         let member = &state.members[&id];
         if !member.rooms.contains(&room) {
@@ -185,6 +184,8 @@ impl Hub {
                 format!("You are not in #{room}; /join it first."),
             ));
         }
+        // Stamped under the lock, so ids and times grow in the order messages are delivered.
+        let (message_id, ts) = self.stamp();
         let event = Event::Message(RoomMessage {
             id: message_id,
             ts,
@@ -203,7 +204,6 @@ impl Hub {
     /// Sends `text` from `id` to the user named `to` only.
     pub(crate) fn msg(&self, id: SessionId, to: &str, text: String) -> Result<Sent, Refusal> {
         check_text(&text)?;
-        let (message_id, ts) = self.stamp();
         let state = self.state.lock().unwrap();
         let Some(recipient) = state.names.get(&fold(to)).map(|r| &state.members[r]) else {
             return Err(refuse(
@@ -211,6 +211,7 @@ impl Hub {
                 format!("No user named {to} is online."),
             ));
         };
+        let (message_id, ts) = self.stamp();
         let event = Event::Private(Private {
             id: message_id,
             ts,
@@ -226,8 +227,15 @@ impl Hub {
         })
     }
 
-    /// Puts `id` in `room`, creating it if needed, and tells the others there.
-    pub(crate) fn join(&self, id: SessionId, room: &str) -> Result<Joined, Refusal> {
+    /// Puts `id` in `room`, creating it if needed, and tells the others there. The reply built
+    /// by `reply` is queued under the lock, so it reaches the client before any event from the
+    /// room it just entered.
+    pub(crate) fn join(
+        &self,
+        id: SessionId,
+        room: &str,
+        reply: impl FnOnce(&Joined) -> Bytes,
+    ) -> Result<(), Refusal> {
         let room = checked_room(room)?;
         let mut state = self.state.lock().unwrap();
         let member = state.members.get_mut(&id).expect("a session in the hub");
@@ -255,7 +263,10 @@ impl Hub {
             state.broadcast(&room, &event_frame(&event), id);
         }
         let members = state.member_names(&state.rooms[&room]);
-        Ok(Joined { room, members })
+        state.members[&id]
+            .outbox
+            .push(reply(&Joined { room, members }));
+        Ok(())
     }
 
     /// Takes `id` out of `room` and tells the others there.

@@ -88,11 +88,14 @@ async fn refuse_full(mut stream: TcpStream, max: usize) {
         code: ErrorCode::ServerFull,
         message: format!("The server holds its maximum of {max} connections; try again later."),
     }));
-    let _ = timeout(Duration::from_secs(1), async {
+    let written = timeout(Duration::from_secs(1), async {
         stream.write_all(&bye).await?;
         stream.shutdown().await
     })
     .await;
+    if let Ok(Ok(())) = written {
+        session::linger(stream).await;
+    }
 }
 
 /// Counts a connection as active for as long as it lives.

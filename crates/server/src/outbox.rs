@@ -5,8 +5,8 @@
 //! limit marks the session as too slow, which ends it, and is dropped. Memory per session is
 //! therefore bounded by the limit whatever the peer does, and nobody else is slowed down.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -19,6 +19,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         queued: AtomicUsize::new(0),
         limit,
         closed: AtomicBool::new(false),
+        last: Mutex::new(None),
         overflowed: CancellationToken::new(),
     });
     (
@@ -36,6 +37,9 @@ struct Shared {
     limit: usize,
     /// Set once the last frame (a `bye`) is in: nothing may follow it.
     closed: AtomicBool,
+    /// The last frame, kept apart from the queue so that it is still delivered when the
+    /// queue's backlog is thrown away.
+    last: Mutex<Option<Bytes>>,
     /// Cancelled when a push found the queue full.
     overflowed: CancellationToken,
 }
@@ -65,13 +69,12 @@ impl Outbox {
         let _ = self.tx.send(frame);
     }
 
-    /// Queues `frame` as the last one, whatever the limit: later pushes are dropped.
+    /// Sets `frame` to be written after everything queued, whatever the limit; later pushes
+    /// are dropped.
     pub(crate) fn push_last(&self, frame: Bytes) {
-        if self.shared.closed.swap(true, Ordering::AcqRel) {
-            return;
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            *self.shared.last.lock().unwrap() = Some(frame);
         }
-        self.shared.queued.fetch_add(frame.len(), Ordering::AcqRel);
-        let _ = self.tx.send(frame);
     }
 
     /// Resolves once a push has found the queue full.
@@ -93,9 +96,19 @@ impl OutboxReader {
         self.rx.recv_many(batch, max).await
     }
 
-    /// Records that `bytes` left the queue for the socket.
+    /// Records that `bytes` left the queue (written, or thrown away).
     pub(crate) fn release(&self, bytes: usize) {
         self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Whether the queue overflowed: its backlog is then worth nothing but the last frame.
+    pub(crate) fn overflowed(&self) -> bool {
+        self.shared.overflowed.is_cancelled()
+    }
+
+    /// The frame set by [`Outbox::push_last`], once every [`Outbox`] is gone.
+    pub(crate) fn take_last(&self) -> Option<Bytes> {
+        self.shared.last.lock().unwrap().take()
     }
 }
 
@@ -127,8 +140,8 @@ mod tests {
         drop(outbox);
         let mut batch = Vec::new();
         while reader.recv_many(&mut batch, 10).await > 0 {}
-        assert_eq!(batch.len(), 2);
-        assert_eq!(&batch[1][..3], b"bye");
+        assert_eq!(batch, [Bytes::from_static(b"ab")]);
+        assert_eq!(&reader.take_last().unwrap()[..3], b"bye");
     }
 
     #[tokio::test]

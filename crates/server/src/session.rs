@@ -16,13 +16,14 @@ use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use futures_util::StreamExt;
+use parley_proto::SUPPORTED_VERSIONS;
 use parley_proto::event::{Bye, Event, PartReason};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
+use parley_proto::limits::{MAX_CLIENT_DESCRIPTION, MAX_TEXT_BYTES};
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
-use parley_proto::{SUPPORTED_VERSIONS, limits::MAX_TEXT_BYTES};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +36,9 @@ use crate::outbox::{self, Outbox, OutboxReader};
 /// After a session ends, how long its writer may take to deliver what is queued (the reply to
 /// `quit`, a `bye`) before the socket is dropped anyway.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// After the last frame is written, how long to wait for the peer to close its side.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Most frames the writer takes from the queue for one vectored write.
 const WRITE_BATCH: usize = 64;
@@ -66,6 +70,8 @@ enum End {
     Closed,
     /// Reading failed (a reset, a broken pipe).
     Broken(std::io::Error),
+    /// Writing failed: the peer is gone.
+    WriteFailed,
     /// The client did not sign in in time.
     HandshakeTimeout,
     /// Nothing heard from the client for the keepalive timeout.
@@ -96,8 +102,12 @@ impl End {
                 ErrorCode::Shutdown,
                 "The server is shutting down.".to_owned(),
             ),
+            End::TooSlow => (
+                ErrorCode::TooSlow,
+                "You fell too far behind reading what the server sent; disconnected.".to_owned(),
+            ),
             End::Violation(code, message) => (*code, message.clone()),
-            End::Quit | End::Closed | End::Broken(_) | End::TooSlow | End::Refused(_) => {
+            End::Quit | End::Closed | End::Broken(_) | End::WriteFailed | End::Refused(_) => {
                 return None;
             }
         };
@@ -108,7 +118,7 @@ impl End {
     fn part_reason(&self) -> Option<PartReason> {
         Some(match self {
             End::Quit => PartReason::Quit,
-            End::Closed | End::Broken(_) => PartReason::Lost,
+            End::Closed | End::Broken(_) | End::WriteFailed => PartReason::Lost,
             End::Timeout | End::HandshakeTimeout => PartReason::Timeout,
             End::TooSlow => PartReason::TooSlow,
             End::Violation(..) | End::Refused(_) => PartReason::ProtocolError,
@@ -123,6 +133,7 @@ impl fmt::Display for End {
             End::Quit => f.write_str("quit"),
             End::Closed => f.write_str("connection closed"),
             End::Broken(err) => write!(f, "connection broken: {err}"),
+            End::WriteFailed => f.write_str("connection broken while writing"),
             End::HandshakeTimeout => f.write_str("did not sign in in time"),
             End::Timeout => f.write_str("keepalive timeout"),
             End::TooSlow => f.write_str("too slow reading, outgoing queue full"),
@@ -142,7 +153,13 @@ where
     let mut frames = FramedRead::new(read_half, FrameCodec::server());
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let abort_writer = CancellationToken::new();
-    let mut writer = tokio::spawn(write_loop(write_half, queue, abort_writer.clone()));
+    let writer_failed = CancellationToken::new();
+    let mut writer = tokio::spawn(write_loop(
+        write_half,
+        queue,
+        abort_writer.clone(),
+        writer_failed.clone(),
+    ));
 
     let mut session = Session {
         id: ctx.next_session.fetch_add(1, Ordering::Relaxed),
@@ -151,6 +168,7 @@ where
         name: None,
         last_heard: Instant::now(),
         ping_sent: false,
+        writer_failed,
     };
     let end = session.read_loop(&mut frames).await;
 
@@ -165,14 +183,25 @@ where
         session.outbox.push_last(bye);
     }
     drop(session);
-    if matches!(end, End::TooSlow) {
-        // Its queue is full and it is not reading: flushing would only wait.
-        abort_writer.cancel();
-    }
+    // A client too slow to read gets its bye only if it reads within the flush timeout.
     if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
         abort_writer.cancel();
         let _ = writer.await;
     }
+    if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
+        linger(frames.into_inner()).await;
+    }
+}
+
+/// Reads and discards what the peer still sends, until it closes or [`LINGER`] passes. Closing
+/// a socket with unread input makes TCP send a reset, which can destroy the `bye` or error
+/// reply just written before the peer reads it.
+pub(crate) async fn linger<R: AsyncRead + Unpin>(mut read_half: R) {
+    let mut discard = [0u8; 4096];
+    let _ = timeout(LINGER, async {
+        while matches!(read_half.read(&mut discard).await, Ok(n) if n > 0) {}
+    })
+    .await;
 }
 
 struct Session<'a> {
@@ -183,6 +212,8 @@ struct Session<'a> {
     name: Option<String>,
     last_heard: Instant,
     ping_sent: bool,
+    /// Cancelled by the writer when the socket cannot be written.
+    writer_failed: CancellationToken,
 }
 
 impl Session<'_> {
@@ -199,6 +230,7 @@ impl Session<'_> {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
                 _ = self.outbox.overflowed() => return End::TooSlow,
+                _ = self.writer_failed.cancelled() => return End::WriteFailed,
                 _ = &mut alarm => {
                     match self.keepalive(config) {
                         Ok(wake_at) => alarm.as_mut().reset(wake_at),
@@ -301,9 +333,15 @@ impl Session<'_> {
             RequestBody::Msg(msg) => hub
                 .msg(self.id, &msg.to, msg.text)
                 .map(|sent| ok_frame::<request::Msg>(id, &sent)),
-            RequestBody::Join(join) => hub
-                .join(self.id, &join.room)
-                .map(|joined| ok_frame::<request::Join>(id, &joined)),
+            RequestBody::Join(join) => {
+                // The hub queues the reply itself, ahead of the room's next event.
+                match hub.join(self.id, &join.room, |joined| {
+                    ok_frame::<request::Join>(id, joined)
+                }) {
+                    Ok(()) => return None,
+                    Err(refusal) => Err(refusal),
+                }
+            }
             RequestBody::Part(part) => hub
                 .part(self.id, &part.room)
                 .map(|room| ok_frame::<request::Part>(id, &request::Parted { room })),
@@ -344,6 +382,18 @@ impl Session<'_> {
                 "Sign in with a hello request first.".into(),
             );
         };
+        if hello
+            .client
+            .as_ref()
+            .is_some_and(|c| c.len() > MAX_CLIENT_DESCRIPTION)
+        {
+            return refuse(
+                ErrorCode::BadRequest,
+                format!(
+                    "The client description can be at most {MAX_CLIENT_DESCRIPTION} bytes long."
+                ),
+            );
+        }
         let Some(version) = negotiate(&hello.versions) else {
             return refuse(
                 ErrorCode::UnsupportedVersion,
@@ -393,30 +443,38 @@ fn negotiate(offered: &[u16]) -> Option<u16> {
         .max()
 }
 
-/// Drains the queue into the socket until every [`Outbox`] is gone or `abort` fires, then
-/// closes the write side.
-async fn write_loop<W>(write_half: W, mut queue: OutboxReader, abort: CancellationToken)
-where
+/// Drains the queue into the socket until every [`Outbox`] is gone, then writes the last frame
+/// and closes the write side. Stops early if `abort` fires; cancels `failed` if writing fails.
+async fn write_loop<W>(
+    write_half: W,
+    mut queue: OutboxReader,
+    abort: CancellationToken,
+    failed: CancellationToken,
+) where
     W: AsyncWrite + Send,
 {
     let mut write_half = pin!(write_half);
     let mut batch = Vec::new();
-    let drained = abort
+    let written = abort
         .run_until_cancelled(async {
-            loop {
-                if queue.recv_many(&mut batch, WRITE_BATCH).await == 0 {
-                    return true;
-                }
+            while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
                 let bytes = batch.iter().map(Bytes::len).sum();
-                if write_batch(&mut write_half, &mut batch).await.is_err() {
-                    return false;
+                if queue.overflowed() {
+                    // Too far behind: the backlog is dropped, only the bye still matters.
+                    batch.clear();
+                } else {
+                    write_batch(&mut write_half, &mut batch).await?;
                 }
                 queue.release(bytes);
             }
+            if let Some(last) = queue.take_last() {
+                write_half.write_all(&last).await?;
+            }
+            write_half.shutdown().await
         })
         .await;
-    if drained == Some(true) {
-        let _ = write_half.shutdown().await;
+    if let Some(Err(_)) = written {
+        failed.cancel();
     }
 }
 

@@ -139,6 +139,32 @@ async fn versions_are_negotiated() {
 }
 
 #[tokio::test]
+async fn hello_fields_are_checked() {
+    let server = TestServer::start().await;
+    let mut conn = server.raw().await;
+    let long = "c".repeat(129);
+    conn.send_json(json!({"id": 1, "type": "hello", "versions": [1], "name": "a", "client": long}))
+        .await;
+    let reply = conn.recv_json().await;
+    assert_eq!(reply["code"], "bad_request", "{reply}");
+    assert!(
+        reply["message"].as_str().unwrap().contains("128"),
+        "{reply}"
+    );
+    conn.expect_closed().await;
+
+    // A numeric type is not taken as a request kind.
+    let mut conn = server.raw().await;
+    conn.hello("numbers").await;
+    conn.send_json(json!({"id": 2, "type": 7})).await;
+    let reply = conn.recv_json().await;
+    assert_eq!(
+        (reply["id"].as_u64(), reply["code"].as_str()),
+        (Some(2), Some("bad_request"))
+    );
+}
+
+#[tokio::test]
 async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     let server = TestServer::with_config(Config {
         handshake_timeout: Duration::from_millis(300),

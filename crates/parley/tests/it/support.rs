@@ -5,12 +5,12 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_client::{Client, ClientEvent, ConnectOptions, Events};
 use parley_proto::{Frame, FrameCodec, ServerMessage};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 use tokio::task::JoinHandle;
@@ -174,22 +174,6 @@ impl RawConn {
                 Some(frame) => panic!("expected the connection to close, got {frame:?}"),
             }
         }
-    }
-
-    /// Reads and discards until the server closes; true if it did within [`WAIT`].
-    pub async fn closed_within_wait(self) -> bool {
-        let mut read = self.frames.into_inner();
-        let mut sink = BytesMut::with_capacity(64 * 1024);
-        timeout(WAIT, async {
-            loop {
-                sink.clear();
-                if matches!(read.read_buf(&mut sink).await, Ok(0) | Err(_)) {
-                    return;
-                }
-            }
-        })
-        .await
-        .is_ok()
     }
 }
 
