@@ -1,6 +1,7 @@
 //! Signing in, the welcome, join notices and broadcast.
 
 use parley_client::ClientEvent;
+use parley_proto::ErrorCode;
 use parley_proto::event::{Event, Presence, RoomMessage};
 use parley_proto::request::Say;
 
@@ -100,22 +101,14 @@ async fn messages_arrive_in_the_order_sent() {
 async fn empty_and_overlong_messages_are_refused_with_a_reason() {
     let server = TestServer::start().await;
     let (alice, _events) = server.join("alice").await;
-    let err = alice
-        .call(Say {
-            room: "lobby".into(),
-            text: "   ".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            parley_client::RequestError::Refused {
-                code: parley_proto::ErrorCode::EmptyText,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_refused(
+        alice
+            .call(Say {
+                room: "lobby".into(),
+                text: "   ".into(),
+            })
+            .await,
+        ErrorCode::EmptyText,
     );
     let err = alice
         .call(Say {

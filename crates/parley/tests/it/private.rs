@@ -59,21 +59,11 @@ async fn an_unknown_or_departed_recipient_is_not_found() {
     next_server_event(&mut alice_events).await; // bob joined
     bob.quit().await.unwrap();
     next_server_event(&mut alice_events).await; // bob quit
-    let err = alice
+    let late = alice
         .call(Msg {
             to: "bob".into(),
             text: "too late".into(),
         })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::NotFound,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+        .await;
+    assert_refused(late, ErrorCode::NotFound);
 }

@@ -1,6 +1,6 @@
 //! Rooms: join, part, list; a broadcast reaches only its room.
 
-use parley_client::{ClientEvent, RequestError};
+use parley_client::ClientEvent;
 use parley_proto::ErrorCode;
 use parley_proto::event::{Departure, Event, PartReason, Presence};
 use parley_proto::request::{Join, Part, RoomInfo, Rooms, Say, Users};
@@ -92,22 +92,13 @@ async fn join_talk_and_part() {
     // Carol, in the lobby only, heard none of it.
     assert_quiet(&mut carol_events).await;
 
-    let err = bob
-        .call(Say {
+    assert_refused(
+        bob.call(Say {
             room: "rust".into(),
             text: "still here?".into(),
         })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::NotInRoom,
-                ..
-            }
-        ),
-        "{err:?}"
+        .await,
+        ErrorCode::NotInRoom,
     );
 }
 
@@ -146,21 +137,13 @@ async fn an_emptied_room_disappears_but_the_lobby_stays() {
             joined: false
         }]
     );
-    let err = alice
-        .call(Users {
-            room: Some("temp".into()),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::InvalidRoom,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_refused(
+        alice
+            .call(Users {
+                room: Some("temp".into()),
+            })
+            .await,
+        ErrorCode::InvalidRoom,
     );
 }
 
@@ -168,37 +151,21 @@ async fn an_emptied_room_disappears_but_the_lobby_stays() {
 async fn bad_room_names_and_room_limits_are_refused() {
     let server = TestServer::start().await;
     let (alice, _events) = server.join("alice").await;
-    let err = alice
-        .call(Join {
-            room: "no spaces".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::InvalidRoom,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_refused(
+        alice
+            .call(Join {
+                room: "no spaces".into(),
+            })
+            .await,
+        ErrorCode::InvalidRoom,
     );
-    let err = alice
-        .call(Part {
-            room: "elsewhere".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::NotInRoom,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_refused(
+        alice
+            .call(Part {
+                room: "elsewhere".into(),
+            })
+            .await,
+        ErrorCode::NotInRoom,
     );
     for i in 1..32 {
         alice
@@ -208,21 +175,13 @@ async fn bad_room_names_and_room_limits_are_refused() {
             .await
             .unwrap();
     }
-    let err = alice
-        .call(Join {
-            room: "one-too-many".into(),
-        })
-        .await
-        .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            RequestError::Refused {
-                code: ErrorCode::TooManyRooms,
-                ..
-            }
-        ),
-        "{err:?}"
+    assert_refused(
+        alice
+            .call(Join {
+                room: "one-too-many".into(),
+            })
+            .await,
+        ErrorCode::TooManyRooms,
     );
 }
 

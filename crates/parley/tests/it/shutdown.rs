@@ -33,20 +33,9 @@ async fn every_client_is_told_when_the_server_shuts_down() {
     assert_eq!(late.unwrap(), Err(parley_client::RequestError::Closed));
 }
 
-/// Starts `parley server 0` and returns it with the address it printed.
-async fn server_process() -> (Proc, std::net::SocketAddr) {
-    let mut server = Proc::spawn(&["server", "0", "--host", "127.0.0.1"]);
-    let line = server.expect_line(|l| l.contains("listening on")).await;
-    let addr = line
-        .split_whitespace()
-        .find_map(|word| word.parse().ok())
-        .unwrap_or_else(|| panic!("no address in {line:?}"));
-    (server, addr)
-}
-
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_and_the_client_says_so() {
-    let (mut server, addr) = server_process().await;
+    let (mut server, addr) = Proc::server().await;
     let client = Proc::client("alice", addr).await;
     let connected = server.expect_line(|l| l.contains("connected")).await;
     assert!(
@@ -70,7 +59,7 @@ async fn sigterm_stops_the_server_cleanly_and_the_client_says_so() {
 
 #[tokio::test]
 async fn an_abrupt_loss_is_reported_differently() {
-    let (server, addr) = server_process().await;
+    let (server, addr) = Proc::server().await;
     let client = Proc::client("alice", addr).await;
     signal(server.pid(), "KILL");
     let (code, stdout, stderr) = client.finish().await;

@@ -35,25 +35,44 @@ async fn flood(senders: &[Client], per_sender: usize, size: usize) {
     }
 }
 
+/// Counts flooded messages per sender, checking that each sender's arrive complete and in order.
+struct Tally([usize; SENDERS]);
+
+impl Tally {
+    fn new() -> Self {
+        Self([0; SENDERS])
+    }
+
+    /// Records one message; returns its index within its sender's sequence.
+    fn record(&mut self, text: &str) -> usize {
+        let mut parts = text.splitn(3, ':');
+        let s: usize = parts.next().unwrap().parse().unwrap();
+        let i: usize = parts.next().unwrap().parse().unwrap();
+        assert_eq!(
+            i, self.0[s],
+            "messages from sender {s} out of order or missing"
+        );
+        self.0[s] += 1;
+        i
+    }
+
+    fn total(&self) -> usize {
+        self.0.iter().sum()
+    }
+}
+
 /// Receives every flooded message, checks per-sender order, and returns the worst delay
 /// between the server accepting a message and its arrival here.
 async fn receive_all(events: &mut Events, per_sender: usize) -> Duration {
-    let mut next = [0usize; SENDERS];
+    let mut tally = Tally::new();
     let mut worst = Duration::ZERO;
-    while next.iter().sum::<usize>() < SENDERS * per_sender {
+    while tally.total() < SENDERS * per_sender {
         let message = wait_for(events, |event| match event {
             ClientEvent::Server(Event::Message(m)) => Some(m.clone()),
             _ => None,
         })
         .await;
-        let mut parts = message.text.splitn(3, ':');
-        let s: usize = parts.next().unwrap().parse().unwrap();
-        let i: usize = parts.next().unwrap().parse().unwrap();
-        assert_eq!(
-            i, next[s],
-            "messages from sender {s} out of order or missing"
-        );
-        next[s] += 1;
+        tally.record(&message.text);
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap()
@@ -110,12 +129,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
     // The real binary, so its memory is its own and nothing else in this test process.
-    let mut server = Proc::spawn(&["server", "0", "--host", "127.0.0.1"]);
-    let line = server.expect_line(|l| l.contains("listening on")).await;
-    let addr: std::net::SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.parse().ok())
-        .unwrap();
+    let (server, addr) = Proc::server().await;
     let port = addr.port();
     let join = |name: &'static str| async move {
         Client::connect(&parley_client::ConnectOptions::new("127.0.0.1", port, name))
@@ -151,19 +165,11 @@ async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
     let mut peak = before;
     let mut cut_off = false;
     let receive = async {
-        let mut next = [0usize; SENDERS];
-        while next.iter().sum::<usize>() < SENDERS * per_sender {
+        let mut tally = Tally::new();
+        while tally.total() < SENDERS * per_sender {
             match next_server_event(&mut watcher_events).await {
                 Event::Message(m) => {
-                    let mut parts = m.text.splitn(3, ':');
-                    let s: usize = parts.next().unwrap().parse().unwrap();
-                    let i: usize = parts.next().unwrap().parse().unwrap();
-                    assert_eq!(
-                        i, next[s],
-                        "messages from sender {s} out of order or missing"
-                    );
-                    next[s] += 1;
-                    if i.is_multiple_of(500) {
+                    if tally.record(&m.text).is_multiple_of(500) {
                         peak = peak.max(rss_kib(server.pid()));
                     }
                 }

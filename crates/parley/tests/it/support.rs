@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_client::{Client, ClientEvent, ConnectOptions, Events};
+use parley_client::{Client, ClientEvent, ConnectOptions, Events, RequestError};
+use parley_proto::ErrorCode;
 use parley_proto::{Frame, FrameCodec, ServerMessage};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -61,6 +62,14 @@ impl TestServer {
 
     pub async fn raw(&self) -> RawConn {
         RawConn::connect(self.addr).await
+    }
+}
+
+/// Asserts that a request was refused with `code`.
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, RequestError>, code: ErrorCode) {
+    match result {
+        Err(RequestError::Refused { code: got, .. }) if got == code => {}
+        other => panic!("expected a refusal with {code}, got {other:?}"),
     }
 }
 
@@ -209,6 +218,17 @@ impl Proc {
             stdout,
             seen: Vec::new(),
         }
+    }
+
+    /// Starts `parley server 0` on 127.0.0.1 and returns it with the address it printed.
+    pub async fn server() -> (Self, SocketAddr) {
+        let mut server = Self::spawn(&["server", "0", "--host", "127.0.0.1"]);
+        let line = server.expect_line(|l| l.contains("listening on")).await;
+        let addr = line
+            .split_whitespace()
+            .find_map(|word| word.parse().ok())
+            .unwrap_or_else(|| panic!("no address in {line:?}"));
+        (server, addr)
     }
 
     /// Starts `parley client <name>` against `addr` and waits for its welcome line.
