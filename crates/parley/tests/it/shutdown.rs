@@ -35,6 +35,15 @@ async fn every_client_is_told_when_the_server_shuts_down() {
 
 #[tokio::test]
 async fn sigterm_stops_the_server_cleanly_and_the_client_says_so() {
+    stop_cleanly_on("TERM").await;
+}
+
+#[tokio::test]
+async fn ctrl_c_stops_the_server_cleanly_and_the_client_says_so() {
+    stop_cleanly_on("INT").await;
+}
+
+async fn stop_cleanly_on(signal_name: &str) {
     let (mut server, addr) = Proc::server().await;
     let client = Proc::client("alice", addr).await;
     let connected = server.expect_line(|l| l.contains("connected")).await;
@@ -43,7 +52,7 @@ async fn sigterm_stops_the_server_cleanly_and_the_client_says_so() {
         "the connect line names the peer: {connected}"
     );
 
-    signal(server.pid(), "TERM");
+    signal(server.pid(), signal_name);
     let (code, stdout, stderr) = client.finish().await;
     assert_eq!(code, 3, "stdout: {stdout}\nstderr: {stderr}");
     assert!(stderr.contains("is shutting down"), "{stderr}");
