@@ -5,6 +5,7 @@ mod support;
 
 mod chat;
 mod cli;
+mod conformance;
 mod frames;
 mod leaving;
 mod names;
