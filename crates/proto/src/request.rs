@@ -73,6 +73,14 @@ impl Request {
             kind: Option<serde_json::Value>,
         }
         let refuse = |id, code, message| RequestError { id, code, message };
+        // Only an object is a request: serde would also read a struct from an array, by position.
+        if json.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(refuse(
+                None,
+                ErrorCode::BadRequest,
+                "A request must be a JSON object.".into(),
+            ));
+        }
         let head = serde_json::from_slice::<Head>(json).map_err(|err| {
             refuse(
                 None,
@@ -324,6 +332,10 @@ mod tests {
         assert_eq!((err.id, err.code), (None, ErrorCode::BadRequest));
         let err = Request::decode(br#"{"type":"say","room":"lobby","text":"x"}"#).unwrap_err();
         assert_eq!(err.id, None);
+        // An array is not read as a request by position.
+        for json in [&br#"[1,"rooms"]"#[..], br#" [3,"users"]"#, b"[]", b"7"] {
+            assert_eq!(Request::decode(json).unwrap_err().id, None);
+        }
         // A numeric type is not a variant index.
         for kind in ["7", "0", "null", "[]"] {
             let json = format!(r#"{{"id":9,"type":{kind}}}"#);
