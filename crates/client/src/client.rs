@@ -153,6 +153,11 @@ pub enum Closed {
 }
 
 /// The server's events, in order.
+///
+/// Keep receiving them: the queue behind this stream is bounded, and when it is full the reader
+/// stops reading the socket, which also holds up replies and keepalive answers. That is
+/// deliberate backpressure: a client that stops listening for long is disconnected by the server
+/// (as too slow or timed out) rather than buffering without bound here.
 pub struct Events {
     rx: mpsc::Receiver<ClientEvent>,
 }
