@@ -95,9 +95,98 @@ pub fn names(users: &[String]) -> String {
         .join(", ")
 }
 
+/// A byte count for people: `512 B`, `24.0 MiB`, `1.5 GiB` (powers of 1024).
+pub fn format_size(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// A time in milliseconds since the Unix epoch as `YYYY-MM-DD HH:MM` in UTC.
+pub fn format_time(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
+        rest / 3600,
+        rest % 3600 / 60
+    )
+}
+
+/// The lines `/files` prints for a listing: a heading, one line per entry, a summary.
+pub fn listing_lines(listing: &parley_proto::request::Listing) -> Vec<String> {
+    let mut lines = vec![format!("Shared files in /{}:", sanitize(&listing.path))];
+    for entry in &listing.entries {
+        let name = if entry.folder {
+            format!("{}/", sanitize(&entry.name))
+        } else {
+            sanitize(&entry.name).into_owned()
+        };
+        let size = if entry.folder {
+            "folder".to_owned()
+        } else {
+            format_size(entry.size)
+        };
+        let uploader = entry
+            .uploader
+            .as_ref()
+            .map(|u| format!("  shared by {}", sanitize(u)))
+            .unwrap_or_default();
+        lines.push(format!(
+            "  {name:<40} {size:>10}  {}{uploader}",
+            format_time(entry.modified)
+        ));
+    }
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
+    lines.push(format!(
+        "{}, {}, {} in all",
+        plural(listing.files, "file"),
+        plural(listing.folders, "folder"),
+        format_size(listing.total_bytes)
+    ));
+    lines
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(format_size(0), "0 B");
+        assert_eq!(format_size(1023), "1023 B");
+        assert_eq!(format_size(1024), "1.0 KiB");
+        assert_eq!(format_size(24 * 1024 * 1024), "24.0 MiB");
+        assert_eq!(
+            format_size(5 * 1024 * 1024 * 1024 + 512 * 1024 * 1024),
+            "5.5 GiB"
+        );
+    }
+
+    #[test]
+    fn times_in_utc() {
+        assert_eq!(format_time(0), "1970-01-01 00:00");
+        assert_eq!(format_time(951_782_400_000), "2000-02-29 00:00");
+        assert_eq!(format_time(1_795_246_800_000), "2026-11-21 07:40");
+    }
 
     #[test]
     fn plain_text_is_borrowed() {

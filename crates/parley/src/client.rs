@@ -12,11 +12,11 @@ use std::time::Duration;
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client::command::{self, Command, HELP};
-use parley_client::display::{event_line, message_line, names, sanitize};
+use parley_client::display::{event_line, listing_lines, message_line, names, sanitize};
 use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
 use parley_proto::ErrorCode;
 use parley_proto::names::canonical_room;
-use parley_proto::request::{Join, Msg, Part, Rooms, Say, Users};
+use parley_proto::request::{Join, List, Msg, Part, Rooms, Say, Users};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::server::DEFAULT_PORT;
@@ -299,8 +299,15 @@ impl LineSession {
                 }])
             }),
             Command::Help => ready(HELP.lines().map(str::to_owned).collect()),
-            Command::Files(_) | Command::Download(_) | Command::Upload { .. } => ready(vec![
-                "! File sharing is not available on this server yet.".into(),
+            Command::Files(path) => Box::pin(async move {
+                let path = path.unwrap_or_default();
+                Outcome::lines(match client.call(List { path }).await {
+                    Ok(listing) => listing_lines(&listing),
+                    Err(err) => vec![failure(err)],
+                })
+            }),
+            Command::Download(_) | Command::Upload { .. } => ready(vec![
+                "! Downloads and uploads are not available yet.".into(),
             ]),
             Command::Quit => unreachable!("quit is handled by the input loop"),
         }

@@ -2,6 +2,7 @@
 //! is shutting down, and exits 0.
 
 use std::io::IsTerminal;
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -34,6 +35,14 @@ pub struct Args {
     /// Most connections held at once.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
+    /// The folder to share (created if missing).
+    #[arg(
+        long,
+        env = "SERVER_SHARED_FILES",
+        default_value = "SharedFiles",
+        value_name = "DIR"
+    )]
+    shared_dir: PathBuf,
     /// Seconds of silence (N) after which a client is pinged; it is dropped after 3N+1 seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive: u64,
@@ -59,6 +68,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_connections: args.max_connections,
         keepalive_interval: keepalive,
         keepalive_timeout: keepalive * 3 + Duration::from_secs(1),
+        shared_dir: args.shared_dir,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

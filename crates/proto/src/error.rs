@@ -39,6 +39,10 @@ pub enum ErrorCode {
     EmptyText,
     /// The message text is longer than the limit.
     TextTooLong,
+    /// A path is not allowed: it would leave the shared folder, or is malformed.
+    BadPath,
+    /// No file or folder of that name is shared (or it is not of the kind asked for).
+    NoSuchFile,
     /// A frame could not be decoded. Closes the connection.
     BadFrame,
     /// A frame was longer than the limit. Closes the connection.
@@ -73,6 +77,8 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::EmptyText => "empty_text",
             Self::TextTooLong => "text_too_long",
+            Self::BadPath => "bad_path",
+            Self::NoSuchFile => "no_such_file",
             Self::BadFrame => "bad_frame",
             Self::FrameTooLarge => "frame_too_large",
             Self::TooSlow => "too_slow",
@@ -112,6 +118,8 @@ mod tests {
             TooManyRooms,
             EmptyText,
             TextTooLong,
+            BadPath,
+            NoSuchFile,
             BadFrame,
             FrameTooLarge,
             TooSlow,

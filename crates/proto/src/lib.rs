@@ -11,6 +11,7 @@ pub mod event;
 pub mod frame;
 pub mod limits;
 pub mod names;
+pub mod paths;
 pub mod reply;
 pub mod request;
 

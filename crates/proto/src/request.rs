@@ -39,6 +39,8 @@ pub enum RequestBody {
     Users(Users),
     /// Sign off; the server replies, then closes the connection.
     Quit(Quit),
+    /// List a folder of the shared folder.
+    List(List),
 }
 
 /// A request kind and the `result` of its `ok` reply.
@@ -116,8 +118,9 @@ impl Request {
     }
 }
 
+/// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
-    "hello", "say", "msg", "join", "part", "rooms", "users", "quit",
+    "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list",
 ];
 
 macro_rules! call {
@@ -277,6 +280,47 @@ pub struct UserList {
 pub struct Quit {}
 call!(Quit => Empty);
 
+/// `list`: the entries of a folder in the shared folder.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct List {
+    /// The folder, relative to the shared folder, `/`-separated; empty for the shared folder
+    /// itself. See [`crate::paths::split`] for what is refused.
+    #[serde(default)]
+    pub path: String,
+}
+call!(List => Listing);
+
+/// The result of `list`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Listing {
+    /// The folder listed, normalized: names joined by `/`, no leading or trailing `/`.
+    pub path: String,
+    /// Folders first, then files, each sorted by name without regard to case.
+    pub entries: Vec<Entry>,
+    /// How many entries are files.
+    pub files: usize,
+    /// How many entries are folders.
+    pub folders: usize,
+    /// The sum of the files' sizes, in bytes (folders' contents not included).
+    pub total_bytes: u64,
+}
+
+/// One entry of a [`Listing`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The entry's name.
+    pub name: String,
+    /// Whether it is a folder.
+    pub folder: bool,
+    /// Its size in bytes (0 for folders).
+    pub size: u64,
+    /// When it was last modified, in milliseconds since the Unix epoch.
+    pub modified: u64,
+    /// Who uploaded it, for files shared through Parley.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploader: Option<String>,
+}
+
 /// The result of requests that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -319,6 +363,53 @@ mod tests {
             r#"{"id":1,"type":"hello","versions":[1],"name":"alice"}"#
         );
         assert_eq!(Request::decode(&json).unwrap(), request);
+    }
+
+    #[test]
+    fn every_request_kind_is_known() {
+        let text = || "x".to_owned();
+        let bodies: Vec<RequestBody> = vec![
+            Hello {
+                versions: vec![1],
+                name: text(),
+                client: None,
+            }
+            .into(),
+            Say {
+                room: text(),
+                text: text(),
+            }
+            .into(),
+            Msg {
+                to: text(),
+                text: text(),
+            }
+            .into(),
+            Join { room: text() }.into(),
+            Part { room: text() }.into(),
+            Rooms {}.into(),
+            Users { room: None }.into(),
+            Quit {}.into(),
+            List { path: text() }.into(),
+        ];
+        assert_eq!(bodies.len(), KNOWN_TYPES.len());
+        for body in bodies {
+            let json = serde_json::to_value(&body).unwrap();
+            let kind = json["type"].as_str().unwrap().to_owned();
+            assert!(KNOWN_TYPES.contains(&kind.as_str()), "{kind} missing");
+            // And the match in this test is exhaustive, so a new kind must be added here.
+            match body {
+                RequestBody::Hello(_)
+                | RequestBody::Say(_)
+                | RequestBody::Msg(_)
+                | RequestBody::Join(_)
+                | RequestBody::Part(_)
+                | RequestBody::Rooms(_)
+                | RequestBody::Users(_)
+                | RequestBody::Quit(_)
+                | RequestBody::List(_) => {}
+            }
+        }
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The server's tunables, with defaults fit for a small self-hosted server.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How a server behaves; [`Config::default`] is what `parley server` runs with.
@@ -19,6 +20,8 @@ pub struct Config {
     pub max_queue_bytes: usize,
     /// On shutdown, how long connections get to receive their `bye` before being dropped.
     pub shutdown_grace: Duration,
+    /// The folder whose files are shared; created if missing.
+    pub shared_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             keepalive_timeout: Duration::from_secs(10),
             max_queue_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
+            shared_dir: PathBuf::from("SharedFiles"),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Inside, each connection is a session ([`session`]) and a hub ([`hub`]) routes between them.
 
 mod config;
+mod files;
 mod hub;
 mod outbox;
 mod session;
@@ -34,14 +35,24 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Serves clients on `listener` until `shutdown` is cancelled; then tells every client that the
 /// server is shutting down, waits up to [`Config::shutdown_grace`] for them to be told, and
-/// returns.
+/// returns. Fails at once if the shared folder cannot be created or opened.
 pub async fn serve(
     listener: TcpListener,
     config: Config,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let grace = config.shutdown_grace;
-    let ctx = Arc::new(Context::new(config, shutdown.clone()));
+    let shared = files::SharedFolder::open(&config.shared_dir).map_err(|err| {
+        std::io::Error::new(
+            err.kind(),
+            format!(
+                "cannot open the shared folder {}: {err}",
+                config.shared_dir.display()
+            ),
+        )
+    })?;
+    info!("sharing the folder {}", config.shared_dir.display());
+    let ctx = Arc::new(Context::new(config, shared, shutdown.clone()));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     loop {

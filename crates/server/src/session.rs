@@ -30,6 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Config;
+use crate::files::SharedFolder;
 use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Outbox, OutboxReader};
 
@@ -46,15 +47,17 @@ const WRITE_BATCH: usize = 64;
 /// What every session shares.
 pub(crate) struct Context {
     pub(crate) hub: Hub,
+    pub(crate) shared: Arc<SharedFolder>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
     next_session: AtomicU64,
 }
 
 impl Context {
-    pub(crate) fn new(config: Config, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(config: Config, shared: SharedFolder, shutdown: CancellationToken) -> Self {
         Self {
             hub: Hub::default(),
+            shared: Arc::new(shared),
             config,
             shutdown,
             next_session: AtomicU64::new(1),
@@ -264,7 +267,7 @@ impl Session<'_> {
                     );
                 }
                 Frame::Control(json) => {
-                    if let Some(end) = self.handle(&json) {
+                    if let Some(end) = self.handle(&json).await {
                         return end;
                     }
                 }
@@ -298,8 +301,9 @@ impl Session<'_> {
         })
     }
 
-    /// Carries out one control frame; `Some` ends the session.
-    fn handle(&mut self, json: &[u8]) -> Option<End> {
+    /// Carries out one control frame; `Some` ends the session. Requests are carried out one at
+    /// a time, so replies leave in the order the requests came.
+    async fn handle(&mut self, json: &[u8]) -> Option<End> {
         let request = match Request::decode(json) {
             Ok(request) => request,
             Err(RequestError {
@@ -358,6 +362,22 @@ impl Session<'_> {
                     .map(parley_proto::names::canonical_room);
                 ok_frame::<request::Users>(id, &UserList { room, users: names })
             }),
+            RequestBody::List(list) => {
+                let (shared, user) = (
+                    self.ctx.shared.clone(),
+                    self.name.clone().unwrap_or_default(),
+                );
+                // File system calls block; they run on tokio's blocking pool.
+                tokio::task::spawn_blocking(move || shared.list(&user, &list.path))
+                    .await
+                    .unwrap_or_else(|err| {
+                        Err(Refusal {
+                            code: ErrorCode::NoSuchFile,
+                            message: format!("Listing failed: {err}."),
+                        })
+                    })
+                    .map(|listing| ok_frame::<request::List>(id, &listing))
+            }
             RequestBody::Quit(_) => {
                 self.outbox.push(ok_frame::<request::Quit>(id, &Empty {}));
                 return Some(End::Quit);

@@ -11,6 +11,7 @@ use parley_client::{Client, ClientEvent, ConnectOptions, Events, RequestError};
 use parley_proto::ErrorCode;
 use parley_proto::{Frame, FrameCodec, ServerMessage};
 use serde_json::{Value, json};
+use tempfile::TempDir;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
@@ -25,11 +26,12 @@ pub use parley_server::Config;
 /// The longest any single expected thing may take before a test fails.
 pub const WAIT: Duration = Duration::from_secs(10);
 
-/// A server running in this process.
+/// A server running in this process, sharing a fresh temporary folder.
 pub struct TestServer {
     pub addr: SocketAddr,
     pub shutdown: CancellationToken,
     pub task: JoinHandle<std::io::Result<()>>,
+    pub shared: TempDir,
 }
 
 impl TestServer {
@@ -37,7 +39,14 @@ impl TestServer {
         Self::with_config(Config::default()).await
     }
 
+    /// Starts a server with `config`, whatever its `shared_dir`: each test shares its own
+    /// temporary folder.
     pub async fn with_config(config: Config) -> Self {
+        let shared = tempfile::tempdir().unwrap();
+        let config = Config {
+            shared_dir: shared.path().to_owned(),
+            ..config
+        };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let shutdown = CancellationToken::new();
@@ -46,6 +55,7 @@ impl TestServer {
             addr,
             shutdown,
             task,
+            shared,
         }
     }
 
@@ -205,11 +215,25 @@ pub struct Proc {
     pub stdout: Lines<BufReader<ChildStdout>>,
     /// Every stdout line read so far, for failure messages.
     pub seen: Vec<String>,
+    /// The process's working directory, removed when it is dropped.
+    pub dir: TempDir,
 }
 
 impl Proc {
+    /// Runs `parley` with `args` in a fresh temporary working directory.
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = parley().args(args).spawn().expect("parley runs");
+        Self::spawn_with(args, &[])
+    }
+
+    /// The same, with extra environment variables.
+    pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = parley()
+            .args(args)
+            .envs(env.iter().copied())
+            .current_dir(dir.path())
+            .spawn()
+            .expect("parley runs");
         let stdin = child.stdin.take();
         let stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         Self {
@@ -217,6 +241,7 @@ impl Proc {
             stdin,
             stdout,
             seen: Vec::new(),
+            dir,
         }
     }
 
