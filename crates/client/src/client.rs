@@ -8,15 +8,15 @@
 
 use std::collections::HashMap;
 use std::pin::pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_proto::event::{Bye, Event};
+use parley_proto::event::{Bye, Event, TransferEnd};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
-use parley_proto::request::{Call, Hello, Quit, Welcome};
+use parley_proto::request::{Call, Cancel, Download, Downloading, Hello, Quit, Welcome};
 use parley_proto::{
     ErrorCode, Frame, FrameCodec, Reply, Request, SUPPORTED_VERSIONS, ServerMessage, control_frame,
 };
@@ -28,6 +28,9 @@ use tokio_util::codec::FramedRead;
 
 /// Frames waiting for the writer; requests wait here when the socket is slow.
 const WRITE_QUEUE: usize = 256;
+
+/// Chunks of one download waiting to be written; the reader stops reading when it is full.
+const TRANSFER_QUEUE: usize = 16;
 
 /// Events waiting for the application. When it falls this far behind, the reader stops reading
 /// and the server, not this process, absorbs (and bounds) the backlog.
@@ -189,6 +192,9 @@ struct Shared {
     next_id: AtomicU64,
     /// Set when `quit` is sent, so the server closing the connection afterwards is expected.
     quitting: AtomicBool,
+    /// Where each download's data goes, by transfer id. A std mutex: held only to look up.
+    transfers: Mutex<HashMap<u32, mpsc::Sender<Chunk>>>,
+    next_transfer: AtomicU32,
     welcome: Welcome,
     address: String,
 }
@@ -315,6 +321,8 @@ impl Client {
             }),
             next_id: AtomicU64::new(1),
             quitting: AtomicBool::new(false),
+            transfers: Mutex::new(HashMap::new()),
+            next_transfer: AtomicU32::new(1),
             welcome,
             address,
         });
@@ -360,10 +368,75 @@ impl Client {
         }
     }
 
+    /// Starts downloading the shared file `path` from byte `offset`. The returned stream yields
+    /// the file's bytes, then how the transfer ended.
+    pub async fn download(&self, path: &str, offset: u64) -> Result<Incoming, RequestError> {
+        let transfer = self.shared.next_transfer.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel(TRANSFER_QUEUE);
+        // Ready for the data before asking: it may follow the reply at once.
+        self.shared.transfers.lock().unwrap().insert(transfer, tx);
+        let registration = Registration {
+            transfer,
+            shared: self.shared.clone(),
+        };
+        let request = Download {
+            path: path.to_owned(),
+            offset,
+            transfer,
+        };
+        let info = self.call(request).await?;
+        Ok(Incoming {
+            info,
+            rx,
+            _registration: registration,
+        })
+    }
+
+    /// Asks the server to stop transfer `transfer`.
+    pub async fn cancel(&self, transfer: u32) -> Result<(), RequestError> {
+        self.call(Cancel { transfer }).await.map(drop)
+    }
+
     /// Signs off; the event stream then ends with [`Closed::Quit`].
     pub async fn quit(&self) -> Result<(), RequestError> {
         self.shared.quitting.store(true, Ordering::Release);
         self.call(Quit {}).await.map(drop)
+    }
+}
+
+/// What a download yields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Chunk {
+    /// The next bytes of the file.
+    Data(Bytes),
+    /// How the transfer ended; nothing follows.
+    End(TransferEnd),
+}
+
+/// A download under way: what the server said is coming, and the bytes as they arrive.
+pub struct Incoming {
+    /// The file's name and size, the transfer id and where the data starts.
+    pub info: Downloading,
+    rx: mpsc::Receiver<Chunk>,
+    _registration: Registration,
+}
+
+impl Incoming {
+    /// The next chunk; `None` if the connection closed before the transfer ended.
+    pub async fn next(&mut self) -> Option<Chunk> {
+        self.rx.recv().await
+    }
+}
+
+/// Routes a transfer's data to its [`Incoming`] for as long as this lives.
+struct Registration {
+    transfer: u32,
+    shared: Arc<Shared>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.shared.transfers.lock().unwrap().remove(&self.transfer);
     }
 }
 
@@ -415,7 +488,14 @@ async fn read_loop<S: AsyncRead>(
                 let _ = shared.writer.try_send(Bytes::from_static(&PONG_FRAME));
                 continue;
             }
-            Some(Ok(Frame::Pong | Frame::Data { .. })) => continue,
+            Some(Ok(Frame::Data { transfer, payload })) => {
+                let sink = shared.transfers.lock().unwrap().get(&transfer).cloned();
+                if let Some(sink) = sink {
+                    let _ = sink.send(Chunk::Data(payload)).await;
+                }
+                continue;
+            }
+            Some(Ok(Frame::Pong)) => continue,
         };
         match ServerMessage::decode(&json) {
             Ok(ServerMessage::Reply(reply)) => {
@@ -425,6 +505,12 @@ async fn read_loop<S: AsyncRead>(
                 }
             }
             Ok(ServerMessage::Event(Event::Bye(bye))) => break Closed::ByServer(bye),
+            Ok(ServerMessage::Event(Event::TransferEnd(end))) => {
+                let sink = shared.transfers.lock().unwrap().remove(&end.transfer);
+                if let Some(sink) = sink {
+                    let _ = sink.send(Chunk::End(end)).await;
+                }
+            }
             Ok(ServerMessage::Event(event)) => {
                 // An application that dropped its Events still gets its replies.
                 let _ = events.send(ClientEvent::Server(event)).await;
@@ -442,5 +528,7 @@ async fn read_loop<S: AsyncRead>(
         pending.open = false;
         pending.waiters.clear();
     }
+    // Likewise every download's stream ends, without a `Chunk::End`.
+    shared.transfers.lock().unwrap().clear();
     let _ = events.send(ClientEvent::Closed(closed)).await;
 }

@@ -32,6 +32,10 @@ pub enum Command {
     Files(Option<String>),
     /// `/download <path>`, `DOWNLOAD::<path>`.
     Download(String),
+    /// `/transfers`: list transfers in progress.
+    Transfers,
+    /// `/cancel <id>`: stop a transfer.
+    Cancel(u32),
     /// `/upload <local path> [folder]`.
     Upload {
         /// The file to send.
@@ -61,6 +65,7 @@ const USAGE_JOIN: &str = "/join <room>";
 const USAGE_PART: &str = "/part [room]";
 const USAGE_DOWNLOAD: &str = "/download <path>  or  DOWNLOAD::<path>";
 const USAGE_UPLOAD: &str = "/upload <local path> [folder]";
+const USAGE_CANCEL: &str = "/cancel <transfer id>  (see /transfers)";
 
 /// Every command with all its forms, as `/help` prints it.
 pub const HELP: &str = "\
@@ -76,6 +81,8 @@ Commands (every form on a line works the same):
   /files [dir]                      list a shared folder;  also /file, ACCESS::[dir]
   /download <path>                  download a shared file;  also DOWNLOAD::<path>
   /upload <local path> [folder]     share a file
+  /transfers                        list downloads and uploads in progress
+  /cancel <id>                      stop a transfer (its id is in /transfers)
   /help                             this list
   /quit                             leave;  also /exit, EXIT:: and end of input (Ctrl-D)
 A line starting with // sends the rest as a message beginning with /.";
@@ -161,6 +168,12 @@ fn parse_slash(rest: &str) -> Result<Command, ParseError> {
         "download" => arg()
             .map(Command::Download)
             .ok_or(ParseError::Usage(USAGE_DOWNLOAD)),
+        "transfers" => Ok(Command::Transfers),
+        "cancel" => args
+            .trim()
+            .parse()
+            .map(Command::Cancel)
+            .map_err(|_| ParseError::Usage(USAGE_CANCEL)),
         "upload" => {
             let mut words = args.split_whitespace();
             match (words.next(), words.next(), words.next()) {
@@ -286,6 +299,10 @@ mod tests {
             }
         );
         assert_eq!(usage("/upload"), USAGE_UPLOAD);
+        assert_eq!(ok("/transfers"), Command::Transfers);
+        assert_eq!(ok("/cancel 3"), Command::Cancel(3));
+        assert_eq!(usage("/cancel"), USAGE_CANCEL);
+        assert_eq!(usage("/cancel x"), USAGE_CANCEL);
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn event_line(event: &Event) -> Option<String> {
                 PartReason::Other => format!("* {who} left #{room}"),
             }
         }
-        Event::Bye(_) => return None,
+        Event::Bye(_) | Event::TransferEnd(_) => return None,
     })
 }
 

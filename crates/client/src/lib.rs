@@ -5,6 +5,10 @@
 pub mod client;
 pub mod command;
 pub mod display;
+pub mod download;
 
-pub use client::{Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, RequestError};
+pub use client::{
+    Chunk, Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, Incoming,
+    RequestError,
+};
 pub use command::{Command, ParseError};

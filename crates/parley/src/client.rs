@@ -6,13 +6,20 @@
 //! Exit codes: 0 after quitting, 1 when connecting or signing in failed, 2 for usage mistakes,
 //! 3 when the server closed the connection or it was lost.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client::command::{self, Command, HELP};
-use parley_client::display::{event_line, listing_lines, message_line, names, sanitize};
+use parley_client::display::{
+    event_line, format_size, listing_lines, message_line, names, sanitize,
+};
+use parley_client::download;
 use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
 use parley_proto::ErrorCode;
 use parley_proto::names::canonical_room;
@@ -57,6 +64,9 @@ pub struct Args {
     /// Seconds to wait for the server to answer when connecting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=600))]
     connect_timeout: u64,
+    /// Where downloads are saved [default: <USERNAME>Files in the current directory].
+    #[arg(long, value_name = "DIR")]
+    download_dir: Option<PathBuf>,
     /// Line mode: plain lines in and out (the only mode for now, and always used when
     /// stdin or stdout is not a terminal).
     #[arg(long)]
@@ -69,6 +79,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .or(args.host_option)
         .unwrap_or_else(|| "127.0.0.1".into());
     let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
+    let download_dir = args
+        .download_dir
+        .unwrap_or_else(|| PathBuf::from(format!("{}Files", args.username)));
     let options = ConnectOptions {
         timeout: Duration::from_secs(args.connect_timeout),
         ..ConnectOptions::new(host, port, args.username)
@@ -93,6 +106,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut session = LineSession {
         rooms: vec![welcome.room.clone()],
         client: client.clone(),
+        download_dir,
+        transfers: Arc::default(),
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -169,7 +184,20 @@ fn report_closed(client: &Client, closed: Closed) -> ExitCode {
 struct LineSession {
     rooms: Vec<String>,
     client: Client,
+    download_dir: PathBuf,
+    /// Transfers in progress, for `/transfers`. A std mutex: held only to read or update.
+    transfers: Arc<Mutex<BTreeMap<u32, TransferState>>>,
 }
+
+/// What `/transfers` shows of one transfer.
+struct TransferState {
+    name: String,
+    size: u64,
+    done: u64,
+}
+
+/// How often a transfer's progress is printed.
+const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// What a finished request has to show, and the room it failed to join, if any.
 struct Outcome {
@@ -306,9 +334,62 @@ impl LineSession {
                     Err(err) => vec![failure(err)],
                 })
             }),
-            Command::Download(_) | Command::Upload { .. } => ready(vec![
-                "! Downloads and uploads are not available yet.".into(),
-            ]),
+            Command::Download(path) => {
+                let (dir, transfers) = (self.download_dir.clone(), self.transfers.clone());
+                Box::pin(async move {
+                    let line = match download_with_progress(&client, &path, &dir, &transfers).await
+                    {
+                        Ok(saved) => {
+                            let secs = saved.elapsed.as_secs_f64().max(0.001);
+                            let moved = saved.size - saved.resumed_from;
+                            format!(
+                                "Saved {}: {} in {secs:.1} s ({}/s){}, checksum verified",
+                                sanitize(&saved.path.display().to_string()),
+                                format_size(saved.size),
+                                format_size((moved as f64 / secs) as u64),
+                                if saved.resumed_from > 0 {
+                                    ", resumed"
+                                } else {
+                                    ""
+                                },
+                            )
+                        }
+                        Err(err) => format!(
+                            "! Download of {} failed: {}",
+                            sanitize(&path),
+                            sanitize(&err.to_string())
+                        ),
+                    };
+                    Outcome::lines(vec![line])
+                })
+            }
+            Command::Transfers => {
+                let transfers = self.transfers.lock().unwrap();
+                if transfers.is_empty() {
+                    return ready(vec!["No transfers in progress.".into()]);
+                }
+                ready(
+                    transfers
+                        .iter()
+                        .map(|(id, t)| {
+                            format!(
+                                "[{id}] download {}: {} of {} ({}%)",
+                                sanitize(&t.name),
+                                format_size(t.done),
+                                format_size(t.size),
+                                percent(t.done, t.size)
+                            )
+                        })
+                        .collect(),
+                )
+            }
+            Command::Cancel(transfer) => Box::pin(async move {
+                Outcome::lines(vec![match client.cancel(transfer).await {
+                    Ok(()) => format!("Cancelling transfer {transfer}."),
+                    Err(err) => failure(err),
+                }])
+            }),
+            Command::Upload { .. } => ready(vec!["! Uploads are not available yet.".into()]),
             Command::Quit => unreachable!("quit is handled by the input loop"),
         }
     }
@@ -322,6 +403,81 @@ impl LineSession {
             self.rooms.retain(|r| *r != room);
         }
     }
+}
+
+/// Downloads `path` into `dir`, saying how big it is before it starts, printing progress every
+/// [`PROGRESS_EVERY`] and keeping `/transfers` up to date.
+async fn download_with_progress(
+    client: &Client,
+    path: &str,
+    dir: &std::path::Path,
+    transfers: &Mutex<BTreeMap<u32, TransferState>>,
+) -> Result<download::Saved, download::DownloadError> {
+    let id = AtomicU32::new(0);
+    let begun = Instant::now();
+    let mut last_print = Instant::now();
+    let result = download::download(
+        client,
+        path,
+        dir,
+        |info| {
+            id.store(info.transfer, Ordering::Relaxed);
+            let name = sanitize(&info.name);
+            if info.offset > 0 {
+                println!(
+                    "Resuming {name} at {} of {} (transfer {})",
+                    format_size(info.offset),
+                    format_size(info.size),
+                    info.transfer
+                );
+            } else {
+                println!(
+                    "Downloading {name} ({}) as transfer {}",
+                    format_size(info.size),
+                    info.transfer
+                );
+            }
+            transfers.lock().unwrap().insert(
+                info.transfer,
+                TransferState {
+                    name: info.name.clone(),
+                    size: info.size,
+                    done: info.offset,
+                },
+            );
+        },
+        |done| {
+            let mut transfers = transfers.lock().unwrap();
+            let Some(state) = transfers.get_mut(&id.load(Ordering::Relaxed)) else {
+                return;
+            };
+            state.done = done;
+            if last_print.elapsed() >= PROGRESS_EVERY {
+                last_print = Instant::now();
+                let rate = done as f64 / begun.elapsed().as_secs_f64().max(0.001);
+                let left = (state.size - done) as f64 / rate.max(1.0);
+                println!(
+                    "{}: {} of {} ({}%), {}/s, {} s left",
+                    sanitize(&state.name),
+                    format_size(done),
+                    format_size(state.size),
+                    percent(done, state.size),
+                    format_size(rate as u64),
+                    left.ceil() as u64
+                );
+            }
+        },
+    )
+    .await;
+    transfers
+        .lock()
+        .unwrap()
+        .remove(&id.load(Ordering::Relaxed));
+    result
+}
+
+fn percent(done: u64, size: u64) -> u64 {
+    (done * 100).checked_div(size).unwrap_or(100)
 }
 
 fn ready(lines: Vec<String>) -> BoxFuture<'static, Outcome> {

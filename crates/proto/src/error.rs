@@ -43,6 +43,10 @@ pub enum ErrorCode {
     BadPath,
     /// No file or folder of that name is shared (or it is not of the kind asked for).
     NoSuchFile,
+    /// The transfer id is in use, or names no transfer of this connection.
+    BadTransfer,
+    /// The connection already runs the most transfers allowed at once.
+    TooManyTransfers,
     /// A frame could not be decoded. Closes the connection.
     BadFrame,
     /// A frame was longer than the limit. Closes the connection.
@@ -79,6 +83,8 @@ impl ErrorCode {
             Self::TextTooLong => "text_too_long",
             Self::BadPath => "bad_path",
             Self::NoSuchFile => "no_such_file",
+            Self::BadTransfer => "bad_transfer",
+            Self::TooManyTransfers => "too_many_transfers",
             Self::BadFrame => "bad_frame",
             Self::FrameTooLarge => "frame_too_large",
             Self::TooSlow => "too_slow",
@@ -120,6 +126,8 @@ mod tests {
             TextTooLong,
             BadPath,
             NoSuchFile,
+            BadTransfer,
+            TooManyTransfers,
             BadFrame,
             FrameTooLarge,
             TooSlow,

@@ -18,6 +18,39 @@ pub enum Event {
     Part(Departure),
     /// The server is closing this connection, and why. Nothing follows it.
     Bye(Bye),
+    /// A transfer ended; it follows the transfer's last data frame.
+    TransferEnd(TransferEnd),
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransferEnd {
+    /// The transfer's id.
+    pub transfer: u32,
+    /// How it ended.
+    pub status: TransferStatus,
+    /// For a complete download: the BLAKE3 hash of the whole file (not just the bytes sent),
+    /// as 64 lower-case hexadecimal digits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blake3: Option<String>,
+    /// For a failed transfer: why, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The outcome of a transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TransferStatus {
+    /// Every byte was sent.
+    Complete,
+    /// Stopped by a `cancel` request.
+    Cancelled,
+    /// Stopped by an error (the file shrank, a read failed, ...).
+    Failed,
+    /// A status this build does not know.
+    #[serde(other)]
+    Other,
 }
 
 /// A message to a room.

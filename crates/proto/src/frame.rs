@@ -9,7 +9,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use serde::Serialize;
 use tokio_util::codec::{Decoder, Encoder};
 
-use crate::limits::{CLIENT_MAX_CONTROL_FRAME, SERVER_MAX_CONTROL_FRAME};
+use crate::limits::{CLIENT_MAX_CONTROL_FRAME, MAX_DATA_FRAME, SERVER_MAX_CONTROL_FRAME};
 
 /// Bytes before the payload: the length field and the kind byte.
 pub const HEADER_LEN: usize = 5;
@@ -89,8 +89,8 @@ pub enum FrameError {
     /// A ping or pong carried a payload, or a data frame was shorter than its transfer id.
     #[error("malformed {0:?} frame")]
     Malformed(FrameKind),
-    /// A frame of a kind this side does not accept (data frames, in protocol version 1).
-    #[error("{0:?} frames are not used by protocol version 1")]
+    /// A frame of a kind this side does not accept (a server accepts no data frames).
+    #[error("{0:?} frames are not accepted in this direction")]
     Unexpected(FrameKind),
     /// Reading from the transport failed.
     #[error(transparent)]
@@ -105,15 +105,16 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
-    /// The codec a server uses to read what clients send. Protocol version 1 carries no file
-    /// data, so data frames are refused from their header, before any of the body is buffered.
+    /// The codec a server uses to read what clients send. Clients send no file data (uploads
+    /// are not part of the protocol yet), so data frames are refused from their header, before
+    /// any of the body is buffered.
     pub fn server() -> Self {
         Self::with_limits(SERVER_MAX_CONTROL_FRAME, 0)
     }
 
-    /// The codec a client uses to read what the server sends (no data frames in version 1).
+    /// The codec a client uses to read what the server sends: downloads arrive as data frames.
     pub fn client() -> Self {
-        Self::with_limits(CLIENT_MAX_CONTROL_FRAME, 0)
+        Self::with_limits(CLIENT_MAX_CONTROL_FRAME, MAX_DATA_FRAME)
     }
 
     /// A codec with explicit limits (each counts the kind byte and the payload); a `max_data`
@@ -246,7 +247,6 @@ fn put_header(dst: &mut BytesMut, kind: FrameKind, payload_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::limits::MAX_DATA_FRAME;
 
     fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
         let mut src = BytesMut::from(bytes);
@@ -365,7 +365,7 @@ mod tests {
             decode_all(&mut data_codec(), &[0, 0, 0, 3, 2, 0, 0]),
             Err(FrameError::Malformed(FrameKind::Data))
         ));
-        // Version 1 refuses data frames from the header: no body is awaited or buffered.
+        // A server refuses data frames from the header: no body is awaited or buffered.
         assert!(matches!(
             decode_all(&mut codec, &[0, 0, 1, 0, 2]),
             Err(FrameError::Unexpected(FrameKind::Data))

@@ -16,7 +16,9 @@ pub mod reply;
 pub mod request;
 
 pub use error::ErrorCode;
-pub use event::{Bye, Departure, Event, PartReason, Presence, Private, RoomMessage};
+pub use event::{
+    Bye, Departure, Event, PartReason, Presence, Private, RoomMessage, TransferEnd, TransferStatus,
+};
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind, control_frame};
 pub use reply::{Reply, ServerMessage};
 pub use request::{Call, Request, RequestBody, RequestError};

@@ -11,9 +11,16 @@ pub const SERVER_MAX_CONTROL_FRAME: usize = 64 * 1024;
 /// (tens of thousands of names), so this is far larger than the other direction.
 pub const CLIENT_MAX_CONTROL_FRAME: usize = 16 * 1024 * 1024;
 
-/// Longest data frame in either direction (kind byte, 4-byte transfer id and up to 256 KiB of
-/// file bytes). Data frames are reserved for file transfer; version 1 sends none.
-pub const MAX_DATA_FRAME: usize = 1 + 4 + 256 * 1024;
+/// Longest data frame in either direction: kind byte, 4-byte transfer id and up to
+/// [`MAX_DATA_CHUNK`] bytes of file.
+pub const MAX_DATA_FRAME: usize = 1 + 4 + MAX_DATA_CHUNK;
+
+/// Most file bytes in one data frame. 256 KiB keeps per-frame overhead negligible while a chat
+/// message never waits behind more than one such frame on the sender's side.
+pub const MAX_DATA_CHUNK: usize = 256 * 1024;
+
+/// Most transfers one connection may run at once.
+pub const MAX_TRANSFERS: usize = 8;
 
 /// Longest message text, in bytes of UTF-8.
 pub const MAX_TEXT_BYTES: usize = 4096;

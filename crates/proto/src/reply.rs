@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Bye, Departure, Event, Presence, Private, RoomMessage};
+use crate::event::{Bye, Departure, Event, Presence, Private, RoomMessage, TransferEnd};
 use crate::frame::control_frame;
 use crate::{ErrorCode, request::Call};
 
@@ -72,6 +72,7 @@ impl ServerMessage {
             Join(Presence),
             Part(Departure),
             Bye(Bye),
+            TransferEnd(TransferEnd),
             #[serde(other)]
             Unknown,
         }
@@ -85,6 +86,7 @@ impl ServerMessage {
             Wire::Join(m) => ServerMessage::Event(Event::Join(m)),
             Wire::Part(m) => ServerMessage::Event(Event::Part(m)),
             Wire::Bye(m) => ServerMessage::Event(Event::Bye(m)),
+            Wire::TransferEnd(m) => ServerMessage::Event(Event::TransferEnd(m)),
             Wire::Unknown => ServerMessage::Unknown,
         })
     }

@@ -41,6 +41,10 @@ pub enum RequestBody {
     Quit(Quit),
     /// List a folder of the shared folder.
     List(List),
+    /// Stream a shared file to the client.
+    Download(Download),
+    /// Stop a transfer.
+    Cancel(Cancel),
 }
 
 /// A request kind and the `result` of its `ok` reply.
@@ -120,7 +124,7 @@ impl Request {
 
 /// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
-    "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list",
+    "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list", "download", "cancel",
 ];
 
 macro_rules! call {
@@ -321,6 +325,45 @@ pub struct Entry {
     pub uploader: Option<String>,
 }
 
+/// `download`: stream the shared file `path`, starting at byte `offset` (to resume).
+///
+/// The client picks `transfer`, an id not in use by another of its transfers, and is ready for
+/// data frames carrying it before it sends the request: they may follow the reply at once.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Download {
+    /// The file, relative to the shared folder.
+    pub path: String,
+    /// Where to start, in bytes; beyond the end of the file means from the start.
+    #[serde(default)]
+    pub offset: u64,
+    /// The client's id for this transfer.
+    pub transfer: u32,
+}
+call!(Download => Downloading);
+
+/// The result of `download`: what is coming. Data frames follow, then a `transfer_end` event.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Downloading {
+    /// The transfer's id, as the client chose it.
+    pub transfer: u32,
+    /// The file, normalized.
+    pub path: String,
+    /// The file's name (its last path component).
+    pub name: String,
+    /// The whole file's size in bytes.
+    pub size: u64,
+    /// Where the data starts: the requested offset, or 0 if that was beyond the end.
+    pub offset: u64,
+}
+
+/// `cancel`: stop the transfer `transfer`; a `transfer_end` with status `cancelled` follows.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cancel {
+    /// The transfer to stop.
+    pub transfer: u32,
+}
+call!(Cancel => Empty);
+
 /// The result of requests that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -391,6 +434,13 @@ mod tests {
             Users { room: None }.into(),
             Quit {}.into(),
             List { path: text() }.into(),
+            Download {
+                path: text(),
+                offset: 0,
+                transfer: 1,
+            }
+            .into(),
+            Cancel { transfer: 1 }.into(),
         ];
         assert_eq!(bodies.len(), KNOWN_TYPES.len());
         for body in bodies {
@@ -407,7 +457,9 @@ mod tests {
                 | RequestBody::Rooms(_)
                 | RequestBody::Users(_)
                 | RequestBody::Quit(_)
-                | RequestBody::List(_) => {}
+                | RequestBody::List(_)
+                | RequestBody::Download(_)
+                | RequestBody::Cancel(_) => {}
             }
         }
     }

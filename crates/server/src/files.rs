@@ -77,6 +77,64 @@ impl SharedFolder {
     }
 }
 
+/// A shared file opened for reading.
+pub(crate) struct OpenFile {
+    pub(crate) file: std::fs::File,
+    /// The path, normalized.
+    pub(crate) path: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+}
+
+impl SharedFolder {
+    /// Opens the regular file `path` for reading.
+    pub(crate) fn open_file(&self, user: &str, path: &str) -> Result<OpenFile, Refusal> {
+        let names = checked(user, path)?;
+        let shown = names.join("/");
+        let Some(name) = names.last() else {
+            return Err(Refusal {
+                code: ErrorCode::NoSuchFile,
+                message: "Name a file to download.".into(),
+            });
+        };
+        let relative: PathBuf = names.iter().collect();
+        let not_a_file = |what: &str| Refusal {
+            code: ErrorCode::NoSuchFile,
+            message: format!("{shown:?} is {what}, not a file."),
+        };
+        // Look before opening: opening a FIFO for reading would block until a writer came.
+        let metadata = self
+            .root
+            .metadata(&relative)
+            .map_err(|err| resolve_error(user, &shown, err))?;
+        if metadata.is_dir() {
+            return Err(not_a_file("a folder"));
+        }
+        if !metadata.is_file() {
+            warn!("{user} asked for {shown:?}, which is not a regular file");
+            return Err(not_a_file("a special file"));
+        }
+        let file = self
+            .root
+            .open(&relative)
+            .map_err(|err| resolve_error(user, &shown, err))?
+            .into_std();
+        // And check again what was opened, in case the name changed in between.
+        let metadata = file
+            .metadata()
+            .map_err(|err| resolve_error(user, &shown, err))?;
+        if !metadata.is_file() {
+            return Err(not_a_file("a special file"));
+        }
+        Ok(OpenFile {
+            file,
+            name: (*name).to_owned(),
+            path: shown,
+            size: metadata.len(),
+        })
+    }
+}
+
 /// An entry for a regular file or a folder; `None` for anything else.
 fn describe(name: String, metadata: &Metadata) -> Option<Entry> {
     let folder = metadata.is_dir();
@@ -113,7 +171,7 @@ fn resolve_error(user: &str, shown: &str, err: io::Error) -> Refusal {
     match err.kind() {
         io::ErrorKind::NotFound => Refusal {
             code: ErrorCode::NoSuchFile,
-            message: format!("There is no shared folder named {shown:?}."),
+            message: format!("Nothing named {shown:?} is shared."),
         },
         io::ErrorKind::NotADirectory => Refusal {
             code: ErrorCode::NoSuchFile,

@@ -9,6 +9,8 @@ mod files;
 mod hub;
 mod outbox;
 mod session;
+mod transfer;
+mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -7,14 +7,13 @@
 //! socket stalls only this connection's writer.
 
 use std::fmt;
-use std::io::IoSlice;
 use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_proto::SUPPORTED_VERSIONS;
 use parley_proto::event::{Bye, Event, PartReason};
@@ -23,16 +22,18 @@ use parley_proto::limits::{MAX_CLIENT_DESCRIPTION, MAX_TEXT_BYTES};
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::Config;
-use crate::files::SharedFolder;
+use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
-use crate::outbox::{self, Outbox, OutboxReader};
+use crate::outbox::{self, Outbox};
+use crate::transfer::{self, Transfers};
+use crate::writer;
 
 /// After a session ends, how long its writer may take to deliver what is queued (the reply to
 /// `quit`, a `bye`) before the socket is dropped anyway.
@@ -40,9 +41,6 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// After the last frame is written, how long to wait for the peer to close its side.
 const LINGER: Duration = Duration::from_secs(1);
-
-/// Most frames the writer takes from the queue for one vectored write.
-const WRITE_BATCH: usize = 64;
 
 /// What every session shares.
 pub(crate) struct Context {
@@ -155,11 +153,13 @@ where
     let (read_half, write_half) = tokio::io::split(stream);
     let mut frames = FramedRead::new(read_half, FrameCodec::server());
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
+    let (lane, data) = tokio::sync::mpsc::channel(transfer::LANE_FRAMES);
     let abort_writer = CancellationToken::new();
     let writer_failed = CancellationToken::new();
-    let mut writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(writer::write_loop(
         write_half,
         queue,
+        data,
         abort_writer.clone(),
         writer_failed.clone(),
     ));
@@ -172,6 +172,7 @@ where
         last_heard: Instant::now(),
         ping_sent: false,
         writer_failed,
+        transfers: Transfers::new(lane),
     };
     let end = session.read_loop(&mut frames).await;
 
@@ -217,6 +218,8 @@ struct Session<'a> {
     ping_sent: bool,
     /// Cancelled by the writer when the socket cannot be written.
     writer_failed: CancellationToken,
+    /// Downloads in progress; dropped (and so stopped) with the session.
+    transfers: Transfers,
 }
 
 impl Session<'_> {
@@ -378,6 +381,22 @@ impl Session<'_> {
                     })
                     .map(|listing| ok_frame::<request::List>(id, &listing))
             }
+            RequestBody::Download(download) => match self.download(download).await {
+                Ok((downloading, file)) => {
+                    // The reply goes out first: the writer prefers control frames, and the
+                    // transfer starts only once its reply is queued.
+                    self.outbox
+                        .push(ok_frame::<request::Download>(id, &downloading));
+                    let (transfer, offset) = (downloading.transfer, downloading.offset);
+                    self.transfers.start_download(transfer, file, offset);
+                    return None;
+                }
+                Err(refusal) => Err(refusal),
+            },
+            RequestBody::Cancel(cancel) => self
+                .transfers
+                .cancel(cancel.transfer)
+                .map(|()| ok_frame::<request::Cancel>(id, &Empty {})),
             RequestBody::Quit(_) => {
                 self.outbox.push(ok_frame::<request::Quit>(id, &Empty {}));
                 return Some(End::Quit);
@@ -386,6 +405,42 @@ impl Session<'_> {
         self.outbox
             .push(reply.unwrap_or_else(|refusal| error_frame(id, refusal.code, &refusal.message)));
         None
+    }
+
+    /// Opens the file a `download` asks for and says what will come.
+    async fn download(
+        &mut self,
+        download: request::Download,
+    ) -> Result<(request::Downloading, OpenFile), Refusal> {
+        self.transfers.check_new(download.transfer)?;
+        let (shared, user) = (
+            self.ctx.shared.clone(),
+            self.name.clone().unwrap_or_default(),
+        );
+        let path = download.path;
+        let file = tokio::task::spawn_blocking(move || shared.open_file(&user, &path))
+            .await
+            .unwrap_or_else(|err| {
+                Err(Refusal {
+                    code: ErrorCode::NoSuchFile,
+                    message: format!("Opening the file failed: {err}."),
+                })
+            })?;
+        let offset = if download.offset > file.size {
+            0
+        } else {
+            download.offset
+        };
+        Ok((
+            request::Downloading {
+                transfer: download.transfer,
+                path: file.path.clone(),
+                name: file.name.clone(),
+                size: file.size,
+                offset,
+            },
+            file,
+        ))
     }
 
     /// The first request must be a `hello` that the server accepts; anything else ends the
@@ -461,70 +516,4 @@ fn negotiate(offered: &[u16]) -> Option<u16> {
         .copied()
         .filter(|v| SUPPORTED_VERSIONS.contains(v))
         .max()
-}
-
-/// Drains the queue into the socket until every [`Outbox`] is gone, then writes the last frame
-/// and closes the write side. Stops early if `abort` fires; cancels `failed` if writing fails.
-async fn write_loop<W>(
-    write_half: W,
-    mut queue: OutboxReader,
-    abort: CancellationToken,
-    failed: CancellationToken,
-) where
-    W: AsyncWrite + Send,
-{
-    let mut write_half = pin!(write_half);
-    let mut batch = Vec::new();
-    let written = abort
-        .run_until_cancelled(async {
-            while queue.recv_many(&mut batch, WRITE_BATCH).await > 0 {
-                let bytes = batch.iter().map(Bytes::len).sum();
-                if queue.overflowed() {
-                    // Too far behind: the backlog is dropped, only the bye still matters.
-                    batch.clear();
-                } else {
-                    write_batch(&mut write_half, &mut batch).await?;
-                }
-                queue.release(bytes);
-            }
-            if let Some(last) = queue.take_last() {
-                write_half.write_all(&last).await?;
-            }
-            write_half.shutdown().await
-        })
-        .await;
-    if let Some(Err(_)) = written {
-        failed.cancel();
-    }
-}
-
-/// Writes every frame of `batch` with as few system calls as the transport allows.
-async fn write_batch<W>(
-    w: &mut std::pin::Pin<&mut W>,
-    batch: &mut Vec<Bytes>,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite,
-{
-    let mut first = 0;
-    while first < batch.len() {
-        let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = w.write_vectored(&slices).await?;
-        drop(slices);
-        if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
-        }
-        while written > 0 {
-            let frame = &mut batch[first];
-            if written >= frame.len() {
-                written -= frame.len();
-                first += 1;
-            } else {
-                frame.advance(written);
-                written = 0;
-            }
-        }
-    }
-    batch.clear();
-    Ok(())
 }

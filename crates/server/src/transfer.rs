@@ -1,0 +1,188 @@
+//! Downloads: one task per transfer reads the file and feeds data frames into the session's
+//! data lane, which the writer drains only when no chat is waiting.
+//!
+//! The lane is a small bounded channel, so a transfer reads ahead by a few chunks at most:
+//! memory per transfer stays constant whatever the file's size, and a slow reader slows the
+//! transfer, not the server. The `transfer_end` event travels the same lane, behind the last
+//! data frame, so it can never overtake the data it concludes.
+
+use std::collections::HashMap;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use parley_proto::ErrorCode;
+use parley_proto::event::{Event, TransferEnd, TransferStatus};
+use parley_proto::frame::FrameKind;
+use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
+use parley_proto::reply::event_frame;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::files::OpenFile;
+use crate::hub::Refusal;
+
+/// Data frames queued per connection: with [`MAX_DATA_CHUNK`] bytes each, at most 1 MiB of file
+/// is read ahead of the socket.
+pub(crate) const LANE_FRAMES: usize = 4;
+
+/// Bytes in a data frame before the file bytes: length, kind, transfer id.
+const DATA_HEADER: usize = 4 + 1 + 4;
+
+/// The transfers of one connection.
+pub(crate) struct Transfers {
+    lane: mpsc::Sender<Bytes>,
+    /// Cancelled when the session ends: every transfer stops.
+    stop: CancellationToken,
+    active: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
+}
+
+impl Transfers {
+    pub(crate) fn new(lane: mpsc::Sender<Bytes>) -> Self {
+        Self {
+            lane,
+            stop: CancellationToken::new(),
+            active: HashMap::new(),
+        }
+    }
+
+    /// Checks that `transfer` may start now: a free id, and room for one more.
+    pub(crate) fn check_new(&mut self, transfer: u32) -> Result<(), Refusal> {
+        self.active.retain(|_, (_, task)| !task.is_finished());
+        if self.active.contains_key(&transfer) {
+            return Err(Refusal {
+                code: ErrorCode::BadTransfer,
+                message: format!("Transfer {transfer} is already running; pick another id."),
+            });
+        }
+        if self.active.len() >= MAX_TRANSFERS {
+            return Err(Refusal {
+                code: ErrorCode::TooManyTransfers,
+                message: format!(
+                    "At most {MAX_TRANSFERS} transfers can run at once; wait for one to finish."
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts streaming `file` from `offset` as transfer `transfer`.
+    pub(crate) fn start_download(&mut self, transfer: u32, file: OpenFile, offset: u64) {
+        let cancel = self.stop.child_token();
+        let lane = self.lane.clone();
+        let task = tokio::spawn(send_file(file, transfer, offset, lane, cancel.clone()));
+        self.active.insert(transfer, (cancel, task));
+    }
+
+    /// Stops transfer `transfer`; its `transfer_end` says `cancelled`.
+    pub(crate) fn cancel(&mut self, transfer: u32) -> Result<(), Refusal> {
+        match self.active.get(&transfer) {
+            Some((cancel, task)) if !task.is_finished() => {
+                cancel.cancel();
+                Ok(())
+            }
+            _ => Err(Refusal {
+                code: ErrorCode::BadTransfer,
+                message: format!("There is no running transfer {transfer}."),
+            }),
+        }
+    }
+}
+
+impl Drop for Transfers {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Streams the file and ends with a `transfer_end` event; the hash covers the whole file, the
+/// part before `offset` included, so a resumed download is verified end to end.
+async fn send_file(
+    open: OpenFile,
+    transfer: u32,
+    offset: u64,
+    lane: mpsc::Sender<Bytes>,
+    cancel: CancellationToken,
+) {
+    let OpenFile {
+        file, path, size, ..
+    } = open;
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = blake3::Hasher::new();
+    let outcome = cancel
+        .run_until_cancelled(async {
+            if offset > 0 {
+                hash_prefix(&mut file, offset, &mut hasher).await?;
+            }
+            let mut left = size - offset;
+            while left > 0 {
+                let chunk = left.min(MAX_DATA_CHUNK as u64) as usize;
+                let mut frame = BytesMut::with_capacity(DATA_HEADER + chunk);
+                frame.put_u32(0);
+                frame.put_u8(FrameKind::Data as u8);
+                frame.put_u32(transfer);
+                let read = (&mut file).take(chunk as u64).read_buf(&mut frame).await?;
+                if read == 0 {
+                    return Err(std::io::Error::other("the file shrank while being sent"));
+                }
+                hasher.update(&frame[DATA_HEADER..]);
+                let len = (frame.len() - 4) as u32;
+                frame[..4].copy_from_slice(&len.to_be_bytes());
+                left -= read as u64;
+                if lane.send(frame.freeze()).await.is_err() {
+                    return Err(std::io::Error::other("the connection closed"));
+                }
+            }
+            Ok(())
+        })
+        .await;
+    let end = match outcome {
+        Some(Ok(())) => {
+            debug!("transfer {transfer} of {path:?} complete");
+            TransferEnd {
+                transfer,
+                status: TransferStatus::Complete,
+                blake3: Some(hasher.finalize().to_hex().to_string()),
+                message: None,
+            }
+        }
+        None => TransferEnd {
+            transfer,
+            status: TransferStatus::Cancelled,
+            blake3: None,
+            message: None,
+        },
+        Some(Err(err)) => {
+            warn!("transfer {transfer} of {path:?} failed: {err}");
+            TransferEnd {
+                transfer,
+                status: TransferStatus::Failed,
+                blake3: None,
+                message: Some(format!("Reading {path:?} failed: {err}.")),
+            }
+        }
+    };
+    let _ = lane.send(event_frame(&Event::TransferEnd(end))).await;
+}
+
+/// Feeds the file's first `len` bytes to `hasher`, then leaves the file positioned after them.
+async fn hash_prefix(
+    file: &mut tokio::fs::File,
+    len: u64,
+    hasher: &mut blake3::Hasher,
+) -> std::io::Result<()> {
+    let mut buf = vec![0; MAX_DATA_CHUNK];
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(buf.len() as u64) as usize;
+        let read = file.read(&mut buf[..want]).await?;
+        if read == 0 {
+            return Err(std::io::Error::other("the file shrank while being sent"));
+        }
+        hasher.update(&buf[..read]);
+        left -= read as u64;
+    }
+    file.seek(std::io::SeekFrom::Start(len)).await?;
+    Ok(())
+}
