@@ -6,6 +6,7 @@ mod support;
 mod chat;
 mod cli;
 mod conformance;
+mod downloads;
 mod files;
 mod frames;
 mod leaving;
