@@ -314,3 +314,84 @@ async fn the_line_client_downloads_resumes_and_cancels() {
     })
     .await;
 }
+
+/// The server's or a client's resident memory, from /proc.
+fn rss_mib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse::<u64>()
+        .unwrap()
+        / 1024
+}
+
+/// Waits until `path` holds at least `len` bytes, failing after the wait.
+async fn grown_to(path: &Path, len: u64) -> u64 {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match fs::metadata(path) {
+                Ok(m) if m.len() >= len => return m.len(),
+                _ => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await
+    .expect("the download did not progress")
+}
+
+#[tokio::test]
+async fn a_killed_download_resumes_and_memory_stays_flat() {
+    const SIZE: u64 = 1 << 30;
+    let (server, addr) = Proc::server().await;
+    sparse(&server.dir.path().join("SharedFiles/big.iso"), SIZE);
+    let mut first = Proc::client("carol", addr).await;
+    let part = first.dir.path().join("carolFiles/big.iso.part");
+    first.send("/download big.iso").await;
+    grown_to(&part, 256 << 20).await;
+    let (server_mib, client_mib) = (rss_mib(server.pid()), rss_mib(first.pid()));
+    signal(first.pid(), "KILL");
+    let _ = first.child.wait().await;
+    let kept = fs::metadata(&part).unwrap().len();
+    assert!(
+        kept < SIZE,
+        "the download finished before the kill; make the file bigger"
+    );
+
+    // The same user, from the same folder, asks again: it picks up where it was cut off.
+    let port = addr.port().to_string();
+    let mut again = Proc::spawn_in(first.dir, &["client", "carol", "127.0.0.1", &port]);
+    again.expect_line(|l| l.starts_with("Connected to")).await;
+    again.send("DOWNLOAD::big.iso").await;
+    let resuming = again
+        .expect_line(|l| l.starts_with("Resuming big.iso at "))
+        .await;
+    assert!(resuming.ends_with("of 1.0 GiB (transfer 1)"), "{resuming}");
+    grown_to(
+        &again.dir.path().join("carolFiles/big.iso.part"),
+        kept + (128 << 20),
+    )
+    .await;
+    let (server_later, client_later) = (rss_mib(server.pid()), rss_mib(again.pid()));
+    again
+        .expect_line(|l| {
+            l.starts_with("Saved carolFiles/big.iso: 1.0 GiB") && l.contains("resumed")
+        })
+        .await;
+    assert_eq!(
+        fs::metadata(again.dir.path().join("carolFiles/big.iso"))
+            .unwrap()
+            .len(),
+        SIZE
+    );
+
+    let worst = server_mib
+        .max(client_mib)
+        .max(server_later)
+        .max(client_later);
+    eprintln!(
+        "resident memory during a 1 GiB download: server {server_mib}/{server_later} MiB, client {client_mib}/{client_later} MiB"
+    );
+    assert!(worst < 100, "a process grew to {worst} MiB while streaming");
+}

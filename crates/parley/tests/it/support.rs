@@ -227,7 +227,15 @@ impl Proc {
 
     /// The same, with extra environment variables.
     pub fn spawn_with(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::launch(tempfile::tempdir().unwrap(), args, env)
+    }
+
+    /// Runs `parley` with `args` in `dir`, an earlier process's working directory.
+    pub fn spawn_in(dir: TempDir, args: &[&str]) -> Self {
+        Self::launch(dir, args, &[])
+    }
+
+    fn launch(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = parley()
             .args(args)
             .envs(env.iter().copied())
