@@ -194,10 +194,10 @@ async fn chat_stays_live_during_a_download() {
         |_| {},
         |done| {
             // Chat starts once data is really flowing.
-            if done > 64 << 20 {
-                if let Some(tx) = going_tx.take() {
-                    let _ = tx.send(());
-                }
+            if done > 64 << 20
+                && let Some(tx) = going_tx.take()
+            {
+                let _ = tx.send(());
             }
         },
     );
