@@ -1374,18 +1374,25 @@ def c_ping_payload(t):
 
 @check("frame.data_frame")
 def c_data(t):
+    # Data frames carry upload bytes (section 5.12). Before sign-in any is a violation; a data
+    # frame too short for its transfer id is malformed; signed in, data for no upload in
+    # progress is discarded and the connection stays usable.
     obs = t.login("ob")
     col = Collect()
-    for data, label in ((header(9, 2), "data frame L=9, header only"),
-                        (header(5, 2) + b"\0\0\0\1", "data frame with a transfer id"),
-                        (header(1, 2), "data frame L=1"),
-                        (header(65536, 2), "data frame L=65536, header only")):
+    for data, label in ((header(9, 2) + b"\0\0\0\1abcde", "data frame before sign-in"),
+                        (header(1, 2), "data frame L=1")):
         with col.case():
             bad_frame_pre(t, data, "bad_frame", "2.1", label)
     with col.case():
-        bad_frame_pre(t, header(262149, 2), "frame_too_large", "11", "data frame L=262149 (over 65,536)")
+        bad_frame_pre(t, header(262150, 2), "frame_too_large", "2.3", "data frame L=262150")
     with col.case():
-        bad_frame_signed_in(t, obs, header(9, 2), "bad_frame", "2.1", "data frame")
+        bad_frame_signed_in(t, obs, header(3, 2) + b"\0\0", "bad_frame", "2.1", "data frame without a whole transfer id")
+    with col.case():
+        c = t.login("dd")
+        c.send_raw(header(9, 2) + b"\0\0\0\x2aabcd")
+        r = c.ok("users", {}, "5.12")
+        expect(c.name in r.get("users", []), "5.12", "the connection did not stay usable after stray data")
+        expect(c.bye is None, "5.12", f"stray data for no upload got a bye: {short(c.bye)}")
     col.done()
 
 
@@ -1393,14 +1400,18 @@ def c_data(t):
 def c_oversized(t):
     obs = t.login("ob")
     col = Collect()
-    for n in (65537, 16777216, 0xFFFFFFFF):
+    # Larger than any frame: refused from the length bytes alone.
+    for n in (262150, 16777216, 0xFFFFFFFF):
         with col.case():
-            c = bad_frame_pre(t, header(n), "frame_too_large", "2.3", f"L = {n}, length bytes only")
-            msg = c.bye["message"].replace(",", "").replace("_", "").replace(" ", "")
-            expect("65536" in msg, "2.3", f"frame_too_large bye message does not name the limit 65,536: {c.bye['message']!r}")
-    for kind, label in ((1, "control frame"), (3, "ping"), (7, "unknown kind")):
+            bad_frame_pre(t, header(n), "frame_too_large", "2.3", f"L = {n}, length bytes only")
+    # A control frame over its own limit: refused once the kind byte is in, naming the limit.
+    with col.case():
+        c = bad_frame_pre(t, header(65537, 1), "frame_too_large", "2.3", "control frame with L = 65537")
+        msg = c.bye["message"].replace(",", "").replace("_", "").replace(" ", "")
+        expect("65536" in msg, "2.3", f"frame_too_large bye message does not name the limit 65,536: {c.bye['message']!r}")
+    for kind, label in ((3, "ping"), (7, "unknown kind")):
         with col.case():
-            bad_frame_pre(t, header(65537, kind), "frame_too_large", "2.3", f"{label} with L = 65537")
+            bad_frame_pre(t, header(65537, kind), "bad_frame", "2.3", f"{label} with L = 65537")
     with col.case():
         bad_frame_signed_in(t, obs, header(65537, 1), "frame_too_large", "2.3", "control frame L = 65537")
     col.done()

@@ -12,11 +12,14 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
 use parley_proto::event::{Bye, Event, TransferEnd};
+use parley_proto::frame::FrameKind;
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
-use parley_proto::request::{Call, Cancel, Download, Downloading, Hello, Quit, Welcome};
+use parley_proto::request::{
+    Call, Cancel, Download, Downloading, Finish, Hello, Quit, Upload, Uploaded, Uploading, Welcome,
+};
 use parley_proto::{
     ErrorCode, Frame, FrameCodec, Reply, Request, SUPPORTED_VERSIONS, ServerMessage, control_frame,
 };
@@ -28,6 +31,9 @@ use tokio_util::codec::FramedRead;
 
 /// Frames waiting for the writer; requests wait here when the socket is slow.
 const WRITE_QUEUE: usize = 256;
+
+/// Upload data frames waiting for the socket: a few chunks of read-ahead, no more.
+const DATA_QUEUE: usize = 4;
 
 /// Chunks of one download waiting to be written; the reader stops reading when it is full.
 const TRANSFER_QUEUE: usize = 16;
@@ -185,7 +191,10 @@ struct Pending {
 }
 
 struct Shared {
+    /// Requests and keepalive frames; the writer sends these first.
     writer: mpsc::Sender<Bytes>,
+    /// Upload data, sent only when no control frame waits.
+    data_writer: mpsc::Sender<Bytes>,
     /// Requests waiting for their reply. A std mutex: held only to insert or remove, never
     /// across an await.
     pending: Mutex<Pending>,
@@ -312,9 +321,11 @@ impl Client {
         };
 
         let (writer, write_queue) = mpsc::channel(WRITE_QUEUE);
+        let (data_writer, data_queue) = mpsc::channel(DATA_QUEUE);
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let shared = Arc::new(Shared {
             writer,
+            data_writer,
             pending: Mutex::new(Pending {
                 open: true,
                 waiters: HashMap::new(),
@@ -326,7 +337,7 @@ impl Client {
             welcome,
             address,
         });
-        tokio::spawn(write_loop(write_half, write_queue));
+        tokio::spawn(write_loop(write_half, write_queue, data_queue));
         tokio::spawn(read_loop(frames, shared.clone(), events_tx));
         Ok((Client { shared }, Events { rx: events_rx }))
     }
@@ -343,6 +354,15 @@ impl Client {
 
     /// Sends one request and waits for its reply.
     pub async fn call<C: Call>(&self, request: C) -> Result<C::Output, RequestError> {
+        self.call_on(&self.shared.writer, request).await
+    }
+
+    /// Sends a request on `lane` and waits for its reply.
+    async fn call_on<C: Call>(
+        &self,
+        lane: &mpsc::Sender<Bytes>,
+        request: C,
+    ) -> Result<C::Output, RequestError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -357,7 +377,7 @@ impl Client {
             id,
             body: request.into(),
         });
-        if self.shared.writer.send(frame).await.is_err() {
+        if lane.send(frame).await.is_err() {
             self.shared.pending.lock().unwrap().waiters.remove(&id);
             return Err(RequestError::Closed);
         }
@@ -368,17 +388,48 @@ impl Client {
         }
     }
 
-    /// Starts downloading the shared file `path` from byte `offset`. The returned stream yields
-    /// the file's bytes, then how the transfer ended.
-    pub async fn download(&self, path: &str, offset: u64) -> Result<Incoming, RequestError> {
+    /// A new transfer id, registered to receive the transfer's data and its end.
+    fn register_transfer(&self) -> (Registration, mpsc::Receiver<Chunk>) {
         let transfer = self.shared.next_transfer.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(TRANSFER_QUEUE);
-        // Ready for the data before asking: it may follow the reply at once.
         self.shared.transfers.lock().unwrap().insert(transfer, tx);
         let registration = Registration {
             transfer,
             shared: self.shared.clone(),
         };
+        (registration, rx)
+    }
+
+    /// Starts uploading a file of `size` bytes named `name` into the shared folder `folder`.
+    /// Send its bytes with [`Outgoing::send`], then [`Outgoing::finish`].
+    pub async fn upload(
+        &self,
+        folder: &str,
+        name: &str,
+        size: u64,
+    ) -> Result<Outgoing, RequestError> {
+        let (registration, rx) = self.register_transfer();
+        let request = Upload {
+            folder: folder.to_owned(),
+            name: name.to_owned(),
+            size,
+            transfer: registration.transfer,
+        };
+        let info = self.call(request).await?;
+        Ok(Outgoing {
+            info,
+            client: self.clone(),
+            rx,
+            registration,
+        })
+    }
+
+    /// Starts downloading the shared file `path` from byte `offset`. The returned stream yields
+    /// the file's bytes, then how the transfer ended.
+    pub async fn download(&self, path: &str, offset: u64) -> Result<Incoming, RequestError> {
+        // Ready for the data before asking: it may follow the reply at once.
+        let (registration, rx) = self.register_transfer();
+        let transfer = registration.transfer;
         let request = Download {
             path: path.to_owned(),
             offset,
@@ -428,6 +479,59 @@ impl Incoming {
     }
 }
 
+/// An upload under way.
+pub struct Outgoing {
+    /// The transfer id and the largest chunk the server takes.
+    pub info: Uploading,
+    client: Client,
+    /// Where a `transfer_end` arrives if the server cancels or fails the upload early.
+    rx: mpsc::Receiver<Chunk>,
+    registration: Registration,
+}
+
+impl Outgoing {
+    /// Sends the next bytes of the file (at most `info.max_chunk`). Fails if the server ended
+    /// the upload (cancelled, or failed), or the connection closed.
+    pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UploadStopped> {
+        if let Ok(Chunk::End(end)) = self.rx.try_recv() {
+            return Err(UploadStopped::Ended(end));
+        }
+        let mut frame = BytesMut::with_capacity(9 + bytes.len());
+        frame.put_u32((5 + bytes.len()) as u32);
+        frame.put_u8(FrameKind::Data as u8);
+        frame.put_u32(self.registration.transfer);
+        frame.put_slice(bytes);
+        self.client
+            .shared
+            .data_writer
+            .send(frame.freeze())
+            .await
+            .map_err(|_| UploadStopped::Closed)
+    }
+
+    /// Concludes the upload with the file's BLAKE3 hash (hex). The request travels behind the
+    /// data, so the server has every byte when it checks.
+    pub async fn finish(self, blake3: String) -> Result<Uploaded, RequestError> {
+        let request = Finish {
+            transfer: self.registration.transfer,
+            blake3,
+        };
+        let lane = self.client.shared.data_writer.clone();
+        self.client.call_on(&lane, request).await
+    }
+}
+
+/// Why an upload stopped before `finish`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum UploadStopped {
+    /// The server ended it: `status` is `cancelled` or `failed`.
+    #[error("the server ended the upload")]
+    Ended(TransferEnd),
+    /// The connection closed.
+    #[error("the connection to the server is closed")]
+    Closed,
+}
+
 /// Routes a transfer's data to its [`Incoming`] for as long as this lives.
 struct Registration {
     transfer: u32,
@@ -440,9 +544,23 @@ impl Drop for Registration {
     }
 }
 
-async fn write_loop<W: AsyncWrite>(write_half: W, mut queue: mpsc::Receiver<Bytes>) {
+/// Writes control frames and upload data to the socket, control first, so a message typed
+/// during an upload does not wait behind it.
+async fn write_loop<W: AsyncWrite>(
+    write_half: W,
+    mut control: mpsc::Receiver<Bytes>,
+    mut data: mpsc::Receiver<Bytes>,
+) {
     let mut write_half = pin!(write_half);
-    while let Some(frame) = queue.recv().await {
+    loop {
+        let frame = tokio::select! {
+            biased;
+            frame = control.recv() => match frame {
+                Some(frame) => frame,
+                None => break,
+            },
+            Some(frame) = data.recv() => frame,
+        };
         if write_half.write_all(&frame).await.is_err() {
             return;
         }

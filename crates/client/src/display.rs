@@ -72,6 +72,12 @@ pub fn event_line(event: &Event) -> Option<String> {
                 PartReason::Other => format!("* {who} left #{room}"),
             }
         }
+        Event::Shared(shared) => format!(
+            "* {} shared {} ({})",
+            sanitize(&shared.user),
+            sanitize(&shared.path),
+            format_size(shared.size)
+        ),
         Event::Bye(_) | Event::TransferEnd(_) => return None,
     })
 }

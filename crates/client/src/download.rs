@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use parley_proto::event::TransferStatus;
-use parley_proto::paths;
+use parley_proto::paths::{self, numbered};
 use parley_proto::request::Downloading;
 use tokio::fs::{self, File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -189,28 +189,9 @@ async fn give_name(part: &Path, dir: &Path, name: &str) -> io::Result<PathBuf> {
     unreachable!("some numbered name is free")
 }
 
-/// `name` with ` (n)` before its extension; `name` itself for 0.
-pub fn numbered(name: &str, n: u32) -> String {
-    if n == 0 {
-        return name.to_owned();
-    }
-    match name.rsplit_once('.') {
-        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
-        _ => format!("{name} ({n})"),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbered_names_keep_the_extension() {
-        assert_eq!(numbered("video1.mp4", 0), "video1.mp4");
-        assert_eq!(numbered("video1.mp4", 1), "video1 (1).mp4");
-        assert_eq!(numbered("archive.tar.gz", 2), "archive.tar (2).gz");
-        assert_eq!(numbered("README", 1), "README (1)");
-    }
 
     #[test]
     fn only_plain_names_are_saved() {

@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 pub mod display;
 pub mod download;
+pub mod upload;
 
 pub use client::{
     Chunk, Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, Incoming,

@@ -19,8 +19,8 @@ use parley_client::command::{self, Command, HELP};
 use parley_client::display::{
     event_line, format_size, listing_lines, message_line, names, sanitize,
 };
-use parley_client::download;
 use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
+use parley_client::{download, upload};
 use parley_proto::ErrorCode;
 use parley_proto::names::canonical_room;
 use parley_proto::request::{Join, List, Msg, Part, Rooms, Say, Users};
@@ -191,6 +191,8 @@ struct LineSession {
 
 /// What `/transfers` shows of one transfer.
 struct TransferState {
+    /// "download" or "upload".
+    kind: &'static str,
     name: String,
     size: u64,
     done: u64,
@@ -373,7 +375,8 @@ impl LineSession {
                         .iter()
                         .map(|(id, t)| {
                             format!(
-                                "[{id}] download {}: {} of {} ({}%)",
+                                "[{id}] {} {}: {} of {} ({}%)",
+                                t.kind,
                                 sanitize(&t.name),
                                 format_size(t.done),
                                 format_size(t.size),
@@ -389,7 +392,33 @@ impl LineSession {
                     Err(err) => failure(err),
                 }])
             }),
-            Command::Upload { .. } => ready(vec!["! Uploads are not available yet.".into()]),
+            Command::Upload { path, folder } => {
+                let transfers = self.transfers.clone();
+                Box::pin(async move {
+                    let local = PathBuf::from(&path);
+                    let folder = folder.unwrap_or_default();
+                    let line =
+                        match upload_with_progress(&client, &local, &folder, &transfers).await {
+                            Ok(shared) => {
+                                let secs = shared.elapsed.as_secs_f64().max(0.001);
+                                let size = shared.uploaded.size;
+                                format!(
+                                    "Shared {} as {}: {} in {secs:.1} s ({}/s), checksum verified",
+                                    sanitize(&path),
+                                    sanitize(&shared.uploaded.path),
+                                    format_size(size),
+                                    format_size((size as f64 / secs) as u64),
+                                )
+                            }
+                            Err(err) => format!(
+                                "! Upload of {} failed: {}",
+                                sanitize(&path),
+                                sanitize(&err.to_string())
+                            ),
+                        };
+                    Outcome::lines(vec![line])
+                })
+            }
             Command::Quit => unreachable!("quit is handled by the input loop"),
         }
     }
@@ -414,8 +443,7 @@ async fn download_with_progress(
     transfers: &Mutex<BTreeMap<u32, TransferState>>,
 ) -> Result<download::Saved, download::DownloadError> {
     let id = AtomicU32::new(0);
-    let begun = Instant::now();
-    let mut last_print = Instant::now();
+    let mut reporter = Reporter::new();
     let result = download::download(
         client,
         path,
@@ -440,33 +468,14 @@ async fn download_with_progress(
             transfers.lock().unwrap().insert(
                 info.transfer,
                 TransferState {
+                    kind: "download",
                     name: info.name.clone(),
                     size: info.size,
                     done: info.offset,
                 },
             );
         },
-        |done| {
-            let mut transfers = transfers.lock().unwrap();
-            let Some(state) = transfers.get_mut(&id.load(Ordering::Relaxed)) else {
-                return;
-            };
-            state.done = done;
-            if last_print.elapsed() >= PROGRESS_EVERY {
-                last_print = Instant::now();
-                let rate = done as f64 / begun.elapsed().as_secs_f64().max(0.001);
-                let left = (state.size - done) as f64 / rate.max(1.0);
-                println!(
-                    "{}: {} of {} ({}%), {}/s, {} s left",
-                    sanitize(&state.name),
-                    format_size(done),
-                    format_size(state.size),
-                    percent(done, state.size),
-                    format_size(rate as u64),
-                    left.ceil() as u64
-                );
-            }
-        },
+        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
     )
     .await;
     transfers
@@ -474,6 +483,86 @@ async fn download_with_progress(
         .unwrap()
         .remove(&id.load(Ordering::Relaxed));
     result
+}
+
+/// Uploads `local` into `folder` with the same reporting as downloads.
+async fn upload_with_progress(
+    client: &Client,
+    local: &std::path::Path,
+    folder: &str,
+    transfers: &Mutex<BTreeMap<u32, TransferState>>,
+) -> Result<upload::Shared, upload::UploadError> {
+    let id = AtomicU32::new(0);
+    let mut reporter = Reporter::new();
+    let result = upload::upload(
+        client,
+        local,
+        folder,
+        |transfer, name, size| {
+            id.store(transfer, Ordering::Relaxed);
+            println!(
+                "Uploading {} ({}) as transfer {transfer}",
+                sanitize(name),
+                format_size(size)
+            );
+            let state = TransferState {
+                kind: "upload",
+                name: name.to_owned(),
+                size,
+                done: 0,
+            };
+            transfers.lock().unwrap().insert(transfer, state);
+        },
+        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
+    )
+    .await;
+    transfers
+        .lock()
+        .unwrap()
+        .remove(&id.load(Ordering::Relaxed));
+    result
+}
+
+/// Prints a transfer's progress every [`PROGRESS_EVERY`] and keeps `/transfers` current.
+struct Reporter {
+    begun: Instant,
+    last_print: Instant,
+    first_done: Option<u64>,
+}
+
+impl Reporter {
+    fn new() -> Self {
+        Self {
+            begun: Instant::now(),
+            last_print: Instant::now(),
+            first_done: None,
+        }
+    }
+
+    fn update(&mut self, transfers: &Mutex<BTreeMap<u32, TransferState>>, id: u32, done: u64) {
+        let mut transfers = transfers.lock().unwrap();
+        let Some(state) = transfers.get_mut(&id) else {
+            return;
+        };
+        state.done = done;
+        // The rate counts only what moved in this attempt, not a resumed part.
+        let first = *self.first_done.get_or_insert(done);
+        if self.last_print.elapsed() < PROGRESS_EVERY {
+            return;
+        }
+        self.last_print = Instant::now();
+        let rate = (done - first) as f64 / self.begun.elapsed().as_secs_f64().max(0.001);
+        let left = (state.size - done) as f64 / rate.max(1.0);
+        println!(
+            "{}: {} of {} ({}%), {}/s, {} s left",
+            sanitize(&state.name),
+            format_size(done),
+            format_size(state.size),
+            percent(done, state.size),
+            format_size(rate as u64),
+            left.ceil() as u64
+        );
+    }
 }
 
 fn percent(done: u64, size: u64) -> u64 {

@@ -43,6 +43,12 @@ pub struct Args {
         value_name = "DIR"
     )]
     shared_dir: PathBuf,
+    /// Largest upload accepted: bytes, or with a unit (K, M, G, T; powers of 1024).
+    #[arg(long, default_value = "4G", value_name = "SIZE", value_parser = parse_size)]
+    max_upload: u64,
+    /// Free disk space uploads may not eat into.
+    #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
+    disk_reserve: u64,
     /// Seconds of silence (N) after which a client is pinged; it is dropped after 3N+1 seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive: u64,
@@ -69,6 +75,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         keepalive_interval: keepalive,
         keepalive_timeout: keepalive * 3 + Duration::from_secs(1),
         shared_dir: args.shared_dir,
+        max_upload: args.max_upload,
+        disk_reserve: args.disk_reserve,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();
@@ -97,4 +105,41 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     info!("shutting down: telling every client");
     shutdown.cancel();
+}
+
+/// Parses `1048576`, `512K`, `4G`, `1.5GiB` and the like (units are powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 4G or 500M"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        other => return Err(format!("unknown unit {other:?}; use K, M, G or T")),
+    };
+    Ok((number * (1u64 << shift) as f64) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_with_units() {
+        assert_eq!(parse_size("1048576"), Ok(1 << 20));
+        assert_eq!(parse_size("512K"), Ok(512 << 10));
+        assert_eq!(parse_size("4G"), Ok(4 << 30));
+        assert_eq!(parse_size("1.5GiB"), Ok(3 << 29));
+        assert_eq!(parse_size("2 MB"), Ok(2 << 20));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("3X").is_err());
+    }
 }

@@ -47,6 +47,12 @@ pub enum ErrorCode {
     BadTransfer,
     /// The connection already runs the most transfers allowed at once.
     TooManyTransfers,
+    /// An upload is larger than the server accepts.
+    FileTooLarge,
+    /// Accepting the upload would take the server's free disk space below its reserve.
+    NoSpace,
+    /// An upload's data does not match its size or hash; it was discarded.
+    ChecksumMismatch,
     /// A frame could not be decoded. Closes the connection.
     BadFrame,
     /// A frame was longer than the limit. Closes the connection.
@@ -85,6 +91,9 @@ impl ErrorCode {
             Self::NoSuchFile => "no_such_file",
             Self::BadTransfer => "bad_transfer",
             Self::TooManyTransfers => "too_many_transfers",
+            Self::FileTooLarge => "file_too_large",
+            Self::NoSpace => "no_space",
+            Self::ChecksumMismatch => "checksum_mismatch",
             Self::BadFrame => "bad_frame",
             Self::FrameTooLarge => "frame_too_large",
             Self::TooSlow => "too_slow",
@@ -128,6 +137,9 @@ mod tests {
             NoSuchFile,
             BadTransfer,
             TooManyTransfers,
+            FileTooLarge,
+            NoSpace,
+            ChecksumMismatch,
             BadFrame,
             FrameTooLarge,
             TooSlow,

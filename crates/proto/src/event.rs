@@ -20,6 +20,19 @@ pub enum Event {
     Bye(Bye),
     /// A transfer ended; it follows the transfer's last data frame.
     TransferEnd(TransferEnd),
+    /// Someone shared a file (sent to everyone online but the uploader).
+    Shared(Shared),
+}
+
+/// A file was added to the shared folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Shared {
+    /// Who uploaded it.
+    pub user: String,
+    /// Where it is, relative to the shared folder.
+    pub path: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// How a transfer ended.

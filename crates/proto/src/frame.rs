@@ -89,7 +89,7 @@ pub enum FrameError {
     /// A ping or pong carried a payload, or a data frame was shorter than its transfer id.
     #[error("malformed {0:?} frame")]
     Malformed(FrameKind),
-    /// A frame of a kind this side does not accept (a server accepts no data frames).
+    /// A frame of a kind this side does not accept (for codecs built without data frames).
     #[error("{0:?} frames are not accepted in this direction")]
     Unexpected(FrameKind),
     /// Reading from the transport failed.
@@ -105,11 +105,9 @@ pub struct FrameCodec {
 }
 
 impl FrameCodec {
-    /// The codec a server uses to read what clients send. Clients send no file data (uploads
-    /// are not part of the protocol yet), so data frames are refused from their header, before
-    /// any of the body is buffered.
+    /// The codec a server uses to read what clients send: uploads arrive as data frames.
     pub fn server() -> Self {
-        Self::with_limits(SERVER_MAX_CONTROL_FRAME, 0)
+        Self::with_limits(SERVER_MAX_CONTROL_FRAME, MAX_DATA_FRAME)
     }
 
     /// The codec a client uses to read what the server sends: downloads arrive as data frames.
@@ -365,9 +363,9 @@ mod tests {
             decode_all(&mut data_codec(), &[0, 0, 0, 3, 2, 0, 0]),
             Err(FrameError::Malformed(FrameKind::Data))
         ));
-        // A server refuses data frames from the header: no body is awaited or buffered.
+        // A codec without data frames refuses them from the header: no body is buffered.
         assert!(matches!(
-            decode_all(&mut codec, &[0, 0, 1, 0, 2]),
+            decode_all(&mut FrameCodec::with_limits(1024, 0), &[0, 0, 1, 0, 2]),
             Err(FrameError::Unexpected(FrameKind::Data))
         ));
     }

@@ -17,7 +17,8 @@ pub mod request;
 
 pub use error::ErrorCode;
 pub use event::{
-    Bye, Departure, Event, PartReason, Presence, Private, RoomMessage, TransferEnd, TransferStatus,
+    Bye, Departure, Event, PartReason, Presence, Private, RoomMessage, Shared, TransferEnd,
+    TransferStatus,
 };
 pub use frame::{Frame, FrameCodec, FrameError, FrameKind, control_frame};
 pub use reply::{Reply, ServerMessage};

@@ -31,6 +31,15 @@ pub enum PathError {
     /// The path holds a NUL or another control character.
     #[error("control characters are not allowed in paths")]
     ControlChar,
+    /// A file name was empty.
+    #[error("a file name cannot be empty")]
+    Empty,
+    /// A file name held a `/`.
+    #[error("a file name cannot contain '/'")]
+    NotAName,
+    /// A new file's name starts with a dot.
+    #[error("a shared file's name cannot start with '.'")]
+    Hidden,
 }
 
 /// Splits a client's path into the names it walks through. `""` (and `"/"`-free equivalents
@@ -49,7 +58,7 @@ pub fn split(path: &str) -> Result<Vec<&str>, PathError> {
     if path.chars().any(char::is_control) {
         return Err(PathError::ControlChar);
     }
-    if let Some(at) = path.find('%') {
+    for (at, _) in path.match_indices('%') {
         let escape = path[at..].get(..3).unwrap_or(&path[at..]);
         if escape.len() == 3 && escape[1..].bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(PathError::PercentEncoded(escape.to_owned()));
@@ -67,9 +76,59 @@ pub fn split(path: &str) -> Result<Vec<&str>, PathError> {
     Ok(names)
 }
 
+/// Checks a name for a new file (an upload): a single plain name, not hidden.
+pub fn check_file_name(name: &str) -> Result<(), PathError> {
+    let names = split(name)?;
+    match names.as_slice() {
+        [only] if *only == name => {}
+        [] => return Err(PathError::Empty),
+        _ => return Err(PathError::NotAName),
+    }
+    if name.starts_with('.') {
+        return Err(PathError::Hidden);
+    }
+    Ok(())
+}
+
+/// `name` with ` (n)` before its extension (`video1 (1).mp4`); `name` itself for 0. Used to
+/// give a new file a free name instead of overwriting one.
+pub fn numbered(name: &str, n: u32) -> String {
+    if n == 0 {
+        return name.to_owned();
+    }
+    match name.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() => format!("{stem} ({n}).{ext}"),
+        _ => format!("{name} ({n})"),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn new_file_names_are_plain() {
+        assert_eq!(check_file_name("video1.mp4"), Ok(()));
+        assert_eq!(check_file_name("with space (2).txt"), Ok(()));
+        assert_eq!(check_file_name(""), Err(PathError::Empty));
+        assert_eq!(check_file_name("a/b"), Err(PathError::NotAName));
+        assert_eq!(check_file_name("a/"), Err(PathError::NotAName));
+        assert_eq!(check_file_name(".."), Err(PathError::Dots));
+        assert_eq!(check_file_name(".bashrc"), Err(PathError::Hidden));
+        assert_eq!(
+            check_file_name("evil\u{1b}[2J"),
+            Err(PathError::ControlChar)
+        );
+    }
+
+    #[test]
+    fn numbered_names_keep_the_extension() {
+        assert_eq!(numbered("video1.mp4", 0), "video1.mp4");
+        assert_eq!(numbered("video1.mp4", 1), "video1 (1).mp4");
+        assert_eq!(numbered("archive.tar.gz", 2), "archive.tar (2).gz");
+        assert_eq!(numbered("README", 1), "README (1)");
+        assert_eq!(numbered(".profile", 1), ".profile (1)");
+    }
 
     #[test]
     fn plain_paths_split_into_names() {
@@ -97,6 +156,10 @@ mod tests {
             Err(PathError::PercentEncoded("%2e".into()))
         );
         assert_eq!(split("a/%2F"), Err(PathError::PercentEncoded("%2F".into())));
+        assert_eq!(
+            split("a%zz/%2e%2e"),
+            Err(PathError::PercentEncoded("%2e".into()))
+        );
         assert_eq!(split("a\0b"), Err(PathError::ControlChar));
         assert_eq!(split("a\nb"), Err(PathError::ControlChar));
         assert_eq!(split(&"x".repeat(256)), Err(PathError::TooLong));

@@ -5,7 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Bye, Departure, Event, Presence, Private, RoomMessage, TransferEnd};
+use crate::event::{Bye, Departure, Event, Presence, Private, RoomMessage, Shared, TransferEnd};
 use crate::frame::control_frame;
 use crate::{ErrorCode, request::Call};
 
@@ -73,6 +73,7 @@ impl ServerMessage {
             Part(Departure),
             Bye(Bye),
             TransferEnd(TransferEnd),
+            Shared(Shared),
             #[serde(other)]
             Unknown,
         }
@@ -87,6 +88,7 @@ impl ServerMessage {
             Wire::Part(m) => ServerMessage::Event(Event::Part(m)),
             Wire::Bye(m) => ServerMessage::Event(Event::Bye(m)),
             Wire::TransferEnd(m) => ServerMessage::Event(Event::TransferEnd(m)),
+            Wire::Shared(m) => ServerMessage::Event(Event::Shared(m)),
             Wire::Unknown => ServerMessage::Unknown,
         })
     }

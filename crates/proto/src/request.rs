@@ -45,6 +45,10 @@ pub enum RequestBody {
     Download(Download),
     /// Stop a transfer.
     Cancel(Cancel),
+    /// Start sending a file to the shared folder.
+    Upload(Upload),
+    /// Conclude an upload: all its data was sent.
+    Finish(Finish),
 }
 
 /// A request kind and the `result` of its `ok` reply.
@@ -125,6 +129,7 @@ impl Request {
 /// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
     "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list", "download", "cancel",
+    "upload", "finish",
 ];
 
 macro_rules! call {
@@ -364,6 +369,55 @@ pub struct Cancel {
 }
 call!(Cancel => Empty);
 
+/// `upload`: announce a file of `size` bytes for the shared folder `folder`, to be sent as
+/// data frames carrying `transfer`, then concluded with `finish`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upload {
+    /// The folder to put it in, relative to the shared folder; empty for the shared folder.
+    #[serde(default)]
+    pub folder: String,
+    /// The file's name: a plain name, no `/`, not starting with `.`.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The client's id for this transfer.
+    pub transfer: u32,
+}
+call!(Upload => Uploading);
+
+/// The result of `upload`: the server is ready for the data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploading {
+    /// The transfer's id, as the client chose it.
+    pub transfer: u32,
+    /// Most file bytes to put in one data frame.
+    pub max_chunk: usize,
+}
+
+/// `finish`: all of an upload's data was sent; `blake3` is the hash of the whole file.
+///
+/// Send it after the transfer's last data frame: the server reads in order, so it then has
+/// every byte when it checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finish {
+    /// The upload.
+    pub transfer: u32,
+    /// BLAKE3 of the file, 64 lower-case hexadecimal digits.
+    pub blake3: String,
+}
+call!(Finish => Uploaded);
+
+/// The result of `finish`: the file is in the shared folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Uploaded {
+    /// Where it is, relative to the shared folder.
+    pub path: String,
+    /// Its name there, which has ` (1)` (or another number) added if the name was taken.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
 /// The result of requests that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -441,6 +495,18 @@ mod tests {
             }
             .into(),
             Cancel { transfer: 1 }.into(),
+            Upload {
+                folder: text(),
+                name: text(),
+                size: 1,
+                transfer: 1,
+            }
+            .into(),
+            Finish {
+                transfer: 1,
+                blake3: text(),
+            }
+            .into(),
         ];
         assert_eq!(bodies.len(), KNOWN_TYPES.len());
         for body in bodies {
@@ -459,7 +525,9 @@ mod tests {
                 | RequestBody::Quit(_)
                 | RequestBody::List(_)
                 | RequestBody::Download(_)
-                | RequestBody::Cancel(_) => {}
+                | RequestBody::Cancel(_)
+                | RequestBody::Upload(_)
+                | RequestBody::Finish(_) => {}
             }
         }
     }

@@ -22,6 +22,11 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The folder whose files are shared; created if missing.
     pub shared_dir: PathBuf,
+    /// Largest upload accepted, in bytes.
+    pub max_upload: u64,
+    /// Free disk space an upload may not eat into, in bytes: the server refuses uploads that
+    /// would leave less than this on the shared folder's file system.
+    pub disk_reserve: u64,
 }
 
 impl Default for Config {
@@ -34,6 +39,8 @@ impl Default for Config {
             max_queue_bytes: 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
             shared_dir: PathBuf::from("SharedFiles"),
+            max_upload: 4 << 30,
+            disk_reserve: 1 << 30,
         }
     }
 }

@@ -6,31 +6,190 @@
 //! refuses any that would leave the folder, symlinks included, so escaping is impossible by
 //! construction rather than by string checks alone. Anything that is neither a regular file nor
 //! a folder (devices, FIFOs, sockets) is never listed or opened.
+//!
+//! Uploads are written into `.parley/staging` inside the shared folder (hidden from listings
+//! and unreachable by paths) and moved to their place by a hard link only once complete and
+//! verified: the same file system, so the move is atomic, and a link never replaces an existing
+//! file. Who uploaded what, and when, is appended to `.parley/uploads.jsonl`.
 
-use std::io;
+use std::collections::HashMap;
+use std::io::{self, BufRead, Write};
 use std::path::{Path, PathBuf};
-use std::time::UNIX_EPOCH;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, Metadata};
+use cap_std::fs::{Dir, Metadata, OpenOptions};
 use parley_proto::ErrorCode;
-use parley_proto::paths;
+use parley_proto::paths::{self, numbered};
 use parley_proto::request::{Entry, Listing};
-use tracing::warn;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
 
 use crate::hub::Refusal;
+
+/// Parley's own folder inside the shared folder: hidden from listings, refused in paths.
+const PRIVATE: &str = ".parley";
+
+/// Where uploads are written until they are complete, inside [`PRIVATE`].
+const STAGING: &str = "staging";
+
+/// The record of uploads, one JSON object a line, inside [`PRIVATE`].
+const UPLOADS: &str = "uploads.jsonl";
+
+/// Who shared a file, and when.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct UploadRecord {
+    path: String,
+    uploader: String,
+    time: u64,
+}
 
 /// The shared folder.
 pub(crate) struct SharedFolder {
     root: Dir,
+    /// The same folder as a path, for asking the file system how much space is free.
+    root_path: PathBuf,
+    staging: Dir,
+    next_staged: AtomicU64,
+    /// Uploads by path, and the file they are appended to. A std mutex: held for a map update
+    /// and one small append, never across an await.
+    uploads: Mutex<(HashMap<String, UploadRecord>, std::fs::File)>,
 }
 
 impl SharedFolder {
-    /// Opens the shared folder at `path`, creating it if missing.
+    /// Opens the shared folder at `path`, creating it if missing, and clears the staging area
+    /// of uploads a crash left half-written.
     pub(crate) fn open(path: &Path) -> io::Result<Self> {
-        std::fs::create_dir_all(path)?;
+        std::fs::create_dir_all(path.join(PRIVATE).join(STAGING))?;
         let root = Dir::open_ambient_dir(path, ambient_authority())?;
-        Ok(Self { root })
+        let private = root.open_dir(PRIVATE)?;
+        let staging = private.open_dir(STAGING)?;
+        for entry in staging.entries()? {
+            let entry = entry?;
+            info!(
+                "removing an unfinished upload left from before: {:?}",
+                entry.file_name()
+            );
+            staging.remove_file(entry.file_name())?;
+        }
+        let log = private.open_with(
+            UPLOADS,
+            OpenOptions::new().create(true).append(true).read(true),
+        )?;
+        let records = io::BufReader::new(log.try_clone()?.into_std())
+            .lines()
+            .map_while(Result::ok)
+            .filter_map(|line| serde_json::from_str::<UploadRecord>(&line).ok())
+            .map(|record| (record.path.clone(), record))
+            .collect();
+        Ok(Self {
+            root,
+            root_path: path.to_owned(),
+            staging,
+            next_staged: AtomicU64::new(0),
+            uploads: Mutex::new((records, log.into_std())),
+        })
+    }
+
+    /// Bytes free for unprivileged users on the shared folder's file system.
+    pub(crate) fn available_bytes(&self) -> io::Result<u64> {
+        let stats = nix::sys::statvfs::statvfs(&self.root_path).map_err(io::Error::from)?;
+        Ok(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+    }
+
+    /// Creates an empty file in the staging area for an upload; returns its staging name.
+    pub(crate) fn stage(&self) -> io::Result<(String, std::fs::File)> {
+        let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{n}", std::process::id());
+        let file = self
+            .staging
+            .open_with(&name, OpenOptions::new().write(true).create_new(true))?;
+        Ok((name, file.into_std()))
+    }
+
+    /// Removes a staged upload that will not be published.
+    pub(crate) fn discard(&self, staged: &str) {
+        if let Err(err) = self.staging.remove_file(staged) {
+            warn!("could not remove the unfinished upload {staged}: {err}");
+        }
+    }
+
+    /// Checks that `folder` is a folder of the shared folder; returns its normalized path.
+    pub(crate) fn check_folder(&self, user: &str, folder: &str) -> Result<String, Refusal> {
+        let names = checked(user, folder)?;
+        let shown = names.join("/");
+        if !names.is_empty() {
+            let relative: PathBuf = names.iter().collect();
+            let metadata = self
+                .root
+                .metadata(&relative)
+                .map_err(|err| resolve_error(user, &shown, err))?;
+            if !metadata.is_dir() {
+                return Err(Refusal {
+                    code: ErrorCode::NoSuchFile,
+                    message: format!("{shown:?} is not a folder."),
+                });
+            }
+        }
+        Ok(shown)
+    }
+
+    /// Moves a complete, verified upload into `folder` under `name`, or the first free
+    /// `name (n)`, and records who shared it. Returns its path and the name it got.
+    pub(crate) fn publish(
+        &self,
+        staged: &str,
+        user: &str,
+        folder: &str,
+        name: &str,
+    ) -> Result<(String, String), Refusal> {
+        let failed = |err: io::Error| {
+            warn!("publishing an upload from {user} into {folder:?} failed: {err}");
+            Refusal {
+                code: ErrorCode::NoSuchFile,
+                message: format!("The file could not be put into {folder:?}: {err}."),
+            }
+        };
+        let names = checked(user, folder)?;
+        let target = if names.is_empty() {
+            self.root.try_clone()
+        } else {
+            self.root.open_dir(names.iter().collect::<PathBuf>())
+        }
+        .map_err(failed)?;
+        let given = (0u32..)
+            .map(|n| numbered(name, n))
+            .find_map(
+                |candidate| match self.staging.hard_link(staged, &target, &candidate) {
+                    Ok(()) => Some(Ok(candidate)),
+                    Err(err) if err.kind() == io::ErrorKind::AlreadyExists => None,
+                    Err(err) => Some(Err(err)),
+                },
+            )
+            .expect("some numbered name is free")
+            .map_err(failed)?;
+        self.discard(staged);
+        let path = if folder.is_empty() {
+            given.clone()
+        } else {
+            format!("{folder}/{given}")
+        };
+        let record = UploadRecord {
+            path: path.clone(),
+            uploader: user.to_owned(),
+            time: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+        };
+        let mut uploads = self.uploads.lock().unwrap();
+        let line = serde_json::to_string(&record).expect("a record serializes");
+        if let Err(err) = writeln!(uploads.1, "{line}") {
+            warn!("could not record the upload of {path:?}: {err}");
+        }
+        uploads.0.insert(path.clone(), record);
+        Ok((path, given))
     }
 
     /// Lists the folder `path` (relative to the shared folder).
@@ -54,6 +213,9 @@ impl SharedFolder {
             let Ok(name) = entry.file_name().into_string() else {
                 continue; // Not UTF-8: it could not be named in a request anyway.
             };
+            if names.is_empty() && name == PRIVATE {
+                continue;
+            }
             // Follow a symlink only as far as cap-std allows: one pointing outside fails here
             // and the entry is not shown.
             let Ok(metadata) = dir.metadata(&name) else {
@@ -63,6 +225,16 @@ impl SharedFolder {
                 entries.push(entry);
             }
         }
+        let uploads = self.uploads.lock().unwrap();
+        for entry in entries.iter_mut().filter(|e| !e.folder) {
+            let path = if shown.is_empty() {
+                entry.name.clone()
+            } else {
+                format!("{shown}/{}", entry.name)
+            };
+            entry.uploader = uploads.0.get(&path).map(|r| r.uploader.clone());
+        }
+        drop(uploads);
         entries.sort_by(|a, b| {
             (!a.folder, a.name.to_lowercase()).cmp(&(!b.folder, b.name.to_lowercase()))
         });
@@ -157,13 +329,21 @@ fn describe(name: String, metadata: &Metadata) -> Option<Entry> {
 
 /// The names of `path`, or a refusal that is also logged: a refused path is someone probing.
 fn checked<'a>(user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
-    paths::split(path).map_err(|err| {
+    let names = paths::split(path).map_err(|err| {
         warn!("{user} asked for a path that is not allowed: {path:?} ({err})");
         Refusal {
             code: ErrorCode::BadPath,
             message: format!("The path {path:?} is not allowed: {err}."),
         }
-    })
+    })?;
+    if names.first() == Some(&PRIVATE) {
+        warn!("{user} asked for Parley's private folder: {path:?}");
+        return Err(Refusal {
+            code: ErrorCode::BadPath,
+            message: format!("The path {path:?} is not allowed: {PRIVATE} is the server's own."),
+        });
+    }
+    Ok(names)
 }
 
 /// Maps a file system error on `shown` to what the client is told.

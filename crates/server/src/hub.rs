@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage};
+use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage, Shared};
 use parley_proto::limits::{MAX_ROOMS_PER_USER, MAX_TEXT_BYTES};
 use parley_proto::names::{self, fold};
 use parley_proto::reply::event_frame;
@@ -282,6 +282,21 @@ impl Hub {
         }
         state.leave_room(id, &room, Some(PartReason::Part));
         Ok(room)
+    }
+
+    /// Tells everyone online but the uploader that a file was shared.
+    pub(crate) fn announce_shared(&self, uploader: SessionId, user: &str, path: &str, size: u64) {
+        let event = event_frame(&Event::Shared(Shared {
+            user: user.to_owned(),
+            path: path.to_owned(),
+            size,
+        }));
+        let state = self.state.lock().unwrap();
+        for (id, member) in &state.members {
+            if *id != uploader {
+                member.outbox.push(event.clone());
+            }
+        }
     }
 
     /// Every room, with its size and whether `id` is in it.

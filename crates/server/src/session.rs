@@ -18,7 +18,8 @@ use futures_util::StreamExt;
 use parley_proto::SUPPORTED_VERSIONS;
 use parley_proto::event::{Bye, Event, PartReason};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
-use parley_proto::limits::{MAX_CLIENT_DESCRIPTION, MAX_TEXT_BYTES};
+use parley_proto::limits::{MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_TEXT_BYTES};
+use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
@@ -263,11 +264,16 @@ impl Session<'_> {
             match frame {
                 Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
                 Frame::Pong => {}
-                Frame::Data { .. } => {
+                Frame::Data { .. } if !signed_in => {
                     return End::Violation(
                         ErrorCode::BadFrame,
-                        "Data frames are not used by protocol version 1; closing.".into(),
+                        "Data frames carry uploads: sign in first; closing.".into(),
                     );
+                }
+                Frame::Data { transfer, payload } => {
+                    if let Some(end) = self.transfers.receive(transfer, payload).await {
+                        self.outbox.push(end);
+                    }
                 }
                 Frame::Control(json) => {
                     if let Some(end) = self.handle(&json).await {
@@ -393,10 +399,30 @@ impl Session<'_> {
                 }
                 Err(refusal) => Err(refusal),
             },
-            RequestBody::Cancel(cancel) => self
-                .transfers
-                .cancel(cancel.transfer)
-                .map(|()| ok_frame::<request::Cancel>(id, &Empty {})),
+            RequestBody::Cancel(cancel) => match self.transfers.cancel(cancel.transfer) {
+                Ok(upload_end) => {
+                    self.outbox.push(ok_frame::<request::Cancel>(id, &Empty {}));
+                    if let Some(end) = upload_end {
+                        self.outbox.push(end);
+                    }
+                    return None;
+                }
+                Err(refusal) => Err(refusal),
+            },
+            RequestBody::Upload(upload) => {
+                let transfer = upload.transfer;
+                self.upload(upload).await.map(|()| {
+                    let uploading = request::Uploading {
+                        transfer,
+                        max_chunk: MAX_DATA_CHUNK,
+                    };
+                    ok_frame::<request::Upload>(id, &uploading)
+                })
+            }
+            RequestBody::Finish(finish) => self
+                .finish(finish)
+                .await
+                .map(|uploaded| ok_frame::<request::Finish>(id, &uploaded)),
             RequestBody::Quit(_) => {
                 self.outbox.push(ok_frame::<request::Quit>(id, &Empty {}));
                 return Some(End::Quit);
@@ -441,6 +467,100 @@ impl Session<'_> {
             },
             file,
         ))
+    }
+
+    /// Checks an `upload` and prepares its staged file.
+    async fn upload(&mut self, upload: request::Upload) -> Result<(), Refusal> {
+        self.transfers.check_new(upload.transfer)?;
+        paths::check_file_name(&upload.name).map_err(|err| Refusal {
+            code: ErrorCode::BadPath,
+            message: format!("The name {:?} is not allowed: {err}.", upload.name),
+        })?;
+        let config = &self.ctx.config;
+        if upload.size > config.max_upload {
+            return Err(Refusal {
+                code: ErrorCode::FileTooLarge,
+                message: format!(
+                    "Uploads are limited to {} bytes; this file has {}.",
+                    config.max_upload, upload.size
+                ),
+            });
+        }
+        let (shared, user) = (
+            self.ctx.shared.clone(),
+            self.name.clone().unwrap_or_default(),
+        );
+        let (reserve, size, folder) = (config.disk_reserve, upload.size, upload.folder);
+        let prepared = tokio::task::spawn_blocking(move || {
+            let folder = shared.check_folder(&user, &folder)?;
+            let no_space = |detail: String| Refusal {
+                code: ErrorCode::NoSpace,
+                message: format!("The server cannot take this file now: {detail}."),
+            };
+            let free = shared
+                .available_bytes()
+                .map_err(|err| no_space(format!("its free space is unknown ({err})")))?;
+            if free.saturating_sub(size) < reserve {
+                return Err(no_space(format!(
+                    "it would leave less than the {reserve} bytes the server keeps free"
+                )));
+            }
+            let staged = shared
+                .stage()
+                .map_err(|err| no_space(format!("it could not start a file ({err})")))?;
+            Ok((folder, staged))
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(Refusal {
+                code: ErrorCode::NoSpace,
+                message: format!("Preparing the upload failed: {err}."),
+            })
+        })?;
+        let (folder, staged) = prepared;
+        let shared = self.ctx.shared.clone();
+        self.transfers.start_upload(
+            upload.transfer,
+            shared,
+            staged,
+            folder,
+            upload.name,
+            upload.size,
+        );
+        Ok(())
+    }
+
+    /// Verifies a complete upload, moves it into the shared folder and tells everyone.
+    async fn finish(&mut self, finish: request::Finish) -> Result<request::Uploaded, Refusal> {
+        let mut upload = self
+            .transfers
+            .take_verified(finish.transfer, &finish.blake3)?;
+        let user = self.name.clone().unwrap_or_default();
+        upload.sync().await.map_err(|err| Refusal {
+            code: ErrorCode::NoSpace,
+            message: format!("The server could not store the file: {err}."),
+        })?;
+        let shared = self.ctx.shared.clone();
+        let (staged, folder, name) = (
+            upload.staged.clone(),
+            upload.folder.clone(),
+            upload.name.clone(),
+        );
+        let who = user.clone();
+        let (path, name) =
+            tokio::task::spawn_blocking(move || shared.publish(&staged, &who, &folder, &name))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(Refusal {
+                        code: ErrorCode::NoSpace,
+                        message: format!("Publishing the upload failed: {err}."),
+                    })
+                })?;
+        let size = upload.size;
+        upload.published();
+        info!("{user} shared {path:?} ({size} bytes)");
+        self.ctx.hub.announce_shared(self.id, &user, &path, size);
+        Ok(request::Uploaded { path, name, size })
     }
 
     /// The first request must be a `hello` that the server accepts; anything else ends the

@@ -1,12 +1,19 @@
-//! Downloads: one task per transfer reads the file and feeds data frames into the session's
-//! data lane, which the writer drains only when no chat is waiting.
+//! A connection's transfers.
 //!
-//! The lane is a small bounded channel, so a transfer reads ahead by a few chunks at most:
-//! memory per transfer stays constant whatever the file's size, and a slow reader slows the
-//! transfer, not the server. The `transfer_end` event travels the same lane, behind the last
-//! data frame, so it can never overtake the data it concludes.
+//! Downloads: one task per transfer reads the file and feeds data frames into the session's
+//! data lane, which the writer drains only when no chat is waiting. The lane is a small bounded
+//! channel, so a transfer reads ahead by a few chunks at most: memory per transfer stays constant
+//! whatever the file's size, and a slow reader slows the transfer, not the server. The
+//! `transfer_end` event travels the same lane, behind the last data frame, so it can never
+//! overtake the data it concludes.
+//!
+//! Uploads: the session's reader writes each data frame to the upload's staged file as it
+//! arrives (so TCP, not memory, holds back a fast sender) and hashes it; `finish` checks size
+//! and hash before the file is published. An upload dropped unfinished (cancelled, failed, or
+//! its connection gone) removes its staged file.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use parley_proto::ErrorCode;
@@ -14,13 +21,13 @@ use parley_proto::event::{Event, TransferEnd, TransferStatus};
 use parley_proto::frame::FrameKind;
 use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
 use parley_proto::reply::event_frame;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::files::OpenFile;
+use crate::files::{OpenFile, SharedFolder};
 use crate::hub::Refusal;
 
 /// Data frames queued per connection: with [`MAX_DATA_CHUNK`] bytes each, at most 1 MiB of file
@@ -33,9 +40,55 @@ const DATA_HEADER: usize = 4 + 1 + 4;
 /// The transfers of one connection.
 pub(crate) struct Transfers {
     lane: mpsc::Sender<Bytes>,
-    /// Cancelled when the session ends: every transfer stops.
+    /// Cancelled when the session ends: every download stops.
     stop: CancellationToken,
-    active: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
+    downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
+    uploads: HashMap<u32, Upload>,
+}
+
+/// An upload being received.
+pub(crate) struct Upload {
+    pub(crate) staged: String,
+    file: tokio::fs::File,
+    pub(crate) folder: String,
+    pub(crate) name: String,
+    pub(crate) size: u64,
+    received: u64,
+    hasher: blake3::Hasher,
+    shared: Arc<SharedFolder>,
+    /// Set once the file is in the shared folder: nothing left to clean up.
+    published: bool,
+}
+
+impl Upload {
+    /// Flushes the staged file to disk before it is published.
+    pub(crate) async fn sync(&mut self) -> std::io::Result<()> {
+        self.file.flush().await?;
+        self.file.sync_all().await
+    }
+
+    /// Marks the staged file as moved into the shared folder.
+    pub(crate) fn published(mut self) {
+        self.published = true;
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if !self.published {
+            self.shared.discard(&self.staged);
+        }
+    }
+}
+
+/// A `transfer_end` event ready to send.
+fn end_frame(transfer: u32, status: TransferStatus, message: Option<String>) -> Bytes {
+    event_frame(&Event::TransferEnd(TransferEnd {
+        transfer,
+        status,
+        blake3: None,
+        message,
+    }))
 }
 
 impl Transfers {
@@ -43,20 +96,21 @@ impl Transfers {
         Self {
             lane,
             stop: CancellationToken::new(),
-            active: HashMap::new(),
+            downloads: HashMap::new(),
+            uploads: HashMap::new(),
         }
     }
 
     /// Checks that `transfer` may start now: a free id, and room for one more.
     pub(crate) fn check_new(&mut self, transfer: u32) -> Result<(), Refusal> {
-        self.active.retain(|_, (_, task)| !task.is_finished());
-        if self.active.contains_key(&transfer) {
+        self.downloads.retain(|_, (_, task)| !task.is_finished());
+        if self.downloads.contains_key(&transfer) || self.uploads.contains_key(&transfer) {
             return Err(Refusal {
                 code: ErrorCode::BadTransfer,
                 message: format!("Transfer {transfer} is already running; pick another id."),
             });
         }
-        if self.active.len() >= MAX_TRANSFERS {
+        if self.downloads.len() + self.uploads.len() >= MAX_TRANSFERS {
             return Err(Refusal {
                 code: ErrorCode::TooManyTransfers,
                 message: format!(
@@ -72,15 +126,93 @@ impl Transfers {
         let cancel = self.stop.child_token();
         let lane = self.lane.clone();
         let task = tokio::spawn(send_file(file, transfer, offset, lane, cancel.clone()));
-        self.active.insert(transfer, (cancel, task));
+        self.downloads.insert(transfer, (cancel, task));
     }
 
-    /// Stops transfer `transfer`; its `transfer_end` says `cancelled`.
-    pub(crate) fn cancel(&mut self, transfer: u32) -> Result<(), Refusal> {
-        match self.active.get(&transfer) {
+    /// Starts receiving an upload of `size` bytes into the staged file `staged`.
+    pub(crate) fn start_upload(
+        &mut self,
+        transfer: u32,
+        shared: Arc<SharedFolder>,
+        (staged, file): (String, std::fs::File),
+        folder: String,
+        name: String,
+        size: u64,
+    ) {
+        let upload = Upload {
+            staged,
+            file: tokio::fs::File::from_std(file),
+            folder,
+            name,
+            size,
+            received: 0,
+            hasher: blake3::Hasher::new(),
+            shared,
+            published: false,
+        };
+        self.uploads.insert(transfer, upload);
+    }
+
+    /// Stores one data frame of an upload. Data for no upload in progress (one just cancelled,
+    /// say) is dropped. Returns a `transfer_end` to send if the upload failed.
+    pub(crate) async fn receive(&mut self, transfer: u32, bytes: Bytes) -> Option<Bytes> {
+        let upload = self.uploads.get_mut(&transfer)?;
+        let failure = if upload.received + bytes.len() as u64 > upload.size {
+            format!(
+                "More data arrived than the {} bytes announced.",
+                upload.size
+            )
+        } else {
+            match upload.file.write_all(&bytes).await {
+                Ok(()) => {
+                    upload.hasher.update(&bytes);
+                    upload.received += bytes.len() as u64;
+                    return None;
+                }
+                Err(err) => {
+                    warn!("writing upload {transfer} failed: {err}");
+                    format!("The server could not store the file: {err}.")
+                }
+            }
+        };
+        self.uploads.remove(&transfer);
+        Some(end_frame(transfer, TransferStatus::Failed, Some(failure)))
+    }
+
+    /// Takes a complete upload out, if its size and hash are right; a wrong one is discarded.
+    pub(crate) fn take_verified(&mut self, transfer: u32, blake3: &str) -> Result<Upload, Refusal> {
+        let upload = self.uploads.remove(&transfer).ok_or_else(|| Refusal {
+            code: ErrorCode::BadTransfer,
+            message: format!("There is no upload {transfer} in progress."),
+        })?;
+        if upload.received != upload.size {
+            return Err(Refusal {
+                code: ErrorCode::ChecksumMismatch,
+                message: format!(
+                    "Only {} of the {} bytes announced arrived; the upload was discarded.",
+                    upload.received, upload.size
+                ),
+            });
+        }
+        if upload.hasher.finalize().to_hex().as_str() != blake3 {
+            return Err(Refusal {
+                code: ErrorCode::ChecksumMismatch,
+                message: "The data does not match its checksum; the upload was discarded.".into(),
+            });
+        }
+        Ok(upload)
+    }
+
+    /// Stops transfer `transfer`. A download's `transfer_end` follows its data in the lane; an
+    /// upload's is returned, to be sent at once.
+    pub(crate) fn cancel(&mut self, transfer: u32) -> Result<Option<Bytes>, Refusal> {
+        if self.uploads.remove(&transfer).is_some() {
+            return Ok(Some(end_frame(transfer, TransferStatus::Cancelled, None)));
+        }
+        match self.downloads.get(&transfer) {
             Some((cancel, task)) if !task.is_finished() => {
                 cancel.cancel();
-                Ok(())
+                Ok(None)
             }
             _ => Err(Refusal {
                 code: ErrorCode::BadTransfer,

@@ -51,7 +51,7 @@ async fn malformed_frames_close_the_connection_with_a_reason() {
         &[0, 0, 0, 1, 42],                  // unknown kind
         &[0, 0, 0, 2, 3, 0],                // ping with a payload
         &[0, 0, 0, 4, 1, b'{', b'{', b'{'], // control frame that is not JSON
-        &[0, 0, 0, 6, 2, 0, 0, 0, 1, 7],    // a data frame, unused in version 1
+        &[0, 0, 0, 3, 2, 0, 0],             // a data frame too short for its transfer id
     ];
     for bytes in cases {
         let mut conn = server.raw().await;
@@ -60,6 +60,30 @@ async fn malformed_frames_close_the_connection_with_a_reason() {
         expect_bye(&mut conn, "bad_frame").await;
     }
     still_serving(&server).await;
+}
+
+#[tokio::test]
+async fn data_frames_need_a_signed_in_connection_and_stray_ones_are_dropped() {
+    let server = TestServer::start().await;
+    let stray = Frame::Data {
+        transfer: 42,
+        payload: bytes::Bytes::from_static(b"stray"),
+    }
+    .to_bytes();
+    let mut early = server.raw().await;
+    early.send_bytes(&stray).await;
+    expect_bye(&mut early, "bad_frame").await;
+
+    // Signed in, data for no upload in progress (one just cancelled, say) is dropped.
+    let mut conn = server.raw().await;
+    conn.hello("uploader").await;
+    conn.send_bytes(&stray).await;
+    conn.send_json(json!({"id": 1, "type": "users"})).await;
+    let reply = conn.recv_json().await;
+    assert_eq!(
+        (reply["type"].as_str(), reply["id"].as_u64()),
+        (Some("ok"), Some(1))
+    );
 }
 
 #[tokio::test]

@@ -160,18 +160,22 @@ impl RawConn {
         reply
     }
 
-    /// The next control message as JSON, answering pings on the way.
+    /// The next control message as JSON, answering pings on the way; fails after [`WAIT`]
+    /// in all, however many pings come meanwhile.
     pub async fn recv_json(&mut self) -> Value {
+        let deadline = tokio::time::Instant::now() + WAIT;
         loop {
-            match self.recv_frame().await {
-                Some(Frame::Control(json)) => {
+            match tokio::time::timeout_at(deadline, self.frames.next()).await {
+                Err(_) => panic!("no control message within the wait"),
+                Ok(Some(Ok(Frame::Control(json)))) => {
                     // Also check that it decodes with the protocol crate.
                     ServerMessage::decode(&json).expect("the server sent an undecodable message");
                     return serde_json::from_slice(&json).unwrap();
                 }
-                Some(Frame::Ping) => self.send_bytes(&Frame::Pong.to_bytes()).await,
-                Some(_) => {}
-                None => panic!("the connection closed before a control message"),
+                Ok(Some(Ok(Frame::Ping))) => self.send_bytes(&Frame::Pong.to_bytes()).await,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(err))) => panic!("an undecodable frame from the server: {err}"),
+                Ok(None) => panic!("the connection closed before a control message"),
             }
         }
     }
@@ -184,15 +188,19 @@ impl RawConn {
             .map(|frame| frame.expect("an undecodable frame from the server"))
     }
 
-    /// Asserts that the server closes the connection next (after any pings).
+    /// Asserts that the server closes the connection next (after any pings), within [`WAIT`].
     pub async fn expect_closed(&mut self) {
-        loop {
-            match self.recv_frame().await {
-                None => return,
-                Some(Frame::Ping | Frame::Pong) => {}
-                Some(frame) => panic!("expected the connection to close, got {frame:?}"),
+        let closed = tokio::time::timeout(WAIT, async {
+            loop {
+                match self.frames.next().await {
+                    None => return,
+                    Some(Ok(Frame::Ping | Frame::Pong)) => {}
+                    Some(other) => panic!("expected the connection to close, got {other:?}"),
+                }
             }
-        }
+        })
+        .await;
+        assert!(closed.is_ok(), "the connection stayed open");
     }
 }
 
@@ -261,6 +269,10 @@ impl Proc {
             .split_whitespace()
             .find_map(|word| word.parse().ok())
             .unwrap_or_else(|| panic!("no address in {line:?}"));
+        // Logged once the shared folder exists, so tests may put files in it.
+        server
+            .expect_line(|l| l.contains("sharing the folder"))
+            .await;
         (server, addr)
     }
 
