@@ -9,7 +9,7 @@ pub mod download;
 pub mod upload;
 
 pub use client::{
-    Chunk, Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, Incoming,
-    RequestError,
+    Chunk, Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, Incoming, Outgoing,
+    RequestError, UploadStopped,
 };
 pub use command::{Command, ParseError};

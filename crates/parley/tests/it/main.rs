@@ -15,3 +15,4 @@ mod private;
 mod rooms;
 mod shutdown;
 mod slow_client;
+mod uploads;
