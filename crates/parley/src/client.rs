@@ -6,12 +6,10 @@
 //! Exit codes: 0 after quitting, 1 when connecting or signing in failed, 2 for usage mistakes,
 //! 3 when the server closed the connection or it was lost.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -20,13 +18,15 @@ use parley_client::display::{
     event_line, format_size, listing_lines, message_line, names, sanitize,
 };
 use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
-use parley_client::{download, upload};
 use parley_proto::ErrorCode;
 use parley_proto::names::canonical_room;
 use parley_proto::request::{Join, List, Msg, Part, Rooms, Say, Users};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::server::DEFAULT_PORT;
+use crate::transfers::{
+    Out, Table, download_with_progress, percent, saved_line, shared_line, upload_with_progress,
+};
 
 /// How long quitting waits for replies still on their way before leaving anyway.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -185,21 +185,9 @@ struct LineSession {
     rooms: Vec<String>,
     client: Client,
     download_dir: PathBuf,
-    /// Transfers in progress, for `/transfers`. A std mutex: held only to read or update.
-    transfers: Arc<Mutex<BTreeMap<u32, TransferState>>>,
+    /// Transfers in progress, for `/transfers`.
+    transfers: Table,
 }
-
-/// What `/transfers` shows of one transfer.
-struct TransferState {
-    /// "download" or "upload".
-    kind: &'static str,
-    name: String,
-    size: u64,
-    done: u64,
-}
-
-/// How often a transfer's progress is printed.
-const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// What a finished request has to show, and the room it failed to join, if any.
 struct Outcome {
@@ -339,23 +327,10 @@ impl LineSession {
             Command::Download(path) => {
                 let (dir, transfers) = (self.download_dir.clone(), self.transfers.clone());
                 Box::pin(async move {
-                    let line = match download_with_progress(&client, &path, &dir, &transfers).await
-                    {
-                        Ok(saved) => {
-                            let secs = saved.elapsed.as_secs_f64().max(0.001);
-                            let moved = saved.size - saved.resumed_from;
-                            format!(
-                                "Saved {}: {} in {secs:.1} s ({}/s){}, checksum verified",
-                                sanitize(&saved.path.display().to_string()),
-                                format_size(saved.size),
-                                format_size((moved as f64 / secs) as u64),
-                                if saved.resumed_from > 0 {
-                                    ", resumed"
-                                } else {
-                                    ""
-                                },
-                            )
-                        }
+                    let result =
+                        download_with_progress(&client, &path, &dir, &transfers, Out::Stdout).await;
+                    let line = match result {
+                        Ok(saved) => saved_line(&saved),
                         Err(err) => format!(
                             "! Download of {} failed: {}",
                             sanitize(&path),
@@ -397,25 +372,22 @@ impl LineSession {
                 Box::pin(async move {
                     let local = PathBuf::from(&path);
                     let folder = folder.unwrap_or_default();
-                    let line =
-                        match upload_with_progress(&client, &local, &folder, &transfers).await {
-                            Ok(shared) => {
-                                let secs = shared.elapsed.as_secs_f64().max(0.001);
-                                let size = shared.uploaded.size;
-                                format!(
-                                    "Shared {} as {}: {} in {secs:.1} s ({}/s), checksum verified",
-                                    sanitize(&path),
-                                    sanitize(&shared.uploaded.path),
-                                    format_size(size),
-                                    format_size((size as f64 / secs) as u64),
-                                )
-                            }
-                            Err(err) => format!(
-                                "! Upload of {} failed: {}",
-                                sanitize(&path),
-                                sanitize(&err.to_string())
-                            ),
-                        };
+                    let line = match upload_with_progress(
+                        &client,
+                        &local,
+                        &folder,
+                        &transfers,
+                        Out::Stdout,
+                    )
+                    .await
+                    {
+                        Ok(shared) => shared_line(&local, &shared),
+                        Err(err) => format!(
+                            "! Upload of {} failed: {}",
+                            sanitize(&path),
+                            sanitize(&err.to_string())
+                        ),
+                    };
                     Outcome::lines(vec![line])
                 })
             }
@@ -432,141 +404,6 @@ impl LineSession {
             self.rooms.retain(|r| *r != room);
         }
     }
-}
-
-/// Downloads `path` into `dir`, saying how big it is before it starts, printing progress every
-/// [`PROGRESS_EVERY`] and keeping `/transfers` up to date.
-async fn download_with_progress(
-    client: &Client,
-    path: &str,
-    dir: &std::path::Path,
-    transfers: &Mutex<BTreeMap<u32, TransferState>>,
-) -> Result<download::Saved, download::DownloadError> {
-    let id = AtomicU32::new(0);
-    let mut reporter = Reporter::new();
-    let result = download::download(
-        client,
-        path,
-        dir,
-        |info| {
-            id.store(info.transfer, Ordering::Relaxed);
-            let name = sanitize(&info.name);
-            if info.offset > 0 {
-                println!(
-                    "Resuming {name} at {} of {} (transfer {})",
-                    format_size(info.offset),
-                    format_size(info.size),
-                    info.transfer
-                );
-            } else {
-                println!(
-                    "Downloading {name} ({}) as transfer {}",
-                    format_size(info.size),
-                    info.transfer
-                );
-            }
-            transfers.lock().unwrap().insert(
-                info.transfer,
-                TransferState {
-                    kind: "download",
-                    name: info.name.clone(),
-                    size: info.size,
-                    done: info.offset,
-                },
-            );
-        },
-        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
-    )
-    .await;
-    transfers
-        .lock()
-        .unwrap()
-        .remove(&id.load(Ordering::Relaxed));
-    result
-}
-
-/// Uploads `local` into `folder` with the same reporting as downloads.
-async fn upload_with_progress(
-    client: &Client,
-    local: &std::path::Path,
-    folder: &str,
-    transfers: &Mutex<BTreeMap<u32, TransferState>>,
-) -> Result<upload::Shared, upload::UploadError> {
-    let id = AtomicU32::new(0);
-    let mut reporter = Reporter::new();
-    let result = upload::upload(
-        client,
-        local,
-        folder,
-        |transfer, name, size| {
-            id.store(transfer, Ordering::Relaxed);
-            println!(
-                "Uploading {} ({}) as transfer {transfer}",
-                sanitize(name),
-                format_size(size)
-            );
-            let state = TransferState {
-                kind: "upload",
-                name: name.to_owned(),
-                size,
-                done: 0,
-            };
-            transfers.lock().unwrap().insert(transfer, state);
-        },
-        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
-    )
-    .await;
-    transfers
-        .lock()
-        .unwrap()
-        .remove(&id.load(Ordering::Relaxed));
-    result
-}
-
-/// Prints a transfer's progress every [`PROGRESS_EVERY`] and keeps `/transfers` current.
-struct Reporter {
-    begun: Instant,
-    last_print: Instant,
-    first_done: Option<u64>,
-}
-
-impl Reporter {
-    fn new() -> Self {
-        Self {
-            begun: Instant::now(),
-            last_print: Instant::now(),
-            first_done: None,
-        }
-    }
-
-    fn update(&mut self, transfers: &Mutex<BTreeMap<u32, TransferState>>, id: u32, done: u64) {
-        let mut transfers = transfers.lock().unwrap();
-        let Some(state) = transfers.get_mut(&id) else {
-            return;
-        };
-        state.done = done;
-        // The rate counts only what moved in this attempt, not a resumed part.
-        let first = *self.first_done.get_or_insert(done);
-        if self.last_print.elapsed() < PROGRESS_EVERY {
-            return;
-        }
-        self.last_print = Instant::now();
-        let rate = (done - first) as f64 / self.begun.elapsed().as_secs_f64().max(0.001);
-        let left = (state.size - done) as f64 / rate.max(1.0);
-        println!(
-            "{}: {} of {} ({}%), {}/s, {} s left",
-            sanitize(&state.name),
-            format_size(done),
-            format_size(state.size),
-            percent(done, state.size),
-            format_size(rate as u64),
-            left.ceil() as u64
-        );
-    }
-}
-
-fn percent(done: u64, size: u64) -> u64 {
-    (done * 100).checked_div(size).unwrap_or(100)
 }
 
 fn ready(lines: Vec<String>) -> BoxFuture<'static, Outcome> {

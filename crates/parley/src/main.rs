@@ -5,7 +5,9 @@
 //! non-zero exit, never a backtrace.
 
 mod client;
+mod oneshot;
 mod server;
+mod transfers;
 
 use std::process::ExitCode;
 
@@ -26,6 +28,12 @@ enum Command {
     Server(server::Args),
     /// Join a chat server from this terminal (or a script: one command per input line).
     Client(client::Args),
+    /// List a shared folder, then exit (for scripts).
+    Files(oneshot::FilesArgs),
+    /// Download a shared file, then exit (for scripts).
+    Download(oneshot::DownloadArgs),
+    /// Share a local file, then exit (for scripts).
+    Upload(oneshot::UploadArgs),
 }
 
 fn main() -> ExitCode {
@@ -47,6 +55,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Server(args) => server::run(args).await,
             Command::Client(args) => client::run(args).await,
+            Command::Files(args) => oneshot::files(args).await,
+            Command::Download(args) => oneshot::download(args).await,
+            Command::Upload(args) => oneshot::upload(args).await,
         }
     });
     // Do not wait for the thread blocked reading stdin: the client may end because the server

@@ -13,6 +13,7 @@ mod leaving;
 mod names;
 mod private;
 mod rooms;
+mod scripts;
 mod shutdown;
 mod slow_client;
 mod uploads;
