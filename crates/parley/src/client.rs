@@ -25,7 +25,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::server::DEFAULT_PORT;
 use crate::transfers::{
-    Out, Table, download_with_progress, percent, saved_line, shared_line, upload_with_progress,
+    Screen, Table, download_with_progress, percent, saved_line, shared_line, upload_with_progress,
 };
 
 /// How long quitting waits for replies still on their way before leaving anyway.
@@ -108,6 +108,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         client: client.clone(),
         download_dir,
         transfers: Arc::default(),
+        screen: Screen::stdout(),
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -127,7 +128,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
                 };
                 match command {
                     None => {}
-                    Some(Err(err)) => println!("! {err}"),
+                    Some(Err(err)) => session.screen.line(&format!("! {err}")),
                     Some(Ok(Command::Quit)) => {
                         quitting = true;
                         quit_deadline.as_mut().reset(tokio::time::Instant::now() + QUIT_TIMEOUT);
@@ -139,7 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             event = events.recv() => match event {
                 Some(ClientEvent::Server(event)) => {
                     if let Some(line) = event_line(&event) {
-                        println!("{line}");
+                        session.screen.line(&line);
                     }
                 }
                 Some(ClientEvent::Closed(closed)) => return Ok(report_closed(&client, closed)),
@@ -187,6 +188,8 @@ struct LineSession {
     download_dir: PathBuf,
     /// Transfers in progress, for `/transfers`.
     transfers: Table,
+    /// Where everything is printed, above any progress bars.
+    screen: Screen,
 }
 
 /// What a finished request has to show, and the room it failed to join, if any.
@@ -326,9 +329,10 @@ impl LineSession {
             }),
             Command::Download(path) => {
                 let (dir, transfers) = (self.download_dir.clone(), self.transfers.clone());
+                let screen = self.screen.clone();
                 Box::pin(async move {
                     let result =
-                        download_with_progress(&client, &path, &dir, &transfers, Out::Stdout).await;
+                        download_with_progress(&client, &path, &dir, &transfers, &screen).await;
                     let line = match result {
                         Ok(saved) => saved_line(&saved),
                         Err(err) => format!(
@@ -368,26 +372,21 @@ impl LineSession {
                 }])
             }),
             Command::Upload { path, folder } => {
-                let transfers = self.transfers.clone();
+                let (transfers, screen) = (self.transfers.clone(), self.screen.clone());
                 Box::pin(async move {
                     let local = PathBuf::from(&path);
                     let folder = folder.unwrap_or_default();
-                    let line = match upload_with_progress(
-                        &client,
-                        &local,
-                        &folder,
-                        &transfers,
-                        Out::Stdout,
-                    )
-                    .await
-                    {
-                        Ok(shared) => shared_line(&local, &shared),
-                        Err(err) => format!(
-                            "! Upload of {} failed: {}",
-                            sanitize(&path),
-                            sanitize(&err.to_string())
-                        ),
-                    };
+                    let line =
+                        match upload_with_progress(&client, &local, &folder, &transfers, &screen)
+                            .await
+                        {
+                            Ok(shared) => shared_line(&local, &shared),
+                            Err(err) => format!(
+                                "! Upload of {} failed: {}",
+                                sanitize(&path),
+                                sanitize(&err.to_string())
+                            ),
+                        };
                     Outcome::lines(vec![line])
                 })
             }
@@ -398,7 +397,7 @@ impl LineSession {
     /// Prints a finished request's lines and undoes a join that failed.
     fn settle(&mut self, outcome: Outcome) {
         for line in &outcome.lines {
-            println!("{line}");
+            self.screen.line(line);
         }
         if let Some(room) = outcome.failed_join {
             self.rooms.retain(|r| *r != room);

@@ -12,7 +12,7 @@ use parley_client::{Client, ConnectOptions};
 use parley_proto::request::List;
 
 use crate::server::DEFAULT_PORT;
-use crate::transfers::{self, Out};
+use crate::transfers::{self, Screen};
 
 const EXIT_CONNECT: u8 = 1;
 const EXIT_FAILED: u8 = 4;
@@ -123,7 +123,8 @@ pub async fn download(args: DownloadArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|| PathBuf::from(format!("{}Files", args.connect.user())));
     let table = transfers::Table::default();
     let result =
-        transfers::download_with_progress(&client, &args.path, &dir, &table, Out::Stderr).await;
+        transfers::download_with_progress(&client, &args.path, &dir, &table, &Screen::stderr())
+            .await;
     let _ = client.quit().await;
     Ok(match result {
         Ok(saved) => {
@@ -140,9 +141,14 @@ pub async fn upload(args: UploadArgs) -> anyhow::Result<ExitCode> {
         Err(code) => return Ok(code),
     };
     let table = transfers::Table::default();
-    let result =
-        transfers::upload_with_progress(&client, &args.local, &args.folder, &table, Out::Stderr)
-            .await;
+    let result = transfers::upload_with_progress(
+        &client,
+        &args.local,
+        &args.folder,
+        &table,
+        &Screen::stderr(),
+    )
+    .await;
     let _ = client.quit().await;
     Ok(match result {
         Ok(shared) => {

@@ -1,33 +1,79 @@
-//! Transfers as people watch them: the size before the first byte, progress every few seconds,
-//! a last line with size, time and rate, and the table behind `/transfers`. Shared by the line
+//! Transfers as people watch them: the size before the first byte, then a progress bar (on a
+//! terminal) or a progress line every few seconds (otherwise), a last line with size, time and
+//! rate, and the table behind `/transfers`. Shared by the line
 //! client (progress on stdout, among the chat) and the one-shot commands (progress on stderr,
 //! so stdout holds only the result).
 
 use std::collections::BTreeMap;
+use std::io::IsTerminal;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use parley_client::display::{format_size, sanitize};
 use parley_client::{Client, download, upload};
 
 /// Transfers in progress by id. A std mutex: held only to read or update an entry.
 pub type Table = Arc<Mutex<BTreeMap<u32, TransferState>>>;
 
-/// Where progress lines go.
-#[derive(Debug, Clone, Copy)]
-pub enum Out {
-    Stdout,
-    Stderr,
+/// Where transfer reports go: stdout or stderr, with progress bars when that is a terminal.
+///
+/// Every line printed while bars may be showing must go through [`Screen::line`], which puts
+/// it above the bars instead of through them.
+#[derive(Clone)]
+pub struct Screen {
+    to_stderr: bool,
+    bars: Option<MultiProgress>,
 }
 
-impl Out {
-    fn line(self, line: &str) {
-        match self {
-            Out::Stdout => println!("{line}"),
-            Out::Stderr => eprintln!("{line}"),
+impl Screen {
+    /// Reports on stdout (the line client, among the chat).
+    pub fn stdout() -> Self {
+        let bars = std::io::stdout()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout()));
+        Self {
+            to_stderr: false,
+            bars,
         }
+    }
+
+    /// Reports on stderr (the one-shot commands, whose stdout is their result).
+    pub fn stderr() -> Self {
+        let bars = std::io::stderr()
+            .is_terminal()
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Self {
+            to_stderr: true,
+            bars,
+        }
+    }
+
+    /// Prints one line, above any progress bars.
+    pub fn line(&self, line: &str) {
+        match &self.bars {
+            Some(bars) if !self.to_stderr => {
+                let _ = bars.println(line);
+            }
+            Some(bars) => bars.suspend(|| eprintln!("{line}")),
+            None if self.to_stderr => eprintln!("{line}"),
+            None => println!("{line}"),
+        }
+    }
+
+    /// A progress bar for a transfer of `size` bytes, on a terminal only.
+    fn bar(&self, name: &str, size: u64) -> Option<ProgressBar> {
+        let bar = self.bars.as_ref()?.add(ProgressBar::new(size));
+        let style = ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {binary_bytes_per_sec}, {eta} left",
+        )
+        .expect("the template is valid")
+        .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(sanitize(name).into_owned());
+        Some(bar)
     }
 }
 
@@ -50,10 +96,11 @@ pub async fn download_with_progress(
     path: &str,
     dir: &std::path::Path,
     transfers: &Mutex<BTreeMap<u32, TransferState>>,
-    out: Out,
+    screen: &Screen,
 ) -> Result<download::Saved, download::DownloadError> {
     let id = AtomicU32::new(0);
-    let mut reporter = Reporter::new(out);
+    // Both callbacks report; a mutex lets them share the reporter (and keeps the future Send).
+    let reporter = Mutex::new(Reporter::new(screen));
     let result = download::download(
         client,
         path,
@@ -61,7 +108,11 @@ pub async fn download_with_progress(
         |info| {
             id.store(info.transfer, Ordering::Relaxed);
             let name = sanitize(&info.name);
-            out.line(&if info.offset > 0 {
+            reporter
+                .lock()
+                .unwrap()
+                .start(&info.name, info.size, info.offset);
+            screen.line(&if info.offset > 0 {
                 format!(
                     "Resuming {name} at {} of {} (transfer {})",
                     format_size(info.offset),
@@ -85,7 +136,10 @@ pub async fn download_with_progress(
                 },
             );
         },
-        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
+        |done| {
+            let id = id.load(Ordering::Relaxed);
+            reporter.lock().unwrap().update(transfers, id, done);
+        },
     )
     .await;
     transfers
@@ -101,17 +155,19 @@ pub async fn upload_with_progress(
     local: &std::path::Path,
     folder: &str,
     transfers: &Mutex<BTreeMap<u32, TransferState>>,
-    out: Out,
+    screen: &Screen,
 ) -> Result<upload::Shared, upload::UploadError> {
     let id = AtomicU32::new(0);
-    let mut reporter = Reporter::new(out);
+    // Both callbacks report; a mutex lets them share the reporter (and keeps the future Send).
+    let reporter = Mutex::new(Reporter::new(screen));
     let result = upload::upload(
         client,
         local,
         folder,
         |transfer, name, size| {
             id.store(transfer, Ordering::Relaxed);
-            out.line(&format!(
+            reporter.lock().unwrap().start(name, size, 0);
+            screen.line(&format!(
                 "Uploading {} ({}) as transfer {transfer}",
                 sanitize(name),
                 format_size(size)
@@ -124,7 +180,10 @@ pub async fn upload_with_progress(
             };
             transfers.lock().unwrap().insert(transfer, state);
         },
-        |done| reporter.update(transfers, id.load(Ordering::Relaxed), done),
+        |done| {
+            let id = id.load(Ordering::Relaxed);
+            reporter.lock().unwrap().update(transfers, id, done);
+        },
     )
     .await;
     transfers
@@ -135,24 +194,39 @@ pub async fn upload_with_progress(
 }
 
 /// Prints a transfer's progress every [`PROGRESS_EVERY`] and keeps `/transfers` current.
-struct Reporter {
-    out: Out,
+struct Reporter<'a> {
+    screen: &'a Screen,
+    /// On a terminal, a bar; otherwise a line every [`PROGRESS_EVERY`].
+    bar: Option<ProgressBar>,
     begun: Instant,
     last_print: Instant,
     first_done: Option<u64>,
 }
 
-impl Reporter {
-    fn new(out: Out) -> Self {
+impl<'a> Reporter<'a> {
+    fn new(screen: &'a Screen) -> Self {
         Self {
-            out,
+            screen,
+            bar: None,
             begun: Instant::now(),
             last_print: Instant::now(),
             first_done: None,
         }
     }
 
+    /// The transfer is under way: `size` bytes, `done` of them already there.
+    fn start(&mut self, name: &str, size: u64, done: u64) {
+        self.bar = self.screen.bar(name, size);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.reset_eta();
+        }
+    }
+
     fn update(&mut self, transfers: &Mutex<BTreeMap<u32, TransferState>>, id: u32, done: u64) {
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+        }
         let mut transfers = transfers.lock().unwrap();
         let Some(state) = transfers.get_mut(&id) else {
             return;
@@ -160,13 +234,13 @@ impl Reporter {
         state.done = done;
         // The rate counts only what moved in this attempt, not a resumed part.
         let first = *self.first_done.get_or_insert(done);
-        if self.last_print.elapsed() < PROGRESS_EVERY {
+        if self.bar.is_some() || self.last_print.elapsed() < PROGRESS_EVERY {
             return;
         }
         self.last_print = Instant::now();
         let rate = (done - first) as f64 / self.begun.elapsed().as_secs_f64().max(0.001);
         let left = (state.size - done) as f64 / rate.max(1.0);
-        self.out.line(&format!(
+        self.screen.line(&format!(
             "{}: {} of {} ({}%), {}/s, {} s left",
             sanitize(&state.name),
             format_size(done),
@@ -175,6 +249,14 @@ impl Reporter {
             format_size(rate as u64),
             left.ceil() as u64
         ));
+    }
+}
+
+impl Drop for Reporter<'_> {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
     }
 }
 

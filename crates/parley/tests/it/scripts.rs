@@ -149,3 +149,53 @@ async fn failures_have_their_own_exit_status() {
     let (code, _, _) = Proc::spawn(&["download"]).finish().await;
     assert_eq!(code, 2);
 }
+
+#[tokio::test]
+async fn a_terminal_gets_a_progress_bar() {
+    let server = TestServer::start().await;
+    fs::File::create(server.shared.path().join("disk.img"))
+        .unwrap()
+        .set_len(200 << 20)
+        .unwrap();
+    let work = tempfile::tempdir().unwrap();
+    // util-linux's `script` runs the command on a pseudo-terminal, as a person would.
+    let command = format!(
+        "{} download disk.img --user tty --host 127.0.0.1 --port {}",
+        env!("CARGO_BIN_EXE_parley"),
+        server.addr.port()
+    );
+    let run = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .current_dir(work.path())
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(WAIT, run)
+        .await
+        .unwrap()
+        .expect("`script` runs");
+    let screen = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{screen}");
+    assert!(
+        screen.contains("Downloading disk.img (200.0 MiB) as transfer 1"),
+        "{screen}"
+    );
+    // The bar: a gauge, bytes of the total, a rate and the time left.
+    assert!(
+        screen.contains("disk.img [") && screen.contains("/200.00 MiB"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("MiB/s, ") && screen.contains(" left"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains("Saved ttyFiles/disk.img: 200.0 MiB"),
+        "{screen}"
+    );
+    assert_eq!(
+        fs::metadata(work.path().join("ttyFiles/disk.img"))
+            .unwrap()
+            .len(),
+        200 << 20
+    );
+}
