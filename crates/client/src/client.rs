@@ -245,6 +245,9 @@ impl Client {
                 .unwrap_or_else(|| std::io::Error::other("the host name has no addresses")),
         })?;
         let _ = stream.set_nodelay(true);
+        // As on the server: little unsent upload data in the kernel ahead of a chat message.
+        #[cfg(any(target_os = "linux", target_os = "android"))]
+        let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(128 * 1024);
         tokio::time::timeout_at(
             deadline,
             Self::sign_in(stream, &options.name, address.clone()),

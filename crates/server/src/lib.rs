@@ -69,8 +69,7 @@ pub async fn serve(
                 }
             },
         };
-        // Chat frames are small and latency matters more than packing them.
-        let _ = stream.set_nodelay(true);
+        tune(&stream);
         if active.load(Ordering::Acquire) >= ctx.config.max_connections {
             warn!(
                 "{peer} refused: the server holds its maximum of {} connections",
@@ -93,6 +92,20 @@ pub async fn serve(
         warn!("some connections did not close within {grace:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Unsent bytes the kernel may hold per connection before the writer is told to wait. Without
+/// a bound, a download fills megabytes of socket buffer and a chat message queued after it waits
+/// for all of them; with it, the writer keeps the data in its own queue, where chat overtakes.
+pub const NOTSENT_LOWAT: u32 = 128 * 1024;
+
+/// Socket options for a chat connection: no Nagle delay for small frames, and little unsent data
+/// queued in the kernel ahead of a chat message.
+fn tune(stream: &TcpStream) {
+    // Chat frames are small and latency matters more than packing them.
+    let _ = stream.set_nodelay(true);
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.
