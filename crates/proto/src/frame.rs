@@ -90,7 +90,7 @@ pub enum FrameError {
     #[error("malformed {0:?} frame")]
     Malformed(FrameKind),
     /// A frame of a kind this side does not accept (for codecs built without data frames).
-    #[error("{0:?} frames are not accepted in this direction")]
+    #[error("{0:?} frames are not accepted here (a server takes them only after sign-in)")]
     Unexpected(FrameKind),
     /// Reading from the transport failed.
     #[error(transparent)]

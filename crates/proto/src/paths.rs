@@ -10,6 +10,10 @@ pub const MAX_PATH_BYTES: usize = 4096;
 /// Longest single name in a path, in bytes (the common file system limit).
 pub const MAX_NAME_BYTES: usize = 255;
 
+/// Longest name for a new file, in bytes: short enough that a number can still be added
+/// (`name (12345).ext`) without passing [`MAX_NAME_BYTES`].
+pub const MAX_NEW_NAME_BYTES: usize = 240;
+
 /// Why a path was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -87,6 +91,9 @@ pub fn check_file_name(name: &str) -> Result<(), PathError> {
     if name.starts_with('.') {
         return Err(PathError::Hidden);
     }
+    if name.len() > MAX_NEW_NAME_BYTES {
+        return Err(PathError::TooLong);
+    }
     Ok(())
 }
 
@@ -115,6 +122,8 @@ mod tests {
         assert_eq!(check_file_name("a/"), Err(PathError::NotAName));
         assert_eq!(check_file_name(".."), Err(PathError::Dots));
         assert_eq!(check_file_name(".bashrc"), Err(PathError::Hidden));
+        assert_eq!(check_file_name(&"n".repeat(240)), Ok(()));
+        assert_eq!(check_file_name(&"n".repeat(241)), Err(PathError::TooLong));
         assert_eq!(
             check_file_name("evil\u{1b}[2J"),
             Err(PathError::ControlChar)

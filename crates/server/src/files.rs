@@ -53,6 +53,9 @@ pub(crate) struct SharedFolder {
     root_path: PathBuf,
     staging: Dir,
     next_staged: AtomicU64,
+    /// Bytes promised to uploads in progress, so that several at once cannot together eat
+    /// into the reserve.
+    promised: AtomicU64,
     /// Uploads by path, and the file they are appended to. A std mutex: held for a map update
     /// and one small append, never across an await.
     uploads: Mutex<(HashMap<String, UploadRecord>, std::fs::File)>,
@@ -89,14 +92,29 @@ impl SharedFolder {
             root_path: path.to_owned(),
             staging,
             next_staged: AtomicU64::new(0),
+            promised: AtomicU64::new(0),
             uploads: Mutex::new((records, log.into_std())),
         })
     }
 
-    /// Bytes free for unprivileged users on the shared folder's file system.
-    pub(crate) fn available_bytes(&self) -> io::Result<u64> {
+    /// Promises `size` bytes of disk to a new upload if, after every upload in progress gets
+    /// what it was promised, at least `reserve` bytes would stay free; returns the free space
+    /// it saw otherwise. Give the promise back with [`SharedFolder::release`].
+    pub(crate) fn promise(&self, size: u64, reserve: u64) -> io::Result<Result<(), u64>> {
         let stats = nix::sys::statvfs::statvfs(&self.root_path).map_err(io::Error::from)?;
-        Ok(stats.blocks_available() as u64 * stats.fragment_size() as u64)
+        let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+        let promised = self.promised.fetch_add(size, Ordering::AcqRel) + size;
+        // Conservative: bytes already written by uploads in progress count twice.
+        if free < promised.saturating_add(reserve) {
+            self.release(size);
+            return Ok(Err(free));
+        }
+        Ok(Ok(()))
+    }
+
+    /// Gives back what [`SharedFolder::promise`] promised to an upload that ended.
+    pub(crate) fn release(&self, size: u64) {
+        self.promised.fetch_sub(size, Ordering::AcqRel);
     }
 
     /// Creates an empty file in the staging area for an upload; returns its staging name.
@@ -213,7 +231,7 @@ impl SharedFolder {
             let Ok(name) = entry.file_name().into_string() else {
                 continue; // Not UTF-8: it could not be named in a request anyway.
             };
-            if names.is_empty() && name == PRIVATE {
+            if names.is_empty() && name.eq_ignore_ascii_case(PRIVATE) {
                 continue;
             }
             // Follow a symlink only as far as cap-std allows: one pointing outside fails here
@@ -336,7 +354,11 @@ fn checked<'a>(user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
             message: format!("The path {path:?} is not allowed: {err}."),
         }
     })?;
-    if names.first() == Some(&PRIVATE) {
+    // Compared without regard to case, for file systems that ignore it.
+    if names
+        .first()
+        .is_some_and(|first| first.eq_ignore_ascii_case(PRIVATE))
+    {
         warn!("{user} asked for Parley's private folder: {path:?}");
         return Err(Refusal {
             code: ErrorCode::BadPath,

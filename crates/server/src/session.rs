@@ -18,7 +18,9 @@ use futures_util::StreamExt;
 use parley_proto::SUPPORTED_VERSIONS;
 use parley_proto::event::{Bye, Event, PartReason};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
-use parley_proto::limits::{MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_TEXT_BYTES};
+use parley_proto::limits::{
+    MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_TEXT_BYTES, SERVER_MAX_CONTROL_FRAME,
+};
 use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
@@ -152,7 +154,10 @@ where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
     let (read_half, write_half) = tokio::io::split(stream);
-    let mut frames = FramedRead::new(read_half, FrameCodec::server());
+    // Until sign-in only control and keepalive frames are accepted: a data frame is refused
+    // from its header, so an anonymous connection can make the server hold little.
+    let anonymous = FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, 0);
+    let mut frames = FramedRead::new(read_half, anonymous);
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let (lane, data) = tokio::sync::mpsc::channel(transfer::LANE_FRAMES);
     let abort_writer = CancellationToken::new();
@@ -264,12 +269,6 @@ impl Session<'_> {
             match frame {
                 Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
                 Frame::Pong => {}
-                Frame::Data { .. } if !signed_in => {
-                    return End::Violation(
-                        ErrorCode::BadFrame,
-                        "Data frames carry uploads: sign in first; closing.".into(),
-                    );
-                }
                 Frame::Data { transfer, payload } => {
                     if let Some(end) = self.transfers.receive(transfer, payload).await {
                         self.outbox.push(end);
@@ -282,6 +281,7 @@ impl Session<'_> {
                 }
             }
             if !signed_in && self.name.is_some() {
+                *frames.decoder_mut() = FrameCodec::server();
                 alarm
                     .as_mut()
                     .reset(self.last_heard + config.keepalive_interval);
@@ -497,17 +497,19 @@ impl Session<'_> {
                 code: ErrorCode::NoSpace,
                 message: format!("The server cannot take this file now: {detail}."),
             };
-            let free = shared
-                .available_bytes()
-                .map_err(|err| no_space(format!("its free space is unknown ({err})")))?;
-            if free.saturating_sub(size) < reserve {
-                return Err(no_space(format!(
-                    "it would leave less than the {reserve} bytes the server keeps free"
-                )));
+            match shared.promise(size, reserve) {
+                Ok(Ok(())) => {}
+                Ok(Err(free)) => {
+                    return Err(no_space(format!(
+                        "{free} bytes are free and {reserve} must stay free"
+                    )));
+                }
+                Err(err) => return Err(no_space(format!("its free space is unknown ({err})"))),
             }
-            let staged = shared
-                .stage()
-                .map_err(|err| no_space(format!("it could not start a file ({err})")))?;
+            let staged = shared.stage().map_err(|err| {
+                shared.release(size);
+                no_space(format!("it could not start a file ({err})"))
+            })?;
             Ok((folder, staged))
         })
         .await

@@ -75,6 +75,7 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
+        self.shared.release(self.size);
         if !self.published {
             self.shared.discard(&self.staged);
         }

@@ -73,6 +73,10 @@ async fn data_frames_need_a_signed_in_connection_and_stray_ones_are_dropped() {
     let mut early = server.raw().await;
     early.send_bytes(&stray).await;
     expect_bye(&mut early, "bad_frame").await;
+    // Refused from the header alone: the server does not wait for (or hold) the body.
+    let mut early = server.raw().await;
+    early.send_bytes(&[0, 0, 3, 232, 2]).await;
+    expect_bye(&mut early, "bad_frame").await;
 
     // Signed in, data for no upload in progress (one just cancelled, say) is dropped.
     let mut conn = server.raw().await;

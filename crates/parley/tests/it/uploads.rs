@@ -166,6 +166,15 @@ async fn refused_uploads_leave_nothing_behind() {
         ErrorCode::BadPath,
     );
     assert_refused(
+        alice.upload(".PARLEY", "x", 1).await.map(drop),
+        ErrorCode::BadPath,
+    );
+    let long = "n".repeat(241);
+    assert_refused(
+        alice.upload("", &long, 1).await.map(drop),
+        ErrorCode::BadPath,
+    );
+    assert_refused(
         alice.upload("NoSuchFolder", "x", 1).await.map(drop),
         ErrorCode::NoSuchFile,
     );
@@ -408,4 +417,27 @@ async fn chat_stays_live_during_an_upload() {
     let (upload, ()) = tokio::join!(upload, chat);
     assert!(matches!(upload, Err(UploadError::Cancelled)), "{upload:?}");
     assert_eq!(staged(server.shared.path()), 0);
+}
+
+#[tokio::test]
+async fn uploads_in_progress_count_against_the_disk_reserve_together() {
+    let probe = tempfile::tempdir().unwrap();
+    let stats = nix::sys::statvfs::statvfs(probe.path()).unwrap();
+    let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
+    // Room for one 2 GiB upload above the reserve, not two (with 1 GiB of slack for whatever
+    // else writes to this disk meanwhile).
+    let server = TestServer::with_config(Config {
+        disk_reserve: free.saturating_sub(3 << 30),
+        max_upload: 4 << 30,
+        ..Config::default()
+    })
+    .await;
+    let (alice, _events) = server.join("alice").await;
+    let first = alice.upload("", "first.bin", 2 << 30).await.unwrap();
+    let second = alice.upload("", "second.bin", 2 << 30).await;
+    assert_refused(second.map(drop), ErrorCode::NoSpace);
+    // Once the first is gone, its share is free again.
+    alice.cancel(first.info.transfer).await.unwrap();
+    let third = alice.upload("", "third.bin", 2 << 30).await;
+    assert!(third.is_ok(), "{:?}", third.err());
 }
