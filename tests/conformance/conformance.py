@@ -1374,7 +1374,7 @@ def c_ping_payload(t):
 
 @check("frame.data_frame")
 def c_data(t):
-    # Data frames carry upload bytes (section 5.12). Before sign-in any is a violation; a data
+    # Data frames carry upload bytes (section 5.13). Before sign-in any is a violation; a data
     # frame too short for its transfer id is malformed; signed in, data for no upload in
     # progress is discarded and the connection stays usable.
     obs = t.login("ob")
@@ -1410,8 +1410,12 @@ def c_oversized(t):
         msg = c.bye["message"].replace(",", "").replace("_", "").replace(" ", "")
         expect("65536" in msg, "2.3", f"frame_too_large bye message does not name the limit 65,536: {c.bye['message']!r}")
     for kind, label in ((3, "ping"), (7, "unknown kind")):
+        # Before sign-in the largest frame is a control frame: any L over 65,536 is too large.
         with col.case():
-            bad_frame_pre(t, header(65537, kind), "bad_frame", "2.3", f"{label} with L = 65537")
+            bad_frame_pre(t, header(65537, kind), "frame_too_large", "2.3", f"{label} with L = 65537")
+        # Signed in, data frames make the largest 262,149, so the kind byte decides.
+        with col.case():
+            bad_frame_signed_in(t, obs, header(65537, kind), "bad_frame", "2.3", f"{label} with L = 65537")
     with col.case():
         bad_frame_signed_in(t, obs, header(65537, 1), "frame_too_large", "2.3", "control frame L = 65537")
     col.done()
