@@ -37,7 +37,8 @@ MAX_TEXT = 4096  # §5.1, §11
 MAX_ROOMS = 32  # §5.5, §11
 HANDSHAKE_TIMEOUT = 10.0  # §4.5
 U64_MAX = 18446744073709551615  # §3.1
-REQUEST_TYPES = ("hello", "say", "msg", "join", "part", "rooms", "users", "quit")  # §3.2
+REQUEST_TYPES = ("hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list",
+                 "download", "cancel", "upload", "finish")  # §3.2
 
 # Documented field order of everything the server writes (§3.1: "fields in the order shown").
 ORDER_OK = ["type", "id", "result"]
