@@ -357,3 +357,77 @@ pub fn signal(pid: u32, signal: &str) {
     let signal: Signal = format!("SIG{signal}").parse().expect("a signal name");
     kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("the signal was sent");
 }
+
+/// Chat to and from a busy client, measured: the worst delay from the server accepting a message
+/// to `busy` receiving it, and the median and worst round trip of `busy`'s own messages.
+pub struct ChatLatency {
+    pub worst_delivery: Duration,
+    pub median_round_trip: Duration,
+    pub worst_round_trip: Duration,
+}
+
+impl ChatLatency {
+    /// 40 exchanges between `other` and `busy`, 10 ms apart; `what` names the situation in the
+    /// printed record. Fails if any message took half a second.
+    pub async fn measure(
+        what: &str,
+        busy: &Client,
+        busy_events: &mut Events,
+        other: &Client,
+    ) -> ChatLatency {
+        use parley_proto::request::Say;
+        use std::time::{Instant, SystemTime, UNIX_EPOCH};
+        let say = |text: String| Say {
+            room: "lobby".into(),
+            text,
+        };
+        let mut worst_delivery = Duration::ZERO;
+        let mut round_trips = Vec::new();
+        for i in 0..40 {
+            other
+                .call(say(format!("to the busy one {i}")))
+                .await
+                .unwrap();
+            let message = wait_for(busy_events, |e| match e {
+                ClientEvent::Server(Event::Message(m)) => Some(m.clone()),
+                _ => None,
+            })
+            .await;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            worst_delivery =
+                worst_delivery.max(Duration::from_millis(now.saturating_sub(message.ts)));
+            let sent = Instant::now();
+            busy.call(say(format!("from the busy one {i}")))
+                .await
+                .unwrap();
+            round_trips.push(sent.elapsed());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        round_trips.sort();
+        let latency = ChatLatency {
+            worst_delivery,
+            median_round_trip: round_trips[round_trips.len() / 2],
+            worst_round_trip: *round_trips.last().unwrap(),
+        };
+        // For the record; docs/benchmarks.md will track this properly.
+        eprintln!(
+            "chat during {what}: delivery worst {:?}; request round trip median {:?}, worst {:?}",
+            latency.worst_delivery, latency.median_round_trip, latency.worst_round_trip
+        );
+        let limit = Duration::from_millis(500);
+        assert!(
+            latency.worst_delivery < limit,
+            "a message took {:?} to arrive",
+            latency.worst_delivery
+        );
+        assert!(
+            latency.worst_round_trip < limit,
+            "a request took {:?}",
+            latency.worst_round_trip
+        );
+        latency
+    }
+}
