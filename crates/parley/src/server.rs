@@ -49,6 +49,9 @@ pub struct Args {
     /// Free disk space uploads may not eat into.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
     disk_reserve: u64,
+    /// Accept uploads whose names start with '.' (hidden files).
+    #[arg(long)]
+    allow_hidden_uploads: bool,
     /// Seconds of silence (N) after which a client is pinged; it is dropped after 3N+1 seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive: u64,
@@ -77,6 +80,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         shared_dir: args.shared_dir,
         max_upload: args.max_upload,
         disk_reserve: args.disk_reserve,
+        allow_hidden_uploads: args.allow_hidden_uploads,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

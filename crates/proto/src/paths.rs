@@ -41,8 +41,8 @@ pub enum PathError {
     /// A file name held a `/`.
     #[error("a file name cannot contain '/'")]
     NotAName,
-    /// A new file's name starts with a dot.
-    #[error("a shared file's name cannot start with '.'")]
+    /// A new file's name starts with a dot (and the server does not take hidden files).
+    #[error("a shared file's name cannot start with '.' on this server")]
     Hidden,
 }
 
@@ -80,15 +80,16 @@ pub fn split(path: &str) -> Result<Vec<&str>, PathError> {
     Ok(names)
 }
 
-/// Checks a name for a new file (an upload): a single plain name, not hidden.
-pub fn check_file_name(name: &str) -> Result<(), PathError> {
+/// Checks a name for a new file (an upload): a single plain name, and not hidden (starting
+/// with `.`) unless `allow_hidden`. Parley's own `.parley` is never allowed.
+pub fn check_file_name(name: &str, allow_hidden: bool) -> Result<(), PathError> {
     let names = split(name)?;
     match names.as_slice() {
         [only] if *only == name => {}
         [] => return Err(PathError::Empty),
         _ => return Err(PathError::NotAName),
     }
-    if name.starts_with('.') {
+    if name.starts_with('.') && (!allow_hidden || name.eq_ignore_ascii_case(".parley")) {
         return Err(PathError::Hidden);
     }
     if name.len() > MAX_NEW_NAME_BYTES {
@@ -115,17 +116,19 @@ mod tests {
 
     #[test]
     fn new_file_names_are_plain() {
-        assert_eq!(check_file_name("video1.mp4"), Ok(()));
-        assert_eq!(check_file_name("with space (2).txt"), Ok(()));
-        assert_eq!(check_file_name(""), Err(PathError::Empty));
-        assert_eq!(check_file_name("a/b"), Err(PathError::NotAName));
-        assert_eq!(check_file_name("a/"), Err(PathError::NotAName));
-        assert_eq!(check_file_name(".."), Err(PathError::Dots));
-        assert_eq!(check_file_name(".bashrc"), Err(PathError::Hidden));
-        assert_eq!(check_file_name(&"n".repeat(240)), Ok(()));
-        assert_eq!(check_file_name(&"n".repeat(241)), Err(PathError::TooLong));
+        assert_eq!(check_file_name("video1.mp4", false), Ok(()));
+        assert_eq!(check_file_name("with space (2).txt", false), Ok(()));
+        assert_eq!(check_file_name("", false), Err(PathError::Empty));
+        assert_eq!(check_file_name("a/b", false), Err(PathError::NotAName));
+        assert_eq!(check_file_name("a/", false), Err(PathError::NotAName));
+        assert_eq!(check_file_name("..", false), Err(PathError::Dots));
+        assert_eq!(check_file_name(".bashrc", false), Err(PathError::Hidden));
+        assert_eq!(check_file_name(".bashrc", true), Ok(()));
+        assert_eq!(check_file_name(".Parley", true), Err(PathError::Hidden));
+        assert_eq!(check_file_name(&"n".repeat(240), false), Ok(()));
+        assert_eq!(check_file_name(&"n".repeat(241), false), Err(PathError::TooLong));
         assert_eq!(
-            check_file_name("evil\u{1b}[2J"),
+            check_file_name("evil\u{1b}[2J", false),
             Err(PathError::ControlChar)
         );
     }

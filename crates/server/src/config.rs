@@ -27,6 +27,8 @@ pub struct Config {
     /// Free disk space an upload may not eat into, in bytes: the server refuses uploads that
     /// would leave less than this on the shared folder's file system.
     pub disk_reserve: u64,
+    /// Whether uploads may have names starting with `.` (hidden files on Unix).
+    pub allow_hidden_uploads: bool,
 }
 
 impl Default for Config {
@@ -41,6 +43,7 @@ impl Default for Config {
             shared_dir: PathBuf::from("SharedFiles"),
             max_upload: 4 << 30,
             disk_reserve: 1 << 30,
+            allow_hidden_uploads: false,
         }
     }
 }

@@ -472,7 +472,8 @@ impl Session<'_> {
     /// Checks an `upload` and prepares its staged file.
     async fn upload(&mut self, upload: request::Upload) -> Result<(), Refusal> {
         self.transfers.check_new(upload.transfer)?;
-        paths::check_file_name(&upload.name).map_err(|err| Refusal {
+        let allow_hidden = self.ctx.config.allow_hidden_uploads;
+        paths::check_file_name(&upload.name, allow_hidden).map_err(|err| Refusal {
             code: ErrorCode::BadPath,
             message: format!("The name {:?} is not allowed: {err}.", upload.name),
         })?;

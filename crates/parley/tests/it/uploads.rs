@@ -193,6 +193,22 @@ async fn refused_uploads_leave_nothing_behind() {
         share(&carol, &local.path().join("small.bin"), "").await,
         ErrorCode::NoSpace,
     );
+
+    // A server may take hidden files, though never its own folder's name.
+    let lenient = TestServer::with_config(Config {
+        allow_hidden_uploads: true,
+        ..Config::default()
+    })
+    .await;
+    let (dave, _events) = lenient.join("dave").await;
+    let shared = share(&dave, &local.path().join(".hidden"), "")
+        .await
+        .unwrap();
+    assert_eq!(shared.uploaded.path, ".hidden");
+    assert_refused(
+        dave.upload("", ".parley", 1).await.map(drop),
+        ErrorCode::BadPath,
+    );
 }
 
 #[tokio::test]
