@@ -126,7 +126,10 @@ mod tests {
         assert_eq!(check_file_name(".bashrc", true), Ok(()));
         assert_eq!(check_file_name(".Parley", true), Err(PathError::Hidden));
         assert_eq!(check_file_name(&"n".repeat(240), false), Ok(()));
-        assert_eq!(check_file_name(&"n".repeat(241), false), Err(PathError::TooLong));
+        assert_eq!(
+            check_file_name(&"n".repeat(241), false),
+            Err(PathError::TooLong)
+        );
         assert_eq!(
             check_file_name("evil\u{1b}[2J", false),
             Err(PathError::ControlChar)
