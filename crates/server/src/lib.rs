@@ -9,6 +9,7 @@ mod files;
 mod hub;
 mod outbox;
 mod session;
+pub mod store;
 mod transfer;
 mod writer;
 

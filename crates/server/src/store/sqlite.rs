@@ -1,0 +1,310 @@
+//! The embedded store: one SQLite database file in the data folder, in WAL mode.
+//!
+//! Schema changes are numbered migrations applied in order at open, tracked by SQLite's
+//! `user_version`. Full-text search uses an FTS5 index kept in step by a trigger.
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use super::{Store, StoreError, Stored, Thread};
+
+/// Each migration takes the schema from its index to the next version.
+const MIGRATIONS: &[&str] = &[
+    // 1: messages, their indexes and the full-text index.
+    "CREATE TABLE messages (
+        id INTEGER PRIMARY KEY,
+        ts INTEGER NOT NULL,
+        room TEXT,
+        sender TEXT NOT NULL,
+        sender_key TEXT NOT NULL,
+        recipient TEXT,
+        recipient_key TEXT,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX messages_by_room ON messages (room, id);
+    CREATE INDEX messages_by_pair ON messages (sender_key, recipient_key, id);
+    CREATE VIRTUAL TABLE messages_text USING fts5 (text, content = 'messages', content_rowid = 'id');
+    CREATE TRIGGER messages_indexed AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_text (rowid, text) VALUES (new.id, new.text);
+    END;",
+];
+
+/// The SQLite store. One connection behind a std mutex: every call is a short, blocking
+/// database operation made from a blocking thread, never from the async runtime.
+pub struct SqliteStore {
+    db: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let mut db = Connection::open(path).map_err(StoreError::new)?;
+        // WAL: readers do not block the writer. synchronous=NORMAL in WAL mode keeps every
+        // committed transaction through a crash of the process (kill -9); only a power loss
+        // can take the last few, which FULL would keep at the cost of an fsync per commit.
+        db.pragma_update(None, "journal_mode", "WAL")
+            .map_err(StoreError::new)?;
+        db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::new)?;
+        migrate(&mut db)?;
+        Ok(Self { db: Mutex::new(db) })
+    }
+}
+
+fn migrate(db: &mut Connection) -> Result<(), StoreError> {
+    let version = db
+        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
+        .map_err(StoreError::new)? as usize;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::new(format!(
+            "the database is at schema version {version}, newer than this server knows ({}); \
+             upgrade the server",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
+        let tx = db.transaction().map_err(StoreError::new)?;
+        tx.execute_batch(migration).map_err(StoreError::new)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)
+            .map_err(StoreError::new)?;
+        tx.commit().map_err(StoreError::new)?;
+    }
+    Ok(())
+}
+
+fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
+    Ok(Stored {
+        id: row.get::<_, i64>(0)? as u64,
+        ts: row.get::<_, i64>(1)? as u64,
+        room: row.get(2)?,
+        from: row.get(3)?,
+        to: row.get(4)?,
+        text: row.get(5)?,
+    })
+}
+
+const COLUMNS: &str = "id, ts, room, sender, recipient, text";
+
+impl Store for SqliteStore {
+    fn last_id(&self) -> Result<u64, StoreError> {
+        let db = self.db.lock().unwrap();
+        let id: Option<i64> = db
+            .query_row("SELECT max(id) FROM messages", [], |row| row.get(0))
+            .optional()
+            .map_err(StoreError::new)?
+            .flatten();
+        Ok(id.unwrap_or(0) as u64)
+    }
+
+    fn append(&self, messages: &[Stored]) -> Result<(), StoreError> {
+        let mut db = self.db.lock().unwrap();
+        let tx = db.transaction().map_err(StoreError::new)?;
+        {
+            let mut insert = tx
+                .prepare_cached(
+                    "INSERT INTO messages (id, ts, room, sender, sender_key, recipient, \
+                     recipient_key, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                )
+                .map_err(StoreError::new)?;
+            for m in messages {
+                insert
+                    .execute(params![
+                        m.id as i64,
+                        m.ts as i64,
+                        m.room,
+                        m.from,
+                        m.from.to_ascii_lowercase(),
+                        m.to,
+                        m.to.as_ref().map(|to| to.to_ascii_lowercase()),
+                        m.text,
+                    ])
+                    .map_err(StoreError::new)?;
+            }
+        }
+        tx.commit().map_err(StoreError::new)
+    }
+
+    fn history(
+        &self,
+        thread: &Thread,
+        before: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        let db = self.db.lock().unwrap();
+        let before = before.map_or(i64::MAX, |id| id as i64);
+        let limit = limit as i64;
+        let mut rows = match thread {
+            Thread::Room(room) => {
+                let mut query = db
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND id < ?2 \
+                         ORDER BY id DESC LIMIT ?3"
+                    ))
+                    .map_err(StoreError::new)?;
+                query
+                    .query_map(params![room, before, limit], stored)
+                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            }
+            Thread::Private(a, b) => {
+                let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                let mut query = db
+                    .prepare_cached(&format!(
+                        "SELECT {COLUMNS} FROM messages WHERE id < ?3 AND \
+                         ((sender_key = ?1 AND recipient_key = ?2) OR \
+                          (sender_key = ?2 AND recipient_key = ?1)) \
+                         ORDER BY id DESC LIMIT ?4"
+                    ))
+                    .map_err(StoreError::new)?;
+                query
+                    .query_map(params![a, b, before, limit], stored)
+                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            }
+        }
+        .map_err(StoreError::new)?;
+        rows.reverse();
+        Ok(rows)
+    }
+
+    fn search(
+        &self,
+        user: &str,
+        rooms: &[String],
+        words: &str,
+        limit: usize,
+    ) -> Result<Vec<Stored>, StoreError> {
+        // Each word becomes a quoted FTS5 string, so punctuation and FTS operators in what
+        // people type are searched for, never interpreted.
+        let query: Vec<String> = words
+            .split_whitespace()
+            .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
+            .collect();
+        if query.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rooms = serde_json::to_string(rooms).expect("names serialize");
+        let db = self.db.lock().unwrap();
+        let mut statement = db
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM messages WHERE id IN \
+                 (SELECT rowid FROM messages_text WHERE messages_text MATCH ?1) AND \
+                 (room IN (SELECT value FROM json_each(?2)) OR sender_key = ?3 OR recipient_key = ?3) \
+                 ORDER BY id DESC LIMIT ?4"
+            ))
+            .map_err(StoreError::new)?;
+        statement
+            .query_map(
+                params![
+                    query.join(" "),
+                    rooms,
+                    user.to_ascii_lowercase(),
+                    limit as i64
+                ],
+                stored,
+            )
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(StoreError::new)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(id: u64, room: Option<&str>, from: &str, to: Option<&str>, text: &str) -> Stored {
+        Stored {
+            id,
+            ts: 1000 + id,
+            room: room.map(str::to_owned),
+            from: from.to_owned(),
+            to: to.map(str::to_owned),
+            text: text.to_owned(),
+        }
+    }
+
+    fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("test.db")).unwrap();
+        (dir, store)
+    }
+
+    #[test]
+    fn history_pages_back_oldest_first() {
+        let (_dir, store) = store();
+        assert_eq!(store.last_id().unwrap(), 0);
+        let messages: Vec<Stored> = (1..=10)
+            .map(|id| message(id, Some("lobby"), "alice", None, &format!("m{id}")))
+            .collect();
+        store.append(&messages).unwrap();
+        store
+            .append(&[message(11, Some("rust"), "bob", None, "elsewhere")])
+            .unwrap();
+        assert_eq!(store.last_id().unwrap(), 11);
+        let lobby = Thread::Room("lobby".into());
+        let last3 = store.history(&lobby, None, 3).unwrap();
+        assert_eq!(last3.iter().map(|m| m.id).collect::<Vec<_>>(), [8, 9, 10]);
+        let before = store.history(&lobby, Some(8), 3).unwrap();
+        assert_eq!(before.iter().map(|m| m.id).collect::<Vec<_>>(), [5, 6, 7]);
+        assert_eq!(before[0], messages[4]);
+    }
+
+    #[test]
+    fn private_history_is_between_two_people_only() {
+        let (_dir, store) = store();
+        store
+            .append(&[
+                message(1, None, "Alice", Some("bob"), "hi bob"),
+                message(2, None, "bob", Some("alice"), "hi alice"),
+                message(3, None, "carol", Some("bob"), "not for alice"),
+                message(4, Some("lobby"), "alice", None, "public"),
+            ])
+            .unwrap();
+        let pair = Thread::Private("ALICE".into(), "Bob".into());
+        let texts: Vec<String> = store
+            .history(&pair, None, 10)
+            .unwrap()
+            .into_iter()
+            .map(|m| m.text)
+            .collect();
+        assert_eq!(texts, ["hi bob", "hi alice"]);
+    }
+
+    #[test]
+    fn search_finds_only_what_the_user_may_see() {
+        let (_dir, store) = store();
+        store
+            .append(&[
+                message(1, Some("lobby"), "alice", None, "the deploy is done"),
+                message(2, Some("secret"), "bob", None, "deploy keys rotated"),
+                message(3, None, "bob", Some("carol"), "deploy tonight?"),
+                message(4, None, "bob", Some("dave"), "deploy tonight, dave?"),
+                message(5, Some("lobby"), "alice", None, "lunch"),
+                message(6, Some("lobby"), "eve", None, "\"deploy\" OR NOT x*"),
+            ])
+            .unwrap();
+        let found = store
+            .search("Carol", &["lobby".into()], "deploy", 10)
+            .unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [6, 3, 1]);
+        let found = store
+            .search("carol", &["lobby".into()], "deploy done", 10)
+            .unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
+        // Operators are searched for, not obeyed.
+        assert!(store.search("carol", &[], "OR NOT", 10).unwrap().is_empty());
+        assert!(store.search("carol", &[], "   ", 10).unwrap().is_empty());
+    }
+
+    #[test]
+    fn reopening_keeps_everything_and_migrates_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        SqliteStore::open(&path)
+            .unwrap()
+            .append(&[message(1, Some("lobby"), "alice", None, "kept")])
+            .unwrap();
+        let again = SqliteStore::open(&path).unwrap();
+        assert_eq!(again.last_id().unwrap(), 1);
+    }
+}
