@@ -32,6 +32,15 @@ pub enum Command {
     Files(Option<String>),
     /// `/download <path>`, `DOWNLOAD::<path>`.
     Download(String),
+    /// `/history [n]` (the current room) or `/history @user [n]`: page back through history.
+    History {
+        /// The other person, for a private conversation.
+        with: Option<String>,
+        /// How many messages.
+        count: Option<usize>,
+    },
+    /// `/search <words>`: find past messages.
+    Search(String),
     /// `/transfers`: list transfers in progress.
     Transfers,
     /// `/cancel <id>`: stop a transfer.
@@ -65,6 +74,8 @@ const USAGE_JOIN: &str = "/join <room>";
 const USAGE_PART: &str = "/part [room]";
 const USAGE_DOWNLOAD: &str = "/download <path>  or  DOWNLOAD::<path>";
 const USAGE_UPLOAD: &str = "/upload <local path> [folder]";
+const USAGE_HISTORY: &str = "/history [count]  or  /history @<user> [count]";
+const USAGE_SEARCH: &str = "/search <words>";
 const USAGE_CANCEL: &str = "/cancel <transfer id>  (see /transfers)";
 
 /// Every command with all its forms, as `/help` prints it.
@@ -81,6 +92,9 @@ Commands (every form on a line works the same):
   /files [dir]                      list a shared folder;  also /file, ACCESS::[dir]
   /download <path>                  download a shared file;  also DOWNLOAD::<path>
   /upload <local path> [folder]     share a file
+  /history [n]                      older messages of your room (again: further back)
+  /history @<user> [n]              your private messages with someone
+  /search <words>                   find past messages you may see
   /transfers                        list downloads and uploads in progress
   /cancel <id>                      stop a transfer (its id is in /transfers)
   /help                             this list
@@ -169,6 +183,30 @@ fn parse_slash(rest: &str) -> Result<Command, ParseError> {
             .map(Command::Download)
             .ok_or(ParseError::Usage(USAGE_DOWNLOAD)),
         "transfers" => Ok(Command::Transfers),
+        "search" => arg()
+            .map(Command::Search)
+            .ok_or(ParseError::Usage(USAGE_SEARCH)),
+        "history" => {
+            let mut words = args.split_whitespace();
+            let mut with = None;
+            let mut next = words.next();
+            if let Some(user) = next.and_then(|w| w.strip_prefix('@')) {
+                with = word(user);
+                if with.is_none() {
+                    return Err(ParseError::Usage(USAGE_HISTORY));
+                }
+                next = words.next();
+            }
+            let count = match next.map(str::parse::<usize>) {
+                None => None,
+                Some(Ok(count)) if count > 0 => Some(count),
+                Some(_) => return Err(ParseError::Usage(USAGE_HISTORY)),
+            };
+            if words.next().is_some() {
+                return Err(ParseError::Usage(USAGE_HISTORY));
+            }
+            Ok(Command::History { with, count })
+        }
         "cancel" => args
             .trim()
             .parse()
@@ -300,6 +338,35 @@ mod tests {
         );
         assert_eq!(usage("/upload"), USAGE_UPLOAD);
         assert_eq!(ok("/transfers"), Command::Transfers);
+        assert_eq!(
+            ok("/history"),
+            Command::History {
+                with: None,
+                count: None
+            }
+        );
+        assert_eq!(
+            ok("/history 5"),
+            Command::History {
+                with: None,
+                count: Some(5)
+            }
+        );
+        assert_eq!(
+            ok("/history @bob 3"),
+            Command::History {
+                with: Some("bob".into()),
+                count: Some(3)
+            }
+        );
+        assert_eq!(usage("/history x"), USAGE_HISTORY);
+        assert_eq!(usage("/history 0"), USAGE_HISTORY);
+        assert_eq!(usage("/history @"), USAGE_HISTORY);
+        assert_eq!(
+            ok("/search deploy keys"),
+            Command::Search("deploy keys".into())
+        );
+        assert_eq!(usage("/search"), USAGE_SEARCH);
         assert_eq!(ok("/cancel 3"), Command::Cancel(3));
         assert_eq!(usage("/cancel"), USAGE_CANCEL);
         assert_eq!(usage("/cancel x"), USAGE_CANCEL);

@@ -5,7 +5,7 @@
 use std::borrow::Cow;
 use std::fmt::Write;
 
-use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage};
+use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage, Stored};
 
 /// Makes `text` safe to print: control characters become visible caret notation (`ESC` is
 /// `^[`, a newline `^J`), and C1 controls, bidirectional overrides and line separators become
@@ -78,8 +78,30 @@ pub fn event_line(event: &Event) -> Option<String> {
             sanitize(&shared.path),
             format_size(shared.size)
         ),
+        // Several lines, each marked as history.
+        Event::Backlog(backlog) => {
+            let mut lines = vec![format!(
+                "-- the last {} messages of #{} --",
+                backlog.messages.len(),
+                sanitize(&backlog.room)
+            )];
+            lines.extend(backlog.messages.iter().map(stored_line));
+            lines.join("\n")
+        }
         Event::Bye(_) | Event::TransferEnd(_) => return None,
     })
+}
+
+/// A stored message, marked as history with its date so it is not mistaken for a new one.
+pub fn stored_line(message: &Stored) -> String {
+    let when = format_time(message.ts);
+    let from = sanitize(&message.from);
+    let text = sanitize(&message.text);
+    match (&message.room, &message.to) {
+        (Some(room), _) => format!("history {when} [#{}] {from}: {text}", sanitize(room)),
+        (None, Some(to)) => format!("history {when} [private {from} to {}] {text}", sanitize(to)),
+        (None, None) => format!("history {when} {from}: {text}"),
+    }
 }
 
 /// A room message line, the same for one's own confirmed messages and others'.

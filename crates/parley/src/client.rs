@@ -6,6 +6,7 @@
 //! Exit codes: 0 after quitting, 1 when connecting or signing in failed, 2 for usage mistakes,
 //! 3 when the server closed the connection or it was lost.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -15,12 +16,13 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client::command::{self, Command, HELP};
 use parley_client::display::{
-    event_line, format_size, listing_lines, message_line, names, sanitize,
+    event_line, format_size, listing_lines, message_line, names, sanitize, stored_line,
 };
 use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
 use parley_proto::ErrorCode;
+use parley_proto::event::Event;
 use parley_proto::names::canonical_room;
-use parley_proto::request::{Join, List, Msg, Part, Rooms, Say, Users};
+use parley_proto::request::{History, Join, List, Msg, Part, Rooms, Say, Search, Users};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::server::DEFAULT_PORT;
@@ -109,6 +111,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         download_dir,
         transfers: Arc::default(),
         screen: Screen::stdout(),
+        oldest: HashMap::new(),
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -139,6 +142,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(outcome) = in_flight.next() => session.settle(outcome),
             event = events.recv() => match event {
                 Some(ClientEvent::Server(event)) => {
+                    if let Event::Backlog(backlog) = &event
+                        && let Some(first) = backlog.messages.first()
+                    {
+                        session.note_oldest(thread_key(Some(&backlog.room), None), first.id);
+                    }
                     if let Some(line) = event_line(&event) {
                         session.screen.line(&line);
                     }
@@ -190,12 +198,16 @@ struct LineSession {
     transfers: Table,
     /// Where everything is printed, above any progress bars.
     screen: Screen,
+    /// The oldest message shown of each conversation, by [`thread_key`].
+    oldest: HashMap<String, u64>,
 }
 
 /// What a finished request has to show, and the room it failed to join, if any.
 struct Outcome {
     lines: Vec<String>,
     failed_join: Option<String>,
+    /// For history: the conversation paged and the oldest message id now shown of it.
+    paged: Option<(String, u64)>,
 }
 
 impl Outcome {
@@ -203,6 +215,7 @@ impl Outcome {
         Self {
             lines,
             failed_join: None,
+            paged: None,
         }
     }
 }
@@ -276,8 +289,8 @@ impl LineSession {
                             names(&joined.members)
                         )]),
                         Err(err) => Outcome {
-                            lines: vec![failure(err)],
                             failed_join: Some(room),
+                            ..Outcome::lines(vec![failure(err)])
                         },
                     }
                 })
@@ -344,6 +357,55 @@ impl LineSession {
                     Outcome::lines(vec![line])
                 })
             }
+            Command::History { with, count } => {
+                let room = if with.is_none() {
+                    match self.current_room() {
+                        Some(room) => Some(room.clone()),
+                        None => {
+                            return ready(vec![
+                                "! You are not in any room; /join one first.".into(),
+                            ]);
+                        }
+                    }
+                } else {
+                    None
+                };
+                let key = thread_key(room.as_deref(), with.as_deref());
+                let before = self.oldest.get(&key).copied();
+                let request = History {
+                    room,
+                    with,
+                    before,
+                    limit: count.unwrap_or(20),
+                };
+                Box::pin(async move {
+                    match client.call(request).await {
+                        Ok(found) if found.messages.is_empty() => {
+                            Outcome::lines(vec!["No older messages.".into()])
+                        }
+                        Ok(found) => Outcome {
+                            paged: found.messages.first().map(|m| (key, m.id)),
+                            ..Outcome::lines(found.messages.iter().map(stored_line).collect())
+                        },
+                        Err(err) => Outcome::lines(vec![failure(err)]),
+                    }
+                })
+            }
+            Command::Search(words) => Box::pin(async move {
+                let request = Search { words, limit: 50 };
+                Outcome::lines(match client.call(request).await {
+                    Ok(found) if found.messages.is_empty() => vec!["No messages found.".into()],
+                    Ok(found) => {
+                        let mut lines = vec![format!(
+                            "Found {} messages, newest first:",
+                            found.messages.len()
+                        )];
+                        lines.extend(found.messages.iter().map(stored_line));
+                        lines
+                    }
+                    Err(err) => vec![failure(err)],
+                })
+            }),
             Command::Transfers => {
                 let transfers = self.transfers.lock().unwrap();
                 if transfers.is_empty() {
@@ -402,6 +464,24 @@ impl LineSession {
         if let Some(room) = outcome.failed_join {
             self.rooms.retain(|r| *r != room);
         }
+        if let Some((thread, oldest)) = outcome.paged {
+            self.note_oldest(thread, oldest);
+        }
+    }
+
+    /// Remembers the oldest message shown of a conversation, where `/history` continues.
+    fn note_oldest(&mut self, thread: String, id: u64) {
+        let oldest = self.oldest.entry(thread).or_insert(id);
+        *oldest = (*oldest).min(id);
+    }
+}
+
+/// The key of a conversation for paging: `#room` or `@user` (lower case).
+fn thread_key(room: Option<&str>, with: Option<&str>) -> String {
+    match (with, room) {
+        (Some(user), _) => format!("@{}", user.to_ascii_lowercase()),
+        (None, Some(room)) => format!("#{room}"),
+        (None, None) => String::new(),
     }
 }
 

@@ -49,6 +49,12 @@ pub struct Args {
     /// Free disk space uploads may not eat into.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
     disk_reserve: u64,
+    /// Where the server keeps its data (the message database), created if missing.
+    #[arg(long, default_value = "parley-data", value_name = "DIR")]
+    data_dir: PathBuf,
+    /// How many of a room's last messages a client is shown on entering it.
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    backlog: usize,
     /// Accept uploads whose names start with '.' (hidden files).
     #[arg(long)]
     allow_hidden_uploads: bool,
@@ -81,6 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_upload: args.max_upload,
         disk_reserve: args.disk_reserve,
         allow_hidden_uploads: args.allow_hidden_uploads,
+        data_dir: args.data_dir,
+        backlog: args.backlog,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

@@ -53,6 +53,8 @@ pub enum ErrorCode {
     NoSpace,
     /// An upload's data does not match its size or hash; it was discarded.
     ChecksumMismatch,
+    /// The server could not store or read messages.
+    StorageFailed,
     /// A frame could not be decoded. Closes the connection.
     BadFrame,
     /// A frame was longer than the limit. Closes the connection.
@@ -94,6 +96,7 @@ impl ErrorCode {
             Self::FileTooLarge => "file_too_large",
             Self::NoSpace => "no_space",
             Self::ChecksumMismatch => "checksum_mismatch",
+            Self::StorageFailed => "storage_failed",
             Self::BadFrame => "bad_frame",
             Self::FrameTooLarge => "frame_too_large",
             Self::TooSlow => "too_slow",
@@ -140,6 +143,7 @@ mod tests {
             FileTooLarge,
             NoSpace,
             ChecksumMismatch,
+            StorageFailed,
             BadFrame,
             FrameTooLarge,
             TooSlow,

@@ -22,6 +22,37 @@ pub enum Event {
     TransferEnd(TransferEnd),
     /// Someone shared a file (sent to everyone online but the uploader).
     Shared(Shared),
+    /// The last messages of a room, sent after signing in and after joining it: history, not
+    /// new messages.
+    Backlog(Backlog),
+}
+
+/// Stored messages of a room, delivered as history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Backlog {
+    /// The room.
+    pub room: String,
+    /// Its last messages, oldest first.
+    pub messages: Vec<Stored>,
+}
+
+/// A stored message: a room message (`room` set) or a private one (`to` set).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stored {
+    /// The server's id for the message.
+    pub id: u64,
+    /// When the server accepted it, in milliseconds since the Unix epoch.
+    pub ts: u64,
+    /// The room, for a room message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// The sender.
+    pub from: String,
+    /// The recipient, for a private message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    /// The message.
+    pub text: String,
 }
 
 /// A file was added to the shared folder.

@@ -33,3 +33,6 @@ pub const MAX_ROOMS_PER_USER: usize = 32;
 
 /// Longest client software description in `hello`, in bytes.
 pub const MAX_CLIENT_DESCRIPTION: usize = 128;
+
+/// Most stored messages one `history` or `search` reply carries.
+pub const MAX_HISTORY: usize = 500;

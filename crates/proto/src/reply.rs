@@ -5,7 +5,9 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::event::{Bye, Departure, Event, Presence, Private, RoomMessage, Shared, TransferEnd};
+use crate::event::{
+    Backlog, Bye, Departure, Event, Presence, Private, RoomMessage, Shared, TransferEnd,
+};
 use crate::frame::control_frame;
 use crate::{ErrorCode, request::Call};
 
@@ -74,6 +76,7 @@ impl ServerMessage {
             Bye(Bye),
             TransferEnd(TransferEnd),
             Shared(Shared),
+            Backlog(Backlog),
             #[serde(other)]
             Unknown,
         }
@@ -89,6 +92,7 @@ impl ServerMessage {
             Wire::Bye(m) => ServerMessage::Event(Event::Bye(m)),
             Wire::TransferEnd(m) => ServerMessage::Event(Event::TransferEnd(m)),
             Wire::Shared(m) => ServerMessage::Event(Event::Shared(m)),
+            Wire::Backlog(m) => ServerMessage::Event(Event::Backlog(m)),
             Wire::Unknown => ServerMessage::Unknown,
         })
     }

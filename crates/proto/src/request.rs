@@ -49,6 +49,10 @@ pub enum RequestBody {
     Upload(Upload),
     /// Conclude an upload: all its data was sent.
     Finish(Finish),
+    /// Page back through stored messages.
+    History(History),
+    /// Find stored messages by their words.
+    Search(Search),
 }
 
 /// A request kind and the `result` of its `ok` reply.
@@ -129,7 +133,7 @@ impl Request {
 /// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
     "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list", "download", "cancel",
-    "upload", "finish",
+    "upload", "finish", "history", "search",
 ];
 
 macro_rules! call {
@@ -418,6 +422,41 @@ pub struct Uploaded {
     pub size: u64,
 }
 
+/// `history`: stored messages of a room the client is in, or the private messages between
+/// the client and `with`; older than `before` if given; the newest `limit` of those.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct History {
+    /// The room (ignored when `with` is given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
+    /// The other person of a private conversation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub with: Option<String>,
+    /// Only messages with ids below this one: to page further back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<u64>,
+    /// How many, at most [`crate::limits::MAX_HISTORY`].
+    pub limit: usize,
+}
+call!(History => Messages);
+
+/// `search`: stored messages the client may see that contain all of `words`, newest first.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Search {
+    /// The words, separated by spaces.
+    pub words: String,
+    /// How many, at most [`crate::limits::MAX_HISTORY`].
+    pub limit: usize,
+}
+call!(Search => Messages);
+
+/// The result of `history` (oldest first) and `search` (newest first).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Messages {
+    /// The messages.
+    pub messages: Vec<crate::event::Stored>,
+}
+
 /// The result of requests that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -507,29 +546,39 @@ mod tests {
                 blake3: text(),
             }
             .into(),
+            History::default().into(),
+            Search::default().into(),
         ];
-        assert_eq!(bodies.len(), KNOWN_TYPES.len());
-        for body in bodies {
-            let json = serde_json::to_value(&body).unwrap();
+        // The match is exhaustive and numbers every kind: a new kind needs an arm here, and
+        // then a sample above, or `seen` is not all true.
+        let mut seen = [false; 15];
+        for body in &bodies {
+            let json = serde_json::to_value(body).unwrap();
             let kind = json["type"].as_str().unwrap().to_owned();
             assert!(KNOWN_TYPES.contains(&kind.as_str()), "{kind} missing");
-            // And the match in this test is exhaustive, so a new kind must be added here.
-            match body {
-                RequestBody::Hello(_)
-                | RequestBody::Say(_)
-                | RequestBody::Msg(_)
-                | RequestBody::Join(_)
-                | RequestBody::Part(_)
-                | RequestBody::Rooms(_)
-                | RequestBody::Users(_)
-                | RequestBody::Quit(_)
-                | RequestBody::List(_)
-                | RequestBody::Download(_)
-                | RequestBody::Cancel(_)
-                | RequestBody::Upload(_)
-                | RequestBody::Finish(_) => {}
-            }
+            seen[match body {
+                RequestBody::Hello(_) => 0,
+                RequestBody::Say(_) => 1,
+                RequestBody::Msg(_) => 2,
+                RequestBody::Join(_) => 3,
+                RequestBody::Part(_) => 4,
+                RequestBody::Rooms(_) => 5,
+                RequestBody::Users(_) => 6,
+                RequestBody::Quit(_) => 7,
+                RequestBody::List(_) => 8,
+                RequestBody::Download(_) => 9,
+                RequestBody::Cancel(_) => 10,
+                RequestBody::Upload(_) => 11,
+                RequestBody::Finish(_) => 12,
+                RequestBody::History(_) => 13,
+                RequestBody::Search(_) => 14,
+            }] = true;
         }
+        assert!(
+            seen.iter().all(|seen| *seen),
+            "a request kind has no sample"
+        );
+        assert_eq!(KNOWN_TYPES.len(), seen.len(), "KNOWN_TYPES misses a kind");
     }
 
     #[test]

@@ -29,6 +29,10 @@ pub struct Config {
     pub disk_reserve: u64,
     /// Whether uploads may have names starting with `.` (hidden files on Unix).
     pub allow_hidden_uploads: bool,
+    /// The folder holding the server's own data (the message database); created if missing.
+    pub data_dir: PathBuf,
+    /// How many of a room's last messages a client is shown on entering it.
+    pub backlog: usize,
 }
 
 impl Default for Config {
@@ -44,6 +48,8 @@ impl Default for Config {
             max_upload: 4 << 30,
             disk_reserve: 1 << 30,
             allow_hidden_uploads: false,
+            data_dir: PathBuf::from("parley-data"),
+            backlog: 50,
         }
     }
 }

@@ -19,6 +19,8 @@ use parley_proto::request::{Joined, RoomInfo, Sent};
 use parley_proto::{DEFAULT_ROOM, ErrorCode};
 
 use crate::outbox::Outbox;
+use crate::recorder::{Receipt, Recorder};
+use crate::store::Stored;
 
 /// Identifies one signed-in session inside the hub.
 pub(crate) type SessionId = u64;
@@ -38,10 +40,10 @@ fn refuse(code: ErrorCode, message: impl Into<String>) -> Refusal {
     }
 }
 
-#[derive(Default)]
 pub(crate) struct Hub {
     state: Mutex<State>,
     next_message_id: AtomicU64,
+    recorder: Recorder,
 }
 
 #[derive(Default)]
@@ -108,6 +110,15 @@ impl State {
 }
 
 impl Hub {
+    /// A hub whose message ids continue after `last_id` and whose messages go to `recorder`.
+    pub(crate) fn new(last_id: u64, recorder: Recorder) -> Self {
+        Self {
+            state: Mutex::default(),
+            next_message_id: AtomicU64::new(last_id),
+            recorder,
+        }
+    }
+
     /// Signs `name` in: claims the name, places the session in the default room, queues the
     /// reply built by `welcome` (given everyone online) and tells the room. The reply is queued
     /// under the lock so that it reaches the client before any event does.
@@ -172,8 +183,14 @@ impl Hub {
         }
     }
 
-    /// Sends `text` from `id` to everyone else in `room`.
-    pub(crate) fn say(&self, id: SessionId, room: &str, text: String) -> Result<Sent, Refusal> {
+    /// Sends `text` from `id` to everyone else in `room`, and hands it to the recorder: the
+    /// receipt says when it is stored.
+    pub(crate) fn say(
+        &self,
+        id: SessionId,
+        room: &str,
+        text: String,
+    ) -> Result<(Sent, Receipt), Refusal> {
         check_text(&text)?;
         let room = checked_room(room)?;
         let state = self.state.lock().unwrap();
@@ -186,23 +203,40 @@ impl Hub {
         }
         // Stamped under the lock, so ids and times grow in the order messages are delivered.
         let (message_id, ts) = self.stamp();
-        let event = Event::Message(RoomMessage {
+        let message = RoomMessage {
             id: message_id,
             ts,
             room: room.clone(),
             from: member.name.clone(),
             text,
-        });
-        state.broadcast(&room, &event_frame(&event), id);
-        Ok(Sent {
+        };
+        state.broadcast(&room, &event_frame(&Event::Message(message.clone())), id);
+        // Recorded under the lock too, so messages reach the store in id order.
+        let receipt = self.recorder.record(Stored {
             id: message_id,
             ts,
-            to: room,
-        })
+            room: Some(message.room),
+            from: message.from,
+            to: None,
+            text: message.text,
+        });
+        Ok((
+            Sent {
+                id: message_id,
+                ts,
+                to: room,
+            },
+            receipt,
+        ))
     }
 
-    /// Sends `text` from `id` to the user named `to` only.
-    pub(crate) fn msg(&self, id: SessionId, to: &str, text: String) -> Result<Sent, Refusal> {
+    /// Sends `text` from `id` to the user named `to` only, and hands it to the recorder.
+    pub(crate) fn msg(
+        &self,
+        id: SessionId,
+        to: &str,
+        text: String,
+    ) -> Result<(Sent, Receipt), Refusal> {
         check_text(&text)?;
         let state = self.state.lock().unwrap();
         let Some(recipient) = state.names.get(&fold(to)).map(|r| &state.members[r]) else {
@@ -212,19 +246,40 @@ impl Hub {
             ));
         };
         let (message_id, ts) = self.stamp();
-        let event = Event::Private(Private {
+        let message = Private {
             id: message_id,
             ts,
             from: state.members[&id].name.clone(),
             to: recipient.name.clone(),
             text,
-        });
-        recipient.outbox.push(event_frame(&event));
-        Ok(Sent {
+        };
+        recipient
+            .outbox
+            .push(event_frame(&Event::Private(message.clone())));
+        let receipt = self.recorder.record(Stored {
             id: message_id,
             ts,
-            to: recipient.name.clone(),
-        })
+            room: None,
+            from: message.from,
+            to: Some(message.to.clone()),
+            text: message.text,
+        });
+        let sent = Sent {
+            id: message_id,
+            ts,
+            to: message.to,
+        };
+        Ok((sent, receipt))
+    }
+
+    /// The rooms `id` is in.
+    pub(crate) fn rooms_of(&self, id: SessionId) -> Vec<String> {
+        let state = self.state.lock().unwrap();
+        state
+            .members
+            .get(&id)
+            .map(|member| member.rooms.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Puts `id` in `room`, creating it if needed, and tells the others there. The reply built

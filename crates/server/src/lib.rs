@@ -8,6 +8,7 @@ mod config;
 mod files;
 mod hub;
 mod outbox;
+mod recorder;
 mod session;
 pub mod store;
 mod transfer;
@@ -30,7 +31,10 @@ use tracing::{info, warn};
 
 pub use config::Config;
 
+use hub::Hub;
+use recorder::Recorder;
 use session::Context;
+use store::{SqliteStore, Store};
 
 /// After an accept error (typically the process is out of file descriptors), wait this long
 /// before trying again instead of spinning.
@@ -54,8 +58,13 @@ pub async fn serve(
             ),
         )
     })?;
+    let store = open_store(&config.data_dir)?;
+    let last_id = store.last_id().map_err(std::io::Error::other)?;
+    let (recorder, recording) = Recorder::start(store.clone())?;
+    let hub = Hub::new(last_id, recorder);
     info!("sharing the folder {}", config.shared_dir.display());
-    let ctx = Arc::new(Context::new(config, shared, shutdown.clone()));
+    info!("keeping data in {}", config.data_dir.display());
+    let ctx = Arc::new(Context::new(config, hub, store, shared, shutdown.clone()));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     loop {
@@ -92,7 +101,26 @@ pub async fn serve(
     if timeout(grace, tracker.wait()).await.is_err() {
         warn!("some connections did not close within {grace:?}; exiting anyway");
     }
+    // The recorder stores what it was handed, then ends once the hub (in `ctx`) is gone.
+    drop(ctx);
+    let finished = tokio::task::spawn_blocking(move || recording.join());
+    if timeout(grace, finished).await.is_err() {
+        warn!("the message store did not finish within {grace:?}; exiting anyway");
+    }
     Ok(())
+}
+
+/// Opens the message database in `data_dir`, creating both if missing.
+fn open_store(data_dir: &std::path::Path) -> std::io::Result<Arc<dyn Store>> {
+    let cannot = |err: &dyn std::fmt::Display| {
+        std::io::Error::other(format!(
+            "cannot open the database in {}: {err}",
+            data_dir.display()
+        ))
+    };
+    std::fs::create_dir_all(data_dir).map_err(|err| cannot(&err))?;
+    let store = SqliteStore::open(&data_dir.join("parley.db")).map_err(|err| cannot(&err))?;
+    Ok(Arc::new(store))
 }
 
 /// Unsent bytes the kernel may hold per connection before the writer is told to wait. Without

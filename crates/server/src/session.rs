@@ -15,26 +15,28 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_proto::SUPPORTED_VERSIONS;
-use parley_proto::event::{Bye, Event, PartReason};
+use parley_proto::event::{Backlog, Bye, Event, PartReason};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
 use parley_proto::limits::{
-    MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_TEXT_BYTES, SERVER_MAX_CONTROL_FRAME,
+    MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_HISTORY, MAX_TEXT_BYTES, SERVER_MAX_CONTROL_FRAME,
 };
 use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
-use parley_proto::request::{self, Empty, Hello, RoomList, UserList, Welcome};
+use parley_proto::request::{self, Empty, Hello, Messages, RoomList, UserList, Welcome};
+use parley_proto::{DEFAULT_ROOM, SUPPORTED_VERSIONS};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Outbox};
+use crate::recorder::Receipt;
+use crate::store::{Store, StoreError, Stored, Thread};
 use crate::transfer::{self, Transfers};
 use crate::writer;
 
@@ -48,6 +50,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// What every session shares.
 pub(crate) struct Context {
     pub(crate) hub: Hub,
+    pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Arc<SharedFolder>,
     pub(crate) config: Config,
     pub(crate) shutdown: CancellationToken,
@@ -55,9 +58,16 @@ pub(crate) struct Context {
 }
 
 impl Context {
-    pub(crate) fn new(config: Config, shared: SharedFolder, shutdown: CancellationToken) -> Self {
+    pub(crate) fn new(
+        config: Config,
+        hub: Hub,
+        store: Arc<dyn Store>,
+        shared: SharedFolder,
+        shutdown: CancellationToken,
+    ) -> Self {
         Self {
-            hub: Hub::default(),
+            hub,
+            store,
             shared: Arc::new(shared),
             config,
             shutdown,
@@ -285,6 +295,7 @@ impl Session<'_> {
                 alarm
                     .as_mut()
                     .reset(self.last_heard + config.keepalive_interval);
+                self.send_backlog(DEFAULT_ROOM.to_owned()).await;
             }
         }
     }
@@ -340,18 +351,40 @@ impl Session<'_> {
                 code: ErrorCode::AlreadySignedIn,
                 message: "This connection is already signed in.".into(),
             }),
-            RequestBody::Say(say) => hub
-                .say(self.id, &say.room, say.text)
-                .map(|sent| ok_frame::<request::Say>(id, &sent)),
-            RequestBody::Msg(msg) => hub
-                .msg(self.id, &msg.to, msg.text)
-                .map(|sent| ok_frame::<request::Msg>(id, &sent)),
+            // Delivered at once; confirmed to the sender only once stored.
+            RequestBody::Say(say) => match hub.say(self.id, &say.room, say.text) {
+                Ok((sent, receipt)) => stored(receipt)
+                    .await
+                    .map(|()| ok_frame::<request::Say>(id, &sent)),
+                Err(refusal) => Err(refusal),
+            },
+            RequestBody::Msg(msg) => match hub.msg(self.id, &msg.to, msg.text) {
+                Ok((sent, receipt)) => stored(receipt)
+                    .await
+                    .map(|()| ok_frame::<request::Msg>(id, &sent)),
+                Err(refusal) => Err(refusal),
+            },
+            RequestBody::History(history) => self
+                .history(history)
+                .await
+                .map(|messages| ok_frame::<request::History>(id, &Messages { messages })),
+            RequestBody::Search(search) => self
+                .search(search)
+                .await
+                .map(|messages| ok_frame::<request::Search>(id, &Messages { messages })),
             RequestBody::Join(join) => {
                 // The hub queues the reply itself, ahead of the room's next event.
+                let mut room = None;
                 match hub.join(self.id, &join.room, |joined| {
+                    room = Some(joined.room.clone());
                     ok_frame::<request::Join>(id, joined)
                 }) {
-                    Ok(()) => return None,
+                    Ok(()) => {
+                        if let Some(room) = room {
+                            self.send_backlog(room).await;
+                        }
+                        return None;
+                    }
                     Err(refusal) => Err(refusal),
                 }
             }
@@ -431,6 +464,62 @@ impl Session<'_> {
         self.outbox
             .push(reply.unwrap_or_else(|refusal| error_frame(id, refusal.code, &refusal.message)));
         None
+    }
+
+    /// Sends the last messages of `room` as a `backlog` event, if there are any.
+    async fn send_backlog(&mut self, room: String) {
+        let count = self.ctx.config.backlog;
+        if count == 0 {
+            return;
+        }
+        let store = self.ctx.store.clone();
+        let thread = Thread::Room(room.clone());
+        let read = tokio::task::spawn_blocking(move || store.history(&thread, None, count)).await;
+        match read {
+            Ok(Ok(messages)) if !messages.is_empty() => {
+                let backlog = Event::Backlog(Backlog { room, messages });
+                self.outbox.push(event_frame(&backlog));
+            }
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => warn!("reading the backlog of #{room} failed: {err}"),
+            Err(err) => warn!("reading the backlog of #{room} failed: {err}"),
+        }
+    }
+
+    /// Stored messages of a room the client is in, or of its private conversation with someone.
+    async fn history(&self, history: request::History) -> Result<Vec<Stored>, Refusal> {
+        let me = self.name.clone().unwrap_or_default();
+        let thread = match (history.with, history.room) {
+            (Some(with), _) => Thread::Private(me, with),
+            (None, Some(room)) => {
+                let room = parley_proto::names::canonical_room(&room);
+                if !self.ctx.hub.rooms_of(self.id).contains(&room) {
+                    return Err(Refusal {
+                        code: ErrorCode::NotInRoom,
+                        message: format!("You are not in #{room}; /join it to read its history."),
+                    });
+                }
+                Thread::Room(room)
+            }
+            (None, None) => {
+                return Err(Refusal {
+                    code: ErrorCode::BadRequest,
+                    message: "Name a room or a user whose history to read.".into(),
+                });
+            }
+        };
+        let limit = history.limit.clamp(1, MAX_HISTORY);
+        let store = self.ctx.store.clone();
+        read(move || store.history(&thread, history.before, limit)).await
+    }
+
+    /// Stored messages the client may see (its rooms' and its private ones) with all `words`.
+    async fn search(&self, search: request::Search) -> Result<Vec<Stored>, Refusal> {
+        let me = self.name.clone().unwrap_or_default();
+        let rooms = self.ctx.hub.rooms_of(self.id);
+        let limit = search.limit.clamp(1, MAX_HISTORY);
+        let store = self.ctx.store.clone();
+        read(move || store.search(&me, &rooms, &search.words, limit)).await
     }
 
     /// Opens the file a `download` asks for and says what will come.
@@ -629,6 +718,41 @@ impl Session<'_> {
             }
             Err(refusal) => refuse(refusal.code, refusal.message),
         }
+    }
+}
+
+/// Waits for a message to be stored; the sender's confirmation depends on it.
+async fn stored(receipt: Receipt) -> Result<(), Refusal> {
+    match receipt.await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(reason)) => Err(storage_failed(reason)),
+        Err(_) => Err(storage_failed("the recorder stopped".into())),
+    }
+}
+
+fn storage_failed(reason: String) -> Refusal {
+    Refusal {
+        code: ErrorCode::StorageFailed,
+        message: format!(
+            "The server delivered your message but could not store it ({reason}); it may be missing from history."
+        ),
+    }
+}
+
+/// Runs a store read on the blocking pool.
+async fn read<T: Send + 'static>(
+    query: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, Refusal> {
+    match tokio::task::spawn_blocking(query).await {
+        Ok(Ok(found)) => Ok(found),
+        Ok(Err(err)) => Err(Refusal {
+            code: ErrorCode::StorageFailed,
+            message: format!("Reading the history failed: {err}."),
+        }),
+        Err(err) => Err(Refusal {
+            code: ErrorCode::StorageFailed,
+            message: format!("Reading the history failed: {err}."),
+        }),
     }
 }
 

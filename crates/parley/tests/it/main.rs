@@ -9,6 +9,7 @@ mod conformance;
 mod downloads;
 mod files;
 mod frames;
+mod history;
 mod leaving;
 mod names;
 mod private;

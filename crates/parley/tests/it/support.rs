@@ -32,6 +32,8 @@ pub struct TestServer {
     pub shutdown: CancellationToken,
     pub task: JoinHandle<std::io::Result<()>>,
     pub shared: TempDir,
+    /// The server's data folder, removed with it.
+    _data: TempDir,
 }
 
 impl TestServer {
@@ -39,12 +41,14 @@ impl TestServer {
         Self::with_config(Config::default()).await
     }
 
-    /// Starts a server with `config`, whatever its `shared_dir`: each test shares its own
-    /// temporary folder.
+    /// Starts a server with `config`, whatever its `shared_dir` and `data_dir`: each test has
+    /// its own temporary folders.
     pub async fn with_config(config: Config) -> Self {
         let shared = tempfile::tempdir().unwrap();
+        let data = tempfile::tempdir().unwrap();
         let config = Config {
             shared_dir: shared.path().to_owned(),
+            data_dir: data.path().to_owned(),
             ..config
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -56,6 +60,7 @@ impl TestServer {
             shutdown,
             task,
             shared,
+            _data: data,
         }
     }
 

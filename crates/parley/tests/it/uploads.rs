@@ -114,8 +114,10 @@ async fn the_record_of_who_shared_what_survives_a_restart() {
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let data = tempfile::tempdir().unwrap();
     let config = Config {
         shared_dir,
+        data_dir: data.path().to_owned(),
         ..Config::default()
     };
     tokio::spawn(parley_server::serve(listener, config, Default::default()));
@@ -268,8 +270,10 @@ async fn leftovers_of_a_crash_are_cleared_on_start() {
     .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let data = tempfile::tempdir().unwrap();
     let config = Config {
         shared_dir: shared.path().to_owned(),
+        data_dir: data.path().to_owned(),
         ..Config::default()
     };
     tokio::spawn(parley_server::serve(listener, config, Default::default()));

@@ -5,22 +5,7 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
-/// A message as stored: a room message (`room` set) or a private one (`to` set).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// The server's id, unique and growing in delivery order.
-    pub id: u64,
-    /// Milliseconds since the Unix epoch.
-    pub ts: u64,
-    /// The room, for a room message.
-    pub room: Option<String>,
-    /// The sender's name.
-    pub from: String,
-    /// The recipient's name, for a private message.
-    pub to: Option<String>,
-    /// The text.
-    pub text: String,
-}
+pub use parley_proto::event::Stored;
 
 /// A storage failure, for the log and for the user's error reply.
 #[derive(Debug, thiserror::Error)]

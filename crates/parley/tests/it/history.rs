@@ -1,0 +1,279 @@
+//! History: every message is stored before its sender is told it was sent, so it survives a
+//! crash; a room's last messages greet whoever enters it, marked as history; older ones can be
+//! paged through and searched, but only by those who may see them.
+
+use parley_client::{Client, ClientEvent, ConnectOptions, Events};
+use parley_proto::event::{Backlog, Event};
+use parley_proto::request::{History, Join, Msg, Say, Search};
+
+use crate::support::*;
+
+async fn say(client: &Client, room: &str, text: &str) {
+    client
+        .call(Say {
+            room: room.into(),
+            text: text.into(),
+        })
+        .await
+        .unwrap();
+}
+
+async fn backlog(events: &mut Events) -> Backlog {
+    wait_for(events, |e| match e {
+        ClientEvent::Server(Event::Backlog(b)) => Some(b.clone()),
+        _ => None,
+    })
+    .await
+}
+
+fn texts(messages: &[parley_proto::event::Stored]) -> Vec<&str> {
+    messages.iter().map(|m| m.text.as_str()).collect()
+}
+
+#[tokio::test]
+async fn acknowledged_messages_survive_kill_9_and_a_restart() {
+    let (server, addr) = Proc::server().await;
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "alice");
+    let (alice, _events) = Client::connect(&options).await.unwrap();
+    for i in 0..100 {
+        say(&alice, "lobby", &format!("message {i}")).await;
+    }
+    // Every one of them was acknowledged; now the server dies without a chance to flush.
+    signal(server.pid(), "KILL");
+    let Proc { mut child, dir, .. } = server;
+    let _ = child.wait().await;
+
+    let mut again = Proc::spawn_in(
+        dir,
+        &["server", "0", "--host", "127.0.0.1", "--backlog", "100"],
+    );
+    let line = again.expect_line(|l| l.contains("listening on")).await;
+    let addr: std::net::SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.parse().ok())
+        .unwrap();
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "bob");
+    let (_bob, mut bob_events) = Client::connect(&options).await.unwrap();
+    let backlog = backlog(&mut bob_events).await;
+    let expected: Vec<String> = (0..100).map(|i| format!("message {i}")).collect();
+    assert_eq!(texts(&backlog.messages), expected);
+    assert!(
+        backlog
+            .messages
+            .iter()
+            .all(|m| m.from == "alice" && m.room.as_deref() == Some("lobby"))
+    );
+
+    // New messages continue the ids after the stored ones.
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "carol");
+    let (carol, _events) = Client::connect(&options).await.unwrap();
+    let sent = carol
+        .call(Say {
+            room: "lobby".into(),
+            text: "after".into(),
+        })
+        .await
+        .unwrap();
+    assert!(sent.id > backlog.messages.last().unwrap().id);
+}
+
+#[tokio::test]
+async fn entering_a_room_shows_its_last_messages_as_history() {
+    let server = TestServer::with_config(Config {
+        backlog: 3,
+        ..Config::default()
+    })
+    .await;
+    let (alice, _alice_events) = server.join("alice").await;
+    alice
+        .call(Join {
+            room: "rust".into(),
+        })
+        .await
+        .unwrap();
+    for text in ["one", "two", "three", "four"] {
+        say(&alice, "lobby", text).await;
+    }
+    say(&alice, "rust", "borrowck").await;
+
+    let (bob, mut bob_events) = server.join("bob").await;
+    let lobby = backlog(&mut bob_events).await;
+    assert_eq!(
+        (lobby.room.as_str(), texts(&lobby.messages)),
+        ("lobby", vec!["two", "three", "four"])
+    );
+    bob.call(Join {
+        room: "rust".into(),
+    })
+    .await
+    .unwrap();
+    let rust = backlog(&mut bob_events).await;
+    assert_eq!(
+        (rust.room.as_str(), texts(&rust.messages)),
+        ("rust", vec!["borrowck"])
+    );
+
+    // A room without messages sends no backlog: the next event is a live message.
+    bob.call(Join {
+        room: "quiet".into(),
+    })
+    .await
+    .unwrap();
+    alice
+        .call(Join {
+            room: "quiet".into(),
+        })
+        .await
+        .unwrap();
+    say(&alice, "quiet", "first words").await;
+    let next = wait_for(&mut bob_events, |e| match e {
+        ClientEvent::Server(Event::Backlog(b)) => Some(format!("backlog {}", b.room)),
+        ClientEvent::Server(Event::Message(m)) => Some(format!("live {}", m.text)),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, "live first words");
+}
+
+#[tokio::test]
+async fn history_pages_back_and_private_history_stays_private() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (bob, _bob_events) = server.join("bob").await;
+    let (carol, _carol_events) = server.join("carol").await;
+    for i in 0..30 {
+        say(&alice, "lobby", &format!("m{i}")).await;
+    }
+    let page = |before| History {
+        room: Some("lobby".into()),
+        with: None,
+        before,
+        limit: 10,
+    };
+    let last = bob.call(page(None)).await.unwrap().messages;
+    assert_eq!(
+        texts(&last),
+        (20..30).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+    let earlier = bob.call(page(Some(last[0].id))).await.unwrap().messages;
+    assert_eq!(
+        texts(&earlier),
+        (10..20).map(|i| format!("m{i}")).collect::<Vec<_>>()
+    );
+
+    alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "just us".into(),
+        })
+        .await
+        .unwrap();
+    bob.call(Msg {
+        to: "alice".into(),
+        text: "indeed".into(),
+    })
+    .await
+    .unwrap();
+    carol
+        .call(Msg {
+            to: "bob".into(),
+            text: "hi bob".into(),
+        })
+        .await
+        .unwrap();
+    let with_alice = History {
+        room: None,
+        with: Some("ALICE".into()),
+        before: None,
+        limit: 10,
+    };
+    let private = bob.call(with_alice).await.unwrap().messages;
+    assert_eq!(texts(&private), ["just us", "indeed"]);
+    let carol_view = History {
+        room: None,
+        with: Some("alice".into()),
+        before: None,
+        limit: 10,
+    };
+    assert!(carol.call(carol_view).await.unwrap().messages.is_empty());
+
+    // A room one is not in stays closed.
+    alice
+        .call(Join {
+            room: "secret".into(),
+        })
+        .await
+        .unwrap();
+    say(&alice, "secret", "classified").await;
+    let peek = History {
+        room: Some("secret".into()),
+        with: None,
+        before: None,
+        limit: 10,
+    };
+    assert_refused(carol.call(peek).await, parley_proto::ErrorCode::NotInRoom);
+}
+
+#[tokio::test]
+async fn search_finds_only_what_the_user_may_see() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (bob, _bob_events) = server.join("bob").await;
+    let (carol, _carol_events) = server.join("carol").await;
+    say(&alice, "lobby", "the deploy went fine").await;
+    alice.call(Join { room: "ops".into() }).await.unwrap();
+    say(&alice, "ops", "deploy keys rotated").await;
+    alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "deploy again tonight?".into(),
+        })
+        .await
+        .unwrap();
+
+    let found = |words: &str| Search {
+        words: words.into(),
+        limit: 10,
+    };
+    let bobs = bob.call(found("deploy")).await.unwrap().messages;
+    assert_eq!(
+        texts(&bobs),
+        ["deploy again tonight?", "the deploy went fine"]
+    );
+    let carols = carol.call(found("deploy")).await.unwrap().messages;
+    assert_eq!(texts(&carols), ["the deploy went fine"]);
+    assert_eq!(
+        texts(&alice.call(found("keys deploy")).await.unwrap().messages),
+        ["deploy keys rotated"]
+    );
+}
+
+#[tokio::test]
+async fn the_line_client_shows_pages_and_searches_history() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    for i in 0..25 {
+        say(&alice, "lobby", &format!("old {i}")).await;
+    }
+    let mut bob = Proc::client("bob", server.addr).await;
+    bob.expect_line(|l| l == "-- the last 25 messages of #lobby --")
+        .await;
+    bob.expect_line(|l| l.starts_with("history ") && l.ends_with("[#lobby] alice: old 24"))
+        .await;
+    bob.send("/history 5").await;
+    bob.expect_line(|l| l.ends_with("No older messages.")).await;
+
+    let mut carol = Proc::spawn(&[
+        "client",
+        "carol",
+        "127.0.0.1",
+        &server.addr.port().to_string(),
+    ]);
+    carol.expect_line(|l| l.starts_with("Connected to")).await;
+    carol.expect_line(|l| l.ends_with("alice: old 24")).await;
+    bob.send("/search old 3").await;
+    bob.expect_line(|l| l == "Found 1 messages, newest first:")
+        .await;
+    bob.expect_line(|l| l.ends_with("[#lobby] alice: old 3"))
+        .await;
+}

@@ -1,0 +1,70 @@
+//! Group commit: messages are stored by one thread, many per transaction.
+//!
+//! The hub hands each message over as it delivers it (a non-blocking send, in id order) and
+//! gets a receipt. Delivery to the people online never waits for the disk; only the sender's
+//! confirmation does, and it waits for one commit shared by every message that arrived
+//! meanwhile, so the cost of syncing is paid once per batch, not once per message.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+
+use tokio::sync::oneshot;
+use tracing::error;
+
+use crate::store::{Store, Stored};
+
+/// Most messages in one transaction.
+const MAX_BATCH: usize = 512;
+
+/// Resolves once the message is stored (`Ok`) or could not be (`Err`, with the reason).
+pub(crate) type Receipt = oneshot::Receiver<Result<(), String>>;
+
+type Entry = (Stored, oneshot::Sender<Result<(), String>>);
+
+/// The hub's handle on the recording thread.
+pub(crate) struct Recorder {
+    queue: mpsc::Sender<Entry>,
+}
+
+impl Recorder {
+    /// Starts the recording thread; it ends, after storing everything handed to it, once the
+    /// recorder is dropped.
+    pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<(Recorder, JoinHandle<()>)> {
+        // Unbounded, yet bounded in practice: a sender waits for its receipt before its next
+        // message, so at most one message per connection is ever waiting here.
+        let (queue, incoming) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("parley-recorder".into())
+            .spawn(move || record(&*store, &incoming))?;
+        Ok((Recorder { queue }, thread))
+    }
+
+    /// Queues `message` for storing; never blocks.
+    pub(crate) fn record(&self, message: Stored) -> Receipt {
+        let (done, receipt) = oneshot::channel();
+        // If the thread is gone the receipt reports it: its sender is dropped with the entry.
+        let _ = self.queue.send((message, done));
+        receipt
+    }
+}
+
+fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>) {
+    while let Ok(first) = incoming.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match incoming.try_recv() {
+                Ok(entry) => batch.push(entry),
+                Err(_) => break,
+            }
+        }
+        let (messages, receipts): (Vec<Stored>, Vec<_>) = batch.into_iter().unzip();
+        let result = store.append(&messages).map_err(|err| {
+            error!("storing {} messages failed: {err}", messages.len());
+            err.to_string()
+        });
+        for receipt in receipts {
+            let _ = receipt.send(result.clone());
+        }
+    }
+}
