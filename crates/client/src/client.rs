@@ -53,6 +53,8 @@ pub struct ConnectOptions {
     pub name: String,
     /// How long connecting and signing in may take.
     pub timeout: Duration,
+    /// The password, for a registered name.
+    pub password: Option<String>,
 }
 
 impl ConnectOptions {
@@ -63,6 +65,7 @@ impl ConnectOptions {
             port,
             name: name.into(),
             timeout: Duration::from_secs(10),
+            password: None,
         }
     }
 
@@ -250,7 +253,12 @@ impl Client {
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(128 * 1024);
         tokio::time::timeout_at(
             deadline,
-            Self::sign_in(stream, &options.name, address.clone()),
+            Self::sign_in(
+                stream,
+                &options.name,
+                options.password.as_deref(),
+                address.clone(),
+            ),
         )
         .await
         .map_err(|_| timed_out())?
@@ -260,6 +268,7 @@ impl Client {
     pub async fn sign_in<S>(
         stream: S,
         name: &str,
+        password: Option<&str>,
         address: String,
     ) -> Result<(Client, Events), ConnectError>
     where
@@ -277,6 +286,7 @@ impl Client {
                 versions: SUPPORTED_VERSIONS.to_vec(),
                 name: name.to_owned(),
                 client: Some(concat!("parley/", env!("CARGO_PKG_VERSION")).to_owned()),
+                password: password.map(str::to_owned),
             }
             .into(),
         };

@@ -41,6 +41,10 @@ pub enum Command {
     },
     /// `/search <words>`: find past messages.
     Search(String),
+    /// `/register`: protect the current name with a password.
+    Register,
+    /// `/passwd`: change the password.
+    Passwd,
     /// `/transfers`: list transfers in progress.
     Transfers,
     /// `/cancel <id>`: stop a transfer.
@@ -95,6 +99,8 @@ Commands (every form on a line works the same):
   /history [n]                      older messages of your room (again: further back)
   /history @<user> [n]              your private messages with someone
   /search <words>                   find past messages you may see
+  /register                         protect your name with a password (asked for next)
+  /passwd                           change your password
   /transfers                        list downloads and uploads in progress
   /cancel <id>                      stop a transfer (its id is in /transfers)
   /help                             this list
@@ -183,6 +189,8 @@ fn parse_slash(rest: &str) -> Result<Command, ParseError> {
             .map(Command::Download)
             .ok_or(ParseError::Usage(USAGE_DOWNLOAD)),
         "transfers" => Ok(Command::Transfers),
+        "register" => Ok(Command::Register),
+        "passwd" | "password" => Ok(Command::Passwd),
         "search" => arg()
             .map(Command::Search)
             .ok_or(ParseError::Usage(USAGE_SEARCH)),

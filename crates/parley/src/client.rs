@@ -18,13 +18,16 @@ use parley_client::command::{self, Command, HELP};
 use parley_client::display::{
     event_line, format_size, listing_lines, message_line, names, sanitize, stored_line,
 };
-use parley_client::{Client, ClientEvent, Closed, ConnectOptions, RequestError};
+use parley_client::{Client, ClientEvent, Closed, ConnectError, ConnectOptions, RequestError};
 use parley_proto::ErrorCode;
 use parley_proto::event::Event;
 use parley_proto::names::canonical_room;
-use parley_proto::request::{History, Join, List, Msg, Part, Rooms, Say, Search, Users};
+use parley_proto::request::{
+    History, Join, List, Msg, Part, Passwd, Register, Rooms, Say, Search, Users,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
+use crate::secrets::{self, EchoOff};
 use crate::server::DEFAULT_PORT;
 use crate::transfers::{
     Screen, Table, download_with_progress, percent, saved_line, shared_line, upload_with_progress,
@@ -69,6 +72,10 @@ pub struct Args {
     /// Where downloads are saved [default: <USERNAME>Files in the current directory].
     #[arg(long, value_name = "DIR")]
     download_dir: Option<PathBuf>,
+    /// Read the password (for a registered name) from this file's first line; PARLEY_PASSWORD
+    /// works too, and at a terminal it is asked for when needed.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
     /// Line mode: plain lines in and out (the only mode for now, and always used when
     /// stdin or stdout is not a terminal).
     #[arg(long)]
@@ -88,7 +95,27 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         timeout: Duration::from_secs(args.connect_timeout),
         ..ConnectOptions::new(host, port, args.username)
     };
-    let (client, mut events) = match Client::connect(&options).await {
+    let configured_password = secrets::configured(args.password_file.as_deref())?;
+    let mut options = ConnectOptions {
+        password: configured_password.clone(),
+        ..options
+    };
+    let mut connected = Client::connect(&options).await;
+    // A registered name and no password given: ask, at a terminal, and try once more.
+    if let Err(ConnectError::Refused {
+        code: ErrorCode::AuthFailed,
+        ..
+    }) = &connected
+        && options.password.is_none()
+        && secrets::interactive()
+    {
+        options.password = Some(secrets::prompt(&format!(
+            "Password for {}: ",
+            options.name
+        ))?);
+        connected = Client::connect(&options).await;
+    }
+    let (client, mut events) = match connected {
         Ok(connected) => connected,
         Err(err) => {
             eprintln!("parley: {}", sanitize(&err.to_string()));
@@ -112,6 +139,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         transfers: Arc::default(),
         screen: Screen::stdout(),
         oldest: HashMap::new(),
+        configured_password,
+        secret: None,
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -124,6 +153,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         tokio::select! {
             line = input.next_line(), if !quitting => {
+                if let (Some(_), Ok(Some(answer))) = (&session.secret, &line) {
+                    if let Some(request) = session.answer_secret(answer.clone()) {
+                        in_flight.push(request);
+                    }
+                    continue;
+                }
                 let command = match line {
                     Ok(Some(line)) => command::parse(&line),
                     // End of input (or unreadable input) means quit.
@@ -200,6 +235,22 @@ struct LineSession {
     screen: Screen,
     /// The oldest message shown of each conversation, by [`thread_key`].
     oldest: HashMap<String, u64>,
+    /// The password given by file or environment, for `/register` and `/passwd` without a
+    /// terminal.
+    configured_password: Option<String>,
+    /// A password being typed (echo off) for `/register` or `/passwd`.
+    secret: Option<(SecretPrompt, EchoOff)>,
+}
+
+/// Where a password dialogue is: the next input line answers its question.
+enum SecretPrompt {
+    Register {
+        first: Option<String>,
+    },
+    Passwd {
+        old: Option<String>,
+        new: Option<String>,
+    },
 }
 
 /// What a finished request has to show, and the room it failed to join, if any.
@@ -406,6 +457,37 @@ impl LineSession {
                     Err(err) => vec![failure(err)],
                 })
             }),
+            Command::Register => {
+                if secrets::interactive() {
+                    return self.ask_secret(SecretPrompt::Register { first: None });
+                }
+                match self.configured_password.clone() {
+                    Some(password) => register(client, password),
+                    None => ready(vec![format!(
+                        "! Not at a terminal: give the password in {} or --password-file.",
+                        secrets::PASSWORD_VAR
+                    )]),
+                }
+            }
+            Command::Passwd => {
+                if secrets::interactive() {
+                    return self.ask_secret(SecretPrompt::Passwd {
+                        old: None,
+                        new: None,
+                    });
+                }
+                match (
+                    self.configured_password.clone(),
+                    std::env::var(secrets::NEW_PASSWORD_VAR),
+                ) {
+                    (Some(old), Ok(new)) => passwd(client, old, new),
+                    _ => ready(vec![format!(
+                        "! Not at a terminal: give the current password in {} (or --password-file) and the new one in {}.",
+                        secrets::PASSWORD_VAR,
+                        secrets::NEW_PASSWORD_VAR
+                    )]),
+                }
+            }
             Command::Transfers => {
                 let transfers = self.transfers.lock().unwrap();
                 if transfers.is_empty() {
@@ -469,6 +551,74 @@ impl LineSession {
         }
     }
 
+    /// Starts a password dialogue: echo off, the first question asked.
+    fn ask_secret(&mut self, prompt: SecretPrompt) -> BoxFuture<'static, Outcome> {
+        let question = match prompt {
+            SecretPrompt::Register { .. } => "Choose a password: ",
+            SecretPrompt::Passwd { .. } => "Current password: ",
+        };
+        self.secret = Some((prompt, EchoOff::new()));
+        print!("{question}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        ready(Vec::new())
+    }
+
+    /// Takes one typed answer of a password dialogue; returns the request once all are in.
+    fn answer_secret(&mut self, answer: String) -> Option<BoxFuture<'static, Outcome>> {
+        let (prompt, echo) = self.secret.take()?;
+        let client = self.client.clone();
+        let next = match prompt {
+            SecretPrompt::Register { first: None } => (
+                SecretPrompt::Register {
+                    first: Some(answer),
+                },
+                "Repeat it: ",
+            ),
+            SecretPrompt::Passwd { old: None, .. } => (
+                SecretPrompt::Passwd {
+                    old: Some(answer),
+                    new: None,
+                },
+                "New password: ",
+            ),
+            SecretPrompt::Passwd {
+                old: Some(old),
+                new: None,
+            } => (
+                SecretPrompt::Passwd {
+                    old: Some(old),
+                    new: Some(answer),
+                },
+                "Repeat it: ",
+            ),
+            SecretPrompt::Register { first: Some(first) } => {
+                drop(echo);
+                if first != answer {
+                    return Some(ready(vec![
+                        "! The passwords differ; nothing changed.".into(),
+                    ]));
+                }
+                return Some(register(client, first));
+            }
+            SecretPrompt::Passwd {
+                old: Some(old),
+                new: Some(new),
+            } => {
+                drop(echo);
+                if new != answer {
+                    return Some(ready(vec![
+                        "! The passwords differ; nothing changed.".into(),
+                    ]));
+                }
+                return Some(passwd(client, old, new));
+            }
+        };
+        self.secret = Some((next.0, echo));
+        print!("{}", next.1);
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        None
+    }
+
     /// Remembers the oldest message shown of a conversation, where `/history` continues.
     fn note_oldest(&mut self, thread: String, id: u64) {
         let oldest = self.oldest.entry(thread).or_insert(id);
@@ -483,6 +633,28 @@ fn thread_key(room: Option<&str>, with: Option<&str>) -> String {
         (None, Some(room)) => format!("#{room}"),
         (None, None) => String::new(),
     }
+}
+
+fn register(client: Client, password: String) -> BoxFuture<'static, Outcome> {
+    Box::pin(async move {
+        let name = client.welcome().name.clone();
+        Outcome::lines(vec![match client.call(Register { password }).await {
+            Ok(_) => format!(
+                "Registered {}: from now on this name needs its password.",
+                sanitize(&name)
+            ),
+            Err(err) => failure(err),
+        }])
+    })
+}
+
+fn passwd(client: Client, old: String, new: String) -> BoxFuture<'static, Outcome> {
+    Box::pin(async move {
+        Outcome::lines(vec![match client.call(Passwd { old, new }).await {
+            Ok(_) => "Password changed.".into(),
+            Err(err) => failure(err),
+        }])
+    })
 }
 
 fn ready(lines: Vec<String>) -> BoxFuture<'static, Outcome> {

@@ -4,8 +4,10 @@
 //! report (a usage message, exit 2); every other failure is one sentence on stderr and a
 //! non-zero exit, never a backtrace.
 
+mod admin;
 mod client;
 mod oneshot;
+mod secrets;
 mod server;
 mod transfers;
 
@@ -34,6 +36,9 @@ enum Command {
     Download(oneshot::DownloadArgs),
     /// Share a local file, then exit (for scripts).
     Upload(oneshot::UploadArgs),
+    /// Manage accounts (works while the server runs or is stopped).
+    #[command(subcommand)]
+    Admin(admin::Command),
 }
 
 fn main() -> ExitCode {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
             Command::Files(args) => oneshot::files(args).await,
             Command::Download(args) => oneshot::download(args).await,
             Command::Upload(args) => oneshot::upload(args).await,
+            Command::Admin(command) => admin::run(command),
         }
     });
     // Do not wait for the thread blocked reading stdin: the client may end because the server

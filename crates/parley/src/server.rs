@@ -55,6 +55,9 @@ pub struct Args {
     /// How many of a room's last messages a client is shown on entering it.
     #[arg(long, default_value_t = 50, value_name = "N")]
     backlog: usize,
+    /// Accept registered names only: no guests.
+    #[arg(long)]
+    require_account: bool,
     /// Accept uploads whose names start with '.' (hidden files).
     #[arg(long)]
     allow_hidden_uploads: bool,
@@ -89,6 +92,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         allow_hidden_uploads: args.allow_hidden_uploads,
         data_dir: args.data_dir,
         backlog: args.backlog,
+        require_account: args.require_account,
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

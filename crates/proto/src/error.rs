@@ -55,6 +55,14 @@ pub enum ErrorCode {
     ChecksumMismatch,
     /// The server could not store or read messages.
     StorageFailed,
+    /// The name is registered and the password is missing or wrong. Closes the connection.
+    AuthFailed,
+    /// The server accepts registered names only. Closes the connection.
+    AccountRequired,
+    /// The name is registered already.
+    AlreadyRegistered,
+    /// The password is too short or too long.
+    WeakPassword,
     /// A frame could not be decoded. Closes the connection.
     BadFrame,
     /// A frame was longer than the limit. Closes the connection.
@@ -97,6 +105,10 @@ impl ErrorCode {
             Self::NoSpace => "no_space",
             Self::ChecksumMismatch => "checksum_mismatch",
             Self::StorageFailed => "storage_failed",
+            Self::AuthFailed => "auth_failed",
+            Self::AccountRequired => "account_required",
+            Self::AlreadyRegistered => "already_registered",
+            Self::WeakPassword => "weak_password",
             Self::BadFrame => "bad_frame",
             Self::FrameTooLarge => "frame_too_large",
             Self::TooSlow => "too_slow",
@@ -144,6 +156,10 @@ mod tests {
             NoSpace,
             ChecksumMismatch,
             StorageFailed,
+            AuthFailed,
+            AccountRequired,
+            AlreadyRegistered,
+            WeakPassword,
             BadFrame,
             FrameTooLarge,
             TooSlow,

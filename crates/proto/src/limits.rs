@@ -36,3 +36,9 @@ pub const MAX_CLIENT_DESCRIPTION: usize = 128;
 
 /// Most stored messages one `history` or `search` reply carries.
 pub const MAX_HISTORY: usize = 500;
+
+/// Shortest password an account may have, in characters.
+pub const MIN_PASSWORD_CHARS: usize = 8;
+
+/// Longest password, in bytes: hashing is deliberately costly, so its input is bounded.
+pub const MAX_PASSWORD_BYTES: usize = 1024;

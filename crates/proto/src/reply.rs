@@ -158,6 +158,7 @@ mod tests {
             id: 9,
             ts: 1_700_000_000_000,
             to: "lobby".into(),
+            queued: false,
         };
         let json = payload(ok_frame::<Say>(4, &sent));
         assert_eq!(

@@ -53,6 +53,10 @@ pub enum RequestBody {
     History(History),
     /// Find stored messages by their words.
     Search(Search),
+    /// Make the signed-in name an account with a password.
+    Register(Register),
+    /// Change the account's password.
+    Passwd(Passwd),
 }
 
 /// A request kind and the `result` of its `ok` reply.
@@ -133,7 +137,7 @@ impl Request {
 /// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
     "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list", "download", "cancel",
-    "upload", "finish", "history", "search",
+    "upload", "finish", "history", "search", "register", "passwd",
 ];
 
 macro_rules! call {
@@ -159,6 +163,9 @@ pub struct Hello {
     /// Free text naming the client software, for the server's log.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client: Option<String>,
+    /// The password, for a registered name (ignored for a guest name).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
 }
 call!(Hello => Welcome);
 
@@ -202,6 +209,10 @@ pub struct Sent {
     pub ts: u64,
     /// For `msg`, the recipient's name as the server spells it; for `say`, the room.
     pub to: String,
+    /// For `msg` to a registered user who is offline: the message is kept and delivered when
+    /// they next sign in.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub queued: bool,
 }
 
 /// `msg`: send `text` privately to the user `to`.
@@ -457,6 +468,25 @@ pub struct Messages {
     pub messages: Vec<crate::event::Stored>,
 }
 
+/// `register`: make the name this connection signed in with an account, protected by
+/// `password` from then on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    /// The password: at least [`crate::limits::MIN_PASSWORD_CHARS`] characters.
+    pub password: String,
+}
+call!(Register => Empty);
+
+/// `passwd`: change the signed-in account's password.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Passwd {
+    /// The current password.
+    pub old: String,
+    /// The new one.
+    pub new: String,
+}
+call!(Passwd => Empty);
+
 /// The result of requests that return nothing.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Empty {}
@@ -490,6 +520,7 @@ mod tests {
                 versions: vec![1],
                 name: "alice".into(),
                 client: None,
+                password: None,
             }
             .into(),
         };
@@ -509,6 +540,7 @@ mod tests {
                 versions: vec![1],
                 name: text(),
                 client: None,
+                password: None,
             }
             .into(),
             Say {
@@ -548,10 +580,12 @@ mod tests {
             .into(),
             History::default().into(),
             Search::default().into(),
+            Register::default().into(),
+            Passwd::default().into(),
         ];
         // The match is exhaustive and numbers every kind: a new kind needs an arm here, and
         // then a sample above, or `seen` is not all true.
-        let mut seen = [false; 15];
+        let mut seen = [false; 17];
         for body in &bodies {
             let json = serde_json::to_value(body).unwrap();
             let kind = json["type"].as_str().unwrap().to_owned();
@@ -572,6 +606,8 @@ mod tests {
                 RequestBody::Finish(_) => 12,
                 RequestBody::History(_) => 13,
                 RequestBody::Search(_) => 14,
+                RequestBody::Register(_) => 15,
+                RequestBody::Passwd(_) => 16,
             }] = true;
         }
         assert!(

@@ -33,6 +33,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How many of a room's last messages a client is shown on entering it.
     pub backlog: usize,
+    /// Refuse names that are not registered accounts (no guests).
+    pub require_account: bool,
 }
 
 impl Default for Config {
@@ -50,6 +52,7 @@ impl Default for Config {
             allow_hidden_uploads: false,
             data_dir: PathBuf::from("parley-data"),
             backlog: 50,
+            require_account: false,
         }
     }
 }

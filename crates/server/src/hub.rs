@@ -225,6 +225,7 @@ impl Hub {
                 id: message_id,
                 ts,
                 to: room,
+                queued: false,
             },
             receipt,
         ))
@@ -268,6 +269,39 @@ impl Hub {
             id: message_id,
             ts,
             to: message.to,
+            queued: false,
+        };
+        Ok((sent, receipt))
+    }
+
+    /// Keeps a private message from `id` for `to`, a registered user who is offline, for their
+    /// next sign-in. If `to` came online meanwhile, it is delivered at once instead.
+    pub(crate) fn msg_offline(
+        &self,
+        id: SessionId,
+        to: &str,
+        text: String,
+    ) -> Result<(Sent, Receipt), Refusal> {
+        check_text(&text)?;
+        let state = self.state.lock().unwrap();
+        if state.names.contains_key(&fold(to)) {
+            drop(state);
+            return self.msg(id, to, text);
+        }
+        let (message_id, ts) = self.stamp();
+        let receipt = self.recorder.record_undelivered(Stored {
+            id: message_id,
+            ts,
+            room: None,
+            from: state.members[&id].name.clone(),
+            to: Some(to.to_owned()),
+            text,
+        });
+        let sent = Sent {
+            id: message_id,
+            ts,
+            to: to.to_owned(),
+            queued: true,
         };
         Ok((sent, receipt))
     }

@@ -4,6 +4,7 @@
 //! token fires: tests bind `127.0.0.1:0` in-process, the binary binds what the user asked for.
 //! Inside, each connection is a session ([`session`]) and a hub ([`hub`]) routes between them.
 
+pub mod accounts;
 mod config;
 mod files;
 mod hub;

@@ -20,7 +20,8 @@ const MAX_BATCH: usize = 512;
 /// Resolves once the message is stored (`Ok`) or could not be (`Err`, with the reason).
 pub(crate) type Receipt = oneshot::Receiver<Result<(), String>>;
 
-type Entry = (Stored, oneshot::Sender<Result<(), String>>);
+/// A message, whether it is kept for an offline recipient, and who waits for it to be stored.
+type Entry = (Stored, bool, oneshot::Sender<Result<(), String>>);
 
 /// The hub's handle on the recording thread.
 pub(crate) struct Recorder {
@@ -42,9 +43,18 @@ impl Recorder {
 
     /// Queues `message` for storing; never blocks.
     pub(crate) fn record(&self, message: Stored) -> Receipt {
+        self.queue(message, false)
+    }
+
+    /// Queues a private message for storing and for delivery at its recipient's next sign-in.
+    pub(crate) fn record_undelivered(&self, message: Stored) -> Receipt {
+        self.queue(message, true)
+    }
+
+    fn queue(&self, message: Stored, undelivered: bool) -> Receipt {
         let (done, receipt) = oneshot::channel();
         // If the thread is gone the receipt reports it: its sender is dropped with the entry.
-        let _ = self.queue.send((message, done));
+        let _ = self.queue.send((message, undelivered, done));
         receipt
     }
 }
@@ -58,8 +68,17 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>) {
                 Err(_) => break,
             }
         }
-        let (messages, receipts): (Vec<Stored>, Vec<_>) = batch.into_iter().unzip();
-        let result = store.append(&messages).map_err(|err| {
+        let mut messages = Vec::with_capacity(batch.len());
+        let mut undelivered = Vec::new();
+        let mut receipts = Vec::with_capacity(batch.len());
+        for (message, keep, receipt) in batch {
+            if keep {
+                undelivered.push(message.id);
+            }
+            messages.push(message);
+            receipts.push(receipt);
+        }
+        let result = store.append(&messages, &undelivered).map_err(|err| {
             error!("storing {} messages failed: {err}", messages.len());
             err.to_string()
         });

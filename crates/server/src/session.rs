@@ -15,14 +15,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use parley_proto::event::{Backlog, Bye, Event, PartReason};
+use parley_proto::event::{Backlog, Bye, Event, PartReason, Private};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
 use parley_proto::limits::{
     MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_HISTORY, MAX_TEXT_BYTES, SERVER_MAX_CONTROL_FRAME,
 };
+use parley_proto::names;
 use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
-use parley_proto::request::{self, Empty, Hello, Messages, RoomList, UserList, Welcome};
+use parley_proto::request::{self, Empty, Hello, Messages, RoomList, Sent, UserList, Welcome};
 use parley_proto::{DEFAULT_ROOM, SUPPORTED_VERSIONS};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -31,6 +32,7 @@ use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use crate::accounts::{self, Throttle};
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
@@ -50,6 +52,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// What every session shares.
 pub(crate) struct Context {
     pub(crate) hub: Hub,
+    pub(crate) throttle: Throttle,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Arc<SharedFolder>,
     pub(crate) config: Config,
@@ -67,6 +70,7 @@ impl Context {
     ) -> Self {
         Self {
             hub,
+            throttle: Throttle::default(),
             store,
             shared: Arc::new(shared),
             config,
@@ -187,6 +191,7 @@ where
         name: None,
         last_heard: Instant::now(),
         ping_sent: false,
+        peer,
         writer_failed,
         transfers: Transfers::new(lane),
     };
@@ -232,6 +237,7 @@ struct Session<'a> {
     name: Option<String>,
     last_heard: Instant,
     ping_sent: bool,
+    peer: SocketAddr,
     /// Cancelled by the writer when the socket cannot be written.
     writer_failed: CancellationToken,
     /// Downloads in progress; dropped (and so stopped) with the session.
@@ -295,7 +301,7 @@ impl Session<'_> {
                 alarm
                     .as_mut()
                     .reset(self.last_heard + config.keepalive_interval);
-                self.send_backlog(DEFAULT_ROOM.to_owned()).await;
+                self.after_sign_in().await;
             }
         }
     }
@@ -342,7 +348,7 @@ impl Session<'_> {
             }
         };
         if self.name.is_none() {
-            return self.hello(request);
+            return self.hello(request).await;
         }
         let id = request.id;
         let hub = &self.ctx.hub;
@@ -358,12 +364,20 @@ impl Session<'_> {
                     .map(|()| ok_frame::<request::Say>(id, &sent)),
                 Err(refusal) => Err(refusal),
             },
-            RequestBody::Msg(msg) => match hub.msg(self.id, &msg.to, msg.text) {
+            RequestBody::Msg(msg) => match self.msg(msg).await {
                 Ok((sent, receipt)) => stored(receipt)
                     .await
                     .map(|()| ok_frame::<request::Msg>(id, &sent)),
                 Err(refusal) => Err(refusal),
             },
+            RequestBody::Register(register) => self
+                .register(register)
+                .await
+                .map(|()| ok_frame::<request::Register>(id, &Empty {})),
+            RequestBody::Passwd(passwd) => self
+                .passwd(passwd)
+                .await
+                .map(|()| ok_frame::<request::Passwd>(id, &Empty {})),
             RequestBody::History(history) => self
                 .history(history)
                 .await
@@ -464,6 +478,23 @@ impl Session<'_> {
         self.outbox
             .push(reply.unwrap_or_else(|refusal| error_frame(id, refusal.code, &refusal.message)));
         None
+    }
+
+    /// A private message: delivered if its recipient is online, kept for their next sign-in if
+    /// they are a registered user who is not.
+    async fn msg(&self, msg: request::Msg) -> Result<(Sent, Receipt), Refusal> {
+        let hub = &self.ctx.hub;
+        match hub.msg(self.id, &msg.to, msg.text.clone()) {
+            Err(refusal) if refusal.code == ErrorCode::NotFound => {
+                let store = self.ctx.store.clone();
+                let lookup = msg.to.clone();
+                match read(move || store.account(&lookup)).await? {
+                    Some(account) => hub.msg_offline(self.id, &account.name, msg.text),
+                    None => Err(refusal),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Sends the last messages of `room` as a `backlog` event, if there are any.
@@ -657,12 +688,21 @@ impl Session<'_> {
 
     /// The first request must be a `hello` that the server accepts; anything else ends the
     /// session after an error reply.
-    fn hello(&mut self, request: Request) -> Option<End> {
+    async fn hello(&mut self, request: Request) -> Option<End> {
         let id = request.id;
-        let refuse = |code, message: String| {
-            self.outbox.push(error_frame(id, code, &message));
-            Some(End::Refused(message))
-        };
+        match self.sign_in(request).await {
+            Ok(()) => None,
+            Err(refusal) => {
+                self.outbox
+                    .push(error_frame(id, refusal.code, &refusal.message));
+                Some(End::Refused(refusal.message))
+            }
+        }
+    }
+
+    async fn sign_in(&mut self, request: Request) -> Result<(), Refusal> {
+        let id = request.id;
+        let refuse = |code, message: String| Err(Refusal { code, message });
         let RequestBody::Hello(hello) = request.body else {
             return refuse(
                 ErrorCode::HandshakeRequired,
@@ -690,6 +730,8 @@ impl Session<'_> {
                 ),
             );
         };
+        self.authenticate(&hello.name, hello.password.as_deref())
+            .await?;
         let config = &self.ctx.config;
         let welcome = |room: &str, online: Vec<String>| {
             ok_frame::<Hello>(
@@ -706,18 +748,140 @@ impl Session<'_> {
                 },
             )
         };
-        match self
-            .ctx
+        self.ctx
             .hub
-            .sign_in(self.id, &hello.name, self.outbox.clone(), welcome)
-        {
-            Ok(()) => {
-                debug!(client = ?hello.client, "signed in as {}", hello.name);
-                self.name = Some(hello.name);
-                None
+            .sign_in(self.id, &hello.name, self.outbox.clone(), welcome)?;
+        debug!(client = ?hello.client, "signed in as {}", hello.name);
+        self.name = Some(hello.name);
+        Ok(())
+    }
+
+    /// Lets a guest name through (unless the server requires accounts) and a registered name
+    /// only with its password; failures slow down the next tries for that name and address.
+    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<(), Refusal> {
+        names::validate_user_name(name).map_err(|err| Refusal {
+            code: ErrorCode::InvalidName,
+            message: format!("The name {name:?} is not allowed: {err}."),
+        })?;
+        let store = self.ctx.store.clone();
+        let lookup = name.to_owned();
+        let Some(account) = read(move || store.account(&lookup)).await? else {
+            if self.ctx.config.require_account {
+                return Err(Refusal {
+                    code: ErrorCode::AccountRequired,
+                    message: "This server accepts registered names only; ask its administrator for an account.".into(),
+                });
             }
-            Err(refusal) => refuse(refusal.code, refusal.message),
+            return Ok(());
+        };
+        let Some(password) = password else {
+            return Err(Refusal {
+                code: ErrorCode::AuthFailed,
+                message: format!("The name {name} is registered: sign in with its password."),
+            });
+        };
+        self.check_password(name, password, account.hash).await
+    }
+
+    /// Checks `password` against `hash`, slowed down by recent failures for the name or the
+    /// address, and counts a failure.
+    async fn check_password(
+        &self,
+        name: &str,
+        password: &str,
+        hash: String,
+    ) -> Result<(), Refusal> {
+        let keys = [
+            format!("name:{}", names::fold(name)),
+            format!("ip:{}", self.peer.ip()),
+        ];
+        let throttle = &self.ctx.throttle;
+        tokio::time::sleep(throttle.delay(&keys)).await;
+        let password = password.to_owned();
+        let matches = tokio::task::spawn_blocking(move || accounts::verify(&password, &hash))
+            .await
+            .unwrap_or(false);
+        if matches {
+            throttle.succeeded(&keys);
+            return Ok(());
         }
+        throttle.failed(&keys);
+        warn!("a wrong password for {name} from {}", self.peer);
+        Err(Refusal {
+            code: ErrorCode::AuthFailed,
+            message: format!("Wrong password for {name}."),
+        })
+    }
+
+    /// After signing in: the lobby's backlog, then private messages kept while offline.
+    async fn after_sign_in(&mut self) {
+        self.send_backlog(DEFAULT_ROOM.to_owned()).await;
+        let store = self.ctx.store.clone();
+        let name = self.name.clone().unwrap_or_default();
+        match read(move || store.take_undelivered(&name)).await {
+            Ok(kept) => {
+                for message in kept {
+                    let private = Event::Private(Private {
+                        id: message.id,
+                        ts: message.ts,
+                        from: message.from,
+                        to: message.to.unwrap_or_default(),
+                        text: message.text,
+                    });
+                    self.outbox.push(event_frame(&private));
+                }
+            }
+            Err(refusal) => warn!("delivering kept messages failed: {}", refusal.message),
+        }
+    }
+
+    /// `register`: the signed-in name becomes an account.
+    async fn register(&self, register: request::Register) -> Result<(), Refusal> {
+        accounts::check_strength(&register.password)?;
+        let name = self.name.clone().unwrap_or_default();
+        let hash = hash_password(register.password).await?;
+        let store = self.ctx.store.clone();
+        let owner = name.clone();
+        if !read(move || store.create_account(&owner, &hash)).await? {
+            return Err(Refusal {
+                code: ErrorCode::AlreadyRegistered,
+                message: format!(
+                    "The name {name} is registered already; /passwd changes its password."
+                ),
+            });
+        }
+        info!("{name} registered");
+        Ok(())
+    }
+
+    /// `passwd`: a new password for the signed-in account, given the current one.
+    async fn passwd(&self, passwd: request::Passwd) -> Result<(), Refusal> {
+        let name = self.name.clone().unwrap_or_default();
+        let store = self.ctx.store.clone();
+        let lookup = name.clone();
+        let Some(account) = read(move || store.account(&lookup)).await? else {
+            return Err(Refusal {
+                code: ErrorCode::BadRequest,
+                message: format!("The name {name} is not registered; /register it first."),
+            });
+        };
+        self.check_password(&name, &passwd.old, account.hash)
+            .await?;
+        accounts::check_strength(&passwd.new)?;
+        let hash = hash_password(passwd.new).await?;
+        let store = self.ctx.store.clone();
+        read(move || store.set_password(&name, &hash)).await?;
+        Ok(())
+    }
+}
+
+/// Hashes a password on the blocking pool.
+async fn hash_password(password: String) -> Result<String, Refusal> {
+    let hashed = tokio::task::spawn_blocking(move || accounts::hash(&password)).await;
+    match hashed {
+        Ok(Ok(hash)) => Ok(hash),
+        Ok(Err(err)) => Err(storage_failed(err)),
+        Err(err) => Err(storage_failed(err.to_string())),
     }
 }
 

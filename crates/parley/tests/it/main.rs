@@ -3,6 +3,7 @@
 
 mod support;
 
+mod accounts;
 mod chat;
 mod cli;
 mod conformance;

@@ -33,7 +33,7 @@ pub struct TestServer {
     pub task: JoinHandle<std::io::Result<()>>,
     pub shared: TempDir,
     /// The server's data folder, removed with it.
-    _data: TempDir,
+    data: TempDir,
 }
 
 impl TestServer {
@@ -60,7 +60,7 @@ impl TestServer {
             shutdown,
             task,
             shared,
-            _data: data,
+            data,
         }
     }
 
@@ -73,6 +73,11 @@ impl TestServer {
 
     pub fn options(&self, name: &str) -> ConnectOptions {
         ConnectOptions::new("127.0.0.1", self.addr.port(), name)
+    }
+
+    /// The server's data folder (its database).
+    pub fn data_path(&self) -> &std::path::Path {
+        self.data.path()
     }
 
     pub async fn raw(&self) -> RawConn {

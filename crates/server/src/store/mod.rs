@@ -27,13 +27,44 @@ pub enum Thread {
     Private(String, String),
 }
 
-/// Persistent message history.
+/// A registered name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    /// The name as registered.
+    pub name: String,
+    /// Its password's Argon2id hash, in PHC string form (never the password).
+    pub hash: String,
+    /// When it was registered, in milliseconds since the Unix epoch.
+    pub created: u64,
+}
+
+/// Persistent message history and accounts.
 pub trait Store: Send + Sync + 'static {
     /// The highest message id stored, 0 if none: new ids continue after it.
     fn last_id(&self) -> Result<u64, StoreError>;
 
-    /// Stores `messages` together, durably: when this returns, they survive a crash.
-    fn append(&self, messages: &[Stored]) -> Result<(), StoreError>;
+    /// Stores `messages` together, durably: when this returns, they survive a crash. The
+    /// private messages whose ids are in `undelivered` are also kept for their recipient's
+    /// next sign-in.
+    fn append(&self, messages: &[Stored], undelivered: &[u64]) -> Result<(), StoreError>;
+
+    /// Removes and returns, oldest first, the private messages kept for `name`.
+    fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError>;
+
+    /// The account of `name` (compared without regard to case), if it is registered.
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
+
+    /// Registers `name` with a password hash; false if it is registered already.
+    fn create_account(&self, name: &str, hash: &str) -> Result<bool, StoreError>;
+
+    /// Replaces the password hash of `name`; false if it is not registered.
+    fn set_password(&self, name: &str, hash: &str) -> Result<bool, StoreError>;
+
+    /// Removes the account of `name`; false if it is not registered.
+    fn remove_account(&self, name: &str) -> Result<bool, StoreError>;
+
+    /// Every account, by name.
+    fn accounts(&self) -> Result<Vec<Account>, StoreError>;
 
     /// Up to `limit` messages of `thread` with ids below `before` (all if `None`), oldest first.
     fn history(

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use super::{Store, StoreError, Stored, Thread};
+use super::{Account, Store, StoreError, Stored, Thread};
 
 /// Each migration takes the schema from its index to the next version.
 const MIGRATIONS: &[&str] = &[
@@ -29,6 +29,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER messages_indexed AFTER INSERT ON messages BEGIN
         INSERT INTO messages_text (rowid, text) VALUES (new.id, new.text);
     END;",
+    // 2: accounts, and private messages kept for recipients who were offline.
+    "CREATE TABLE accounts (
+        name_key TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE undelivered (
+        recipient_key TEXT NOT NULL,
+        message_id INTEGER NOT NULL REFERENCES messages (id),
+        PRIMARY KEY (recipient_key, message_id)
+    );",
 ];
 
 /// The SQLite store. One connection behind a std mutex: every call is a short, blocking
@@ -47,6 +59,9 @@ impl SqliteStore {
         db.pragma_update(None, "journal_mode", "WAL")
             .map_err(StoreError::new)?;
         db.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(StoreError::new)?;
+        // `parley admin` may write while the server runs: wait for the other's transaction.
+        db.busy_timeout(std::time::Duration::from_secs(5))
             .map_err(StoreError::new)?;
         migrate(&mut db)?;
         Ok(Self { db: Mutex::new(db) })
@@ -85,6 +100,14 @@ fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
     })
 }
 
+fn account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    Ok(Account {
+        name: row.get(0)?,
+        hash: row.get(1)?,
+        created: row.get::<_, i64>(2)? as u64,
+    })
+}
+
 const COLUMNS: &str = "id, ts, room, sender, recipient, text";
 
 impl Store for SqliteStore {
@@ -98,7 +121,7 @@ impl Store for SqliteStore {
         Ok(id.unwrap_or(0) as u64)
     }
 
-    fn append(&self, messages: &[Stored]) -> Result<(), StoreError> {
+    fn append(&self, messages: &[Stored], undelivered: &[u64]) -> Result<(), StoreError> {
         let mut db = self.db.lock().unwrap();
         let tx = db.transaction().map_err(StoreError::new)?;
         {
@@ -122,8 +145,98 @@ impl Store for SqliteStore {
                     ])
                     .map_err(StoreError::new)?;
             }
+            let mut keep = tx
+                .prepare_cached(
+                    "INSERT INTO undelivered (recipient_key, message_id)                      SELECT recipient_key, id FROM messages WHERE id = ?1",
+                )
+                .map_err(StoreError::new)?;
+            for id in undelivered {
+                keep.execute(params![*id as i64]).map_err(StoreError::new)?;
+            }
         }
         tx.commit().map_err(StoreError::new)
+    }
+
+    fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError> {
+        let key = name.to_ascii_lowercase();
+        let mut db = self.db.lock().unwrap();
+        let tx = db.transaction().map_err(StoreError::new)?;
+        let messages = {
+            let mut query = tx
+                .prepare_cached(&format!(
+                    "SELECT {COLUMNS} FROM messages WHERE id IN                      (SELECT message_id FROM undelivered WHERE recipient_key = ?1) ORDER BY id"
+                ))
+                .map_err(StoreError::new)?;
+            query
+                .query_map(params![key], stored)
+                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                .map_err(StoreError::new)?
+        };
+        tx.execute(
+            "DELETE FROM undelivered WHERE recipient_key = ?1",
+            params![key],
+        )
+        .map_err(StoreError::new)?;
+        tx.commit().map_err(StoreError::new)?;
+        Ok(messages)
+    }
+
+    fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
+        let db = self.db.lock().unwrap();
+        db.query_row(
+            "SELECT name, hash, created FROM accounts WHERE name_key = ?1",
+            params![name.to_ascii_lowercase()],
+            account,
+        )
+        .optional()
+        .map_err(StoreError::new)
+    }
+
+    fn create_account(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+        let db = self.db.lock().unwrap();
+        let created = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64);
+        let inserted = db
+            .execute(
+                "INSERT OR IGNORE INTO accounts (name_key, name, hash, created)                  VALUES (?1, ?2, ?3, ?4)",
+                params![name.to_ascii_lowercase(), name, hash, created],
+            )
+            .map_err(StoreError::new)?;
+        Ok(inserted == 1)
+    }
+
+    fn set_password(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+        let db = self.db.lock().unwrap();
+        let updated = db
+            .execute(
+                "UPDATE accounts SET hash = ?2 WHERE name_key = ?1",
+                params![name.to_ascii_lowercase(), hash],
+            )
+            .map_err(StoreError::new)?;
+        Ok(updated == 1)
+    }
+
+    fn remove_account(&self, name: &str) -> Result<bool, StoreError> {
+        let db = self.db.lock().unwrap();
+        let removed = db
+            .execute(
+                "DELETE FROM accounts WHERE name_key = ?1",
+                params![name.to_ascii_lowercase()],
+            )
+            .map_err(StoreError::new)?;
+        Ok(removed == 1)
+    }
+
+    fn accounts(&self) -> Result<Vec<Account>, StoreError> {
+        let db = self.db.lock().unwrap();
+        let mut query = db
+            .prepare_cached("SELECT name, hash, created FROM accounts ORDER BY name_key")
+            .map_err(StoreError::new)?;
+        query
+            .query_map([], account)
+            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+            .map_err(StoreError::new)
     }
 
     fn history(
@@ -236,9 +349,9 @@ mod tests {
         let messages: Vec<Stored> = (1..=10)
             .map(|id| message(id, Some("lobby"), "alice", None, &format!("m{id}")))
             .collect();
-        store.append(&messages).unwrap();
+        store.append(&messages, &[]).unwrap();
         store
-            .append(&[message(11, Some("rust"), "bob", None, "elsewhere")])
+            .append(&[message(11, Some("rust"), "bob", None, "elsewhere")], &[])
             .unwrap();
         assert_eq!(store.last_id().unwrap(), 11);
         let lobby = Thread::Room("lobby".into());
@@ -253,12 +366,15 @@ mod tests {
     fn private_history_is_between_two_people_only() {
         let (_dir, store) = store();
         store
-            .append(&[
-                message(1, None, "Alice", Some("bob"), "hi bob"),
-                message(2, None, "bob", Some("alice"), "hi alice"),
-                message(3, None, "carol", Some("bob"), "not for alice"),
-                message(4, Some("lobby"), "alice", None, "public"),
-            ])
+            .append(
+                &[
+                    message(1, None, "Alice", Some("bob"), "hi bob"),
+                    message(2, None, "bob", Some("alice"), "hi alice"),
+                    message(3, None, "carol", Some("bob"), "not for alice"),
+                    message(4, Some("lobby"), "alice", None, "public"),
+                ],
+                &[],
+            )
             .unwrap();
         let pair = Thread::Private("ALICE".into(), "Bob".into());
         let texts: Vec<String> = store
@@ -274,14 +390,17 @@ mod tests {
     fn search_finds_only_what_the_user_may_see() {
         let (_dir, store) = store();
         store
-            .append(&[
-                message(1, Some("lobby"), "alice", None, "the deploy is done"),
-                message(2, Some("secret"), "bob", None, "deploy keys rotated"),
-                message(3, None, "bob", Some("carol"), "deploy tonight?"),
-                message(4, None, "bob", Some("dave"), "deploy tonight, dave?"),
-                message(5, Some("lobby"), "alice", None, "lunch"),
-                message(6, Some("lobby"), "eve", None, "\"deploy\" OR NOT x*"),
-            ])
+            .append(
+                &[
+                    message(1, Some("lobby"), "alice", None, "the deploy is done"),
+                    message(2, Some("secret"), "bob", None, "deploy keys rotated"),
+                    message(3, None, "bob", Some("carol"), "deploy tonight?"),
+                    message(4, None, "bob", Some("dave"), "deploy tonight, dave?"),
+                    message(5, Some("lobby"), "alice", None, "lunch"),
+                    message(6, Some("lobby"), "eve", None, "\"deploy\" OR NOT x*"),
+                ],
+                &[],
+            )
             .unwrap();
         let found = store
             .search("Carol", &["lobby".into()], "deploy", 10)
@@ -297,12 +416,51 @@ mod tests {
     }
 
     #[test]
+    fn accounts_and_undelivered_messages() {
+        let (_dir, store) = store();
+        assert!(store.create_account("Bob", "$argon2id$hash1").unwrap());
+        assert!(!store.create_account("bob", "$argon2id$other").unwrap());
+        let bob = store.account("BOB").unwrap().unwrap();
+        assert_eq!(
+            (bob.name.as_str(), bob.hash.as_str()),
+            ("Bob", "$argon2id$hash1")
+        );
+        assert!(store.set_password("bob", "$argon2id$hash2").unwrap());
+        assert_eq!(
+            store.account("bob").unwrap().unwrap().hash,
+            "$argon2id$hash2"
+        );
+        assert!(!store.set_password("nobody", "x").unwrap());
+
+        store
+            .append(
+                &[
+                    message(1, None, "alice", Some("Bob"), "while you were out"),
+                    message(2, None, "alice", Some("Bob"), "and again"),
+                    message(3, None, "alice", Some("carol"), "not for bob"),
+                ],
+                &[1, 2],
+            )
+            .unwrap();
+        let kept = store.take_undelivered("bob").unwrap();
+        assert_eq!(kept.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
+        assert!(
+            store.take_undelivered("bob").unwrap().is_empty(),
+            "taken once"
+        );
+
+        assert_eq!(store.accounts().unwrap().len(), 1);
+        assert!(store.remove_account("BoB").unwrap());
+        assert!(store.account("bob").unwrap().is_none());
+    }
+
+    #[test]
     fn reopening_keeps_everything_and_migrates_once() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("test.db");
         SqliteStore::open(&path)
             .unwrap()
-            .append(&[message(1, Some("lobby"), "alice", None, "kept")])
+            .append(&[message(1, Some("lobby"), "alice", None, "kept")], &[])
             .unwrap();
         let again = SqliteStore::open(&path).unwrap();
         assert_eq!(again.last_id().unwrap(), 1);
