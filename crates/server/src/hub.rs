@@ -422,6 +422,11 @@ impl Hub {
         }
     }
 
+    /// The last message id given out.
+    pub(crate) fn last_id(&self) -> u64 {
+        self.next_message_id.load(Ordering::Relaxed)
+    }
+
     /// A new message id and the current time in milliseconds since the Unix epoch.
     fn stamp(&self) -> (u64, u64) {
         let id = self.next_message_id.fetch_add(1, Ordering::Relaxed) + 1;

@@ -192,6 +192,7 @@ where
         last_heard: Instant::now(),
         ping_sent: false,
         peer,
+        private_since: 0,
         writer_failed,
         transfers: Transfers::new(lane),
     };
@@ -238,6 +239,8 @@ struct Session<'a> {
     last_heard: Instant,
     ping_sent: bool,
     peer: SocketAddr,
+    /// Private messages with ids up to this one belong to earlier holders of a guest name.
+    private_since: u64,
     /// Cancelled by the writer when the socket cannot be written.
     writer_failed: CancellationToken,
     /// Downloads in progress; dropped (and so stopped) with the session.
@@ -499,7 +502,7 @@ impl Session<'_> {
 
     /// Sends the last messages of `room` as a `backlog` event, if there are any.
     async fn send_backlog(&mut self, room: String) {
-        let count = self.ctx.config.backlog;
+        let count = self.ctx.config.backlog.min(MAX_HISTORY);
         if count == 0 {
             return;
         }
@@ -508,6 +511,7 @@ impl Session<'_> {
         let read = tokio::task::spawn_blocking(move || store.history(&thread, None, count)).await;
         match read {
             Ok(Ok(messages)) if !messages.is_empty() => {
+                let messages = fit(messages, Keep::Last);
                 let backlog = Event::Backlog(Backlog { room, messages });
                 self.outbox.push(event_frame(&backlog));
             }
@@ -521,9 +525,13 @@ impl Session<'_> {
     async fn history(&self, history: request::History) -> Result<Vec<Stored>, Refusal> {
         let me = self.name.clone().unwrap_or_default();
         let thread = match (history.with, history.room) {
-            (Some(with), _) => Thread::Private(me, with),
+            (Some(with), _) => Thread::Private(me, with, self.private_since),
             (None, Some(room)) => {
                 let room = parley_proto::names::canonical_room(&room);
+                names::validate_room_name(&room).map_err(|err| Refusal {
+                    code: ErrorCode::InvalidRoom,
+                    message: format!("The room name {room:?} is not allowed: {err}."),
+                })?;
                 if !self.ctx.hub.rooms_of(self.id).contains(&room) {
                     return Err(Refusal {
                         code: ErrorCode::NotInRoom,
@@ -541,7 +549,8 @@ impl Session<'_> {
         };
         let limit = history.limit.clamp(1, MAX_HISTORY);
         let store = self.ctx.store.clone();
-        read(move || store.history(&thread, history.before, limit)).await
+        let found = read(move || store.history(&thread, history.before, limit)).await?;
+        Ok(fit(found, Keep::Last))
     }
 
     /// Stored messages the client may see (its rooms' and its private ones) with all `words`.
@@ -550,7 +559,9 @@ impl Session<'_> {
         let rooms = self.ctx.hub.rooms_of(self.id);
         let limit = search.limit.clamp(1, MAX_HISTORY);
         let store = self.ctx.store.clone();
-        read(move || store.search(&me, &rooms, &search.words, limit)).await
+        let since = self.private_since;
+        let found = read(move || store.search(&me, &rooms, since, &search.words, limit)).await?;
+        Ok(fit(found, Keep::First))
     }
 
     /// Opens the file a `download` asks for and says what will come.
@@ -730,8 +741,15 @@ impl Session<'_> {
                 ),
             );
         };
-        self.authenticate(&hello.name, hello.password.as_deref())
+        let registered = self
+            .authenticate(&hello.name, hello.password.as_deref())
             .await?;
+        // A guest name is anyone's: its private history starts with this session.
+        self.private_since = if registered {
+            0
+        } else {
+            self.ctx.hub.last_id()
+        };
         let config = &self.ctx.config;
         let welcome = |room: &str, online: Vec<String>| {
             ok_frame::<Hello>(
@@ -758,7 +776,7 @@ impl Session<'_> {
 
     /// Lets a guest name through (unless the server requires accounts) and a registered name
     /// only with its password; failures slow down the next tries for that name and address.
-    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<(), Refusal> {
+    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<bool, Refusal> {
         names::validate_user_name(name).map_err(|err| Refusal {
             code: ErrorCode::InvalidName,
             message: format!("The name {name:?} is not allowed: {err}."),
@@ -772,7 +790,7 @@ impl Session<'_> {
                     message: "This server accepts registered names only; ask its administrator for an account.".into(),
                 });
             }
-            return Ok(());
+            return Ok(false);
         };
         let Some(password) = password else {
             return Err(Refusal {
@@ -780,7 +798,8 @@ impl Session<'_> {
                 message: format!("The name {name} is registered: sign in with its password."),
             });
         };
-        self.check_password(name, password, account.hash).await
+        self.check_password(name, password, account.hash).await?;
+        Ok(true)
     }
 
     /// Checks `password` against `hash`, slowed down by recent failures for the name or the
@@ -873,6 +892,42 @@ impl Session<'_> {
         read(move || store.set_password(&name, &hash)).await?;
         Ok(())
     }
+}
+
+/// The most a reply or event of stored messages may take of a client's outgoing queue: well
+/// within it, so that long messages never make a history reply cut the client off as too slow.
+const MESSAGES_BUDGET: usize = 256 * 1024;
+
+/// Which end of a list of messages to keep when it is too big to send.
+enum Keep {
+    First,
+    Last,
+}
+
+/// Drops messages from one end until the rest fit in [`MESSAGES_BUDGET`].
+fn fit(mut messages: Vec<Stored>, keep: Keep) -> Vec<Stored> {
+    // Each message costs what it takes as JSON, escapes included, plus a separator.
+    let cost = |m: &Stored| serde_json::to_vec(m).map_or(usize::MAX / 2, |json| json.len() + 1);
+    let fitting = |messages: &mut dyn Iterator<Item = &Stored>| {
+        let mut total = 0;
+        messages
+            .take_while(|m| {
+                total += cost(m);
+                total <= MESSAGES_BUDGET
+            })
+            .count()
+    };
+    let fits = match keep {
+        Keep::First => fitting(&mut messages.iter()),
+        Keep::Last => fitting(&mut messages.iter().rev()),
+    };
+    match keep {
+        Keep::First => messages.truncate(fits),
+        Keep::Last => {
+            messages.drain(..messages.len() - fits);
+        }
+    }
+    messages
 }
 
 /// Hashes a password on the blocking pool.

@@ -277,3 +277,104 @@ async fn the_line_client_shows_pages_and_searches_history() {
     bob.expect_line(|l| l.ends_with("[#lobby] alice: old 3"))
         .await;
 }
+
+#[tokio::test]
+async fn a_guest_name_does_not_inherit_private_history() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (bob, mut bob_events) = server.join("bob").await;
+    alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "for the first bob".into(),
+        })
+        .await
+        .unwrap();
+    bob.quit().await.unwrap();
+    wait_for(&mut bob_events, |e| {
+        matches!(e, ClientEvent::Closed(_)).then_some(())
+    })
+    .await;
+
+    // Another person takes the guest name "bob": yesterday's private messages are not theirs.
+    let (new_bob, _events) = server.join("bob").await;
+    let with_alice = History {
+        room: None,
+        with: Some("alice".into()),
+        before: None,
+        limit: 10,
+    };
+    assert!(
+        new_bob
+            .call(with_alice.clone())
+            .await
+            .unwrap()
+            .messages
+            .is_empty()
+    );
+    let found = new_bob
+        .call(Search {
+            words: "first".into(),
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert!(found.messages.is_empty());
+    alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "for the second bob".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        texts(&new_bob.call(with_alice).await.unwrap().messages),
+        ["for the second bob"]
+    );
+}
+
+#[tokio::test]
+async fn long_histories_are_cut_to_fit_rather_than_cut_the_client_off() {
+    let server = TestServer::with_config(Config {
+        backlog: 500,
+        ..Config::default()
+    })
+    .await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let long = "x".repeat(4000);
+    for _ in 0..300 {
+        say(&alice, "lobby", &long).await;
+    }
+    // 1.2 MB of messages would overflow a client's queue: the newest that fit are sent.
+    let (bob, mut bob_events) = server.join("bob").await;
+    let backlog = backlog(&mut bob_events).await;
+    assert!(
+        !backlog.messages.is_empty() && backlog.messages.len() < 300,
+        "{}",
+        backlog.messages.len()
+    );
+    let page = History {
+        room: Some("lobby".into()),
+        with: None,
+        before: None,
+        limit: 500,
+    };
+    let messages = bob.call(page).await.unwrap().messages;
+    assert!(!messages.is_empty() && messages.len() < 300);
+    assert_eq!(
+        messages.last().unwrap().id,
+        backlog.messages.last().unwrap().id,
+        "the newest kept"
+    );
+    let huge = History {
+        room: Some("lobby".into()),
+        with: None,
+        before: Some(u64::MAX),
+        limit: 1,
+    };
+    assert_eq!(bob.call(huge).await.unwrap().messages.len(), 1);
+    // Still connected.
+    bob.call(parley_proto::request::Users::default())
+        .await
+        .unwrap();
+}

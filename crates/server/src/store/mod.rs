@@ -23,8 +23,9 @@ impl StoreError {
 pub enum Thread {
     /// Messages of a room.
     Room(String),
-    /// Private messages between two users (names compared without regard to case).
-    Private(String, String),
+    /// Private messages between two users (names compared without regard to case), with ids
+    /// above the third field: a guest sees only what was said since it took the name.
+    Private(String, String, u64),
 }
 
 /// A registered name.
@@ -75,11 +76,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Stored>, StoreError>;
 
     /// Up to `limit` messages matching all of `words`, newest first, among those `user` may
-    /// see: messages of `rooms`, and private messages from or to `user`.
+    /// see: messages of `rooms`, and private messages from or to `user` with ids above
+    /// `private_since`.
     fn search(
         &self,
         user: &str,
         rooms: &[String],
+        private_since: u64,
         words: &str,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError>;

@@ -246,7 +246,7 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
         let db = self.db.lock().unwrap();
-        let before = before.map_or(i64::MAX, |id| id as i64);
+        let before = before.map_or(i64::MAX, |id| id.min(i64::MAX as u64) as i64);
         let limit = limit as i64;
         let mut rows = match thread {
             Thread::Room(room) => {
@@ -260,18 +260,19 @@ impl Store for SqliteStore {
                     .query_map(params![room, before, limit], stored)
                     .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             }
-            Thread::Private(a, b) => {
+            Thread::Private(a, b, since) => {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
+                let since = (*since).min(i64::MAX as u64) as i64;
                 let mut query = db
                     .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM messages WHERE id < ?3 AND \
+                        "SELECT {COLUMNS} FROM messages WHERE id < ?3 AND id > ?5 AND \
                          ((sender_key = ?1 AND recipient_key = ?2) OR \
                           (sender_key = ?2 AND recipient_key = ?1)) \
                          ORDER BY id DESC LIMIT ?4"
                     ))
                     .map_err(StoreError::new)?;
                 query
-                    .query_map(params![a, b, before, limit], stored)
+                    .query_map(params![a, b, before, limit, since], stored)
                     .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
             }
         }
@@ -284,6 +285,7 @@ impl Store for SqliteStore {
         &self,
         user: &str,
         rooms: &[String],
+        private_since: u64,
         words: &str,
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
@@ -302,7 +304,8 @@ impl Store for SqliteStore {
             .prepare_cached(&format!(
                 "SELECT {COLUMNS} FROM messages WHERE id IN \
                  (SELECT rowid FROM messages_text WHERE messages_text MATCH ?1) AND \
-                 (room IN (SELECT value FROM json_each(?2)) OR sender_key = ?3 OR recipient_key = ?3) \
+                 (room IN (SELECT value FROM json_each(?2)) OR \
+                  (room IS NULL AND id > ?5 AND (sender_key = ?3 OR recipient_key = ?3))) \
                  ORDER BY id DESC LIMIT ?4"
             ))
             .map_err(StoreError::new)?;
@@ -312,7 +315,8 @@ impl Store for SqliteStore {
                     query.join(" "),
                     rooms,
                     user.to_ascii_lowercase(),
-                    limit as i64
+                    limit as i64,
+                    private_since.min(i64::MAX as u64) as i64
                 ],
                 stored,
             )
@@ -376,7 +380,7 @@ mod tests {
                 &[],
             )
             .unwrap();
-        let pair = Thread::Private("ALICE".into(), "Bob".into());
+        let pair = Thread::Private("ALICE".into(), "Bob".into(), 0);
         let texts: Vec<String> = store
             .history(&pair, None, 10)
             .unwrap()
@@ -403,16 +407,39 @@ mod tests {
             )
             .unwrap();
         let found = store
-            .search("Carol", &["lobby".into()], "deploy", 10)
+            .search("Carol", &["lobby".into()], 0, "deploy", 10)
             .unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [6, 3, 1]);
         let found = store
-            .search("carol", &["lobby".into()], "deploy done", 10)
+            .search("carol", &["lobby".into()], 0, "deploy done", 10)
             .unwrap();
         assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1]);
         // Operators are searched for, not obeyed.
-        assert!(store.search("carol", &[], "OR NOT", 10).unwrap().is_empty());
-        assert!(store.search("carol", &[], "   ", 10).unwrap().is_empty());
+        assert!(
+            store
+                .search("carol", &[], 0, "OR NOT", 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(store.search("carol", &[], 0, "   ", 10).unwrap().is_empty());
+        // Alice's own lobby message is not found once she is not in the lobby; a private
+        // message older than the asker's claim on the name is not found either.
+        assert!(
+            store
+                .search("alice", &[], 0, "deploy done", 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            store
+                .search("carol", &[], 3, "tonight", 10)
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            store.search("carol", &[], 2, "tonight", 10).unwrap().len(),
+            1
+        );
     }
 
     #[test]
