@@ -29,6 +29,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::FramedRead;
 
+use crate::tls::{Security, Trust, Verifier};
+
 /// Frames waiting for the writer; requests wait here when the socket is slow.
 const WRITE_QUEUE: usize = 256;
 
@@ -55,6 +57,8 @@ pub struct ConnectOptions {
     pub timeout: Duration,
     /// The password, for a registered name.
     pub password: Option<String>,
+    /// TLS (the default) or plain TCP.
+    pub security: Security,
 }
 
 impl ConnectOptions {
@@ -66,6 +70,15 @@ impl ConnectOptions {
             name: name.into(),
             timeout: Duration::from_secs(10),
             password: None,
+            security: Security::default(),
+        }
+    }
+
+    /// The same options over plain TCP, for a server run with `--no-tls`.
+    pub fn plain(self) -> Self {
+        Self {
+            security: Security::Plain,
+            ..self
         }
     }
 
@@ -114,6 +127,24 @@ pub enum ConnectError {
         code: ErrorCode,
         /// The server's sentence.
         message: String,
+    },
+    /// The server presented a certificate other than the one pinned for its address.
+    #[error(
+        "the certificate of {address} has changed!\n  pinned:    {pinned}\n  presented: {presented}\n\
+         Someone may be intercepting the connection. If the server's certificate was replaced on \
+         purpose, connect once with --accept-new-certificate (or remove the line for {address} \
+         from {})",
+        known_hosts.display()
+    )]
+    CertificateChanged {
+        /// host:port as given.
+        address: String,
+        /// The fingerprint pinned earlier.
+        pinned: String,
+        /// The fingerprint presented now.
+        presented: String,
+        /// The file holding the pins.
+        known_hosts: std::path::PathBuf,
     },
     /// The connection broke or the server misbehaved during sign-in.
     #[error("cannot sign in to {address}: {reason}")]
@@ -209,6 +240,8 @@ struct Shared {
     next_transfer: AtomicU32,
     welcome: Welcome,
     address: String,
+    /// How the server's certificate was trusted; `None` over plain TCP.
+    trust: Option<Trust>,
 }
 
 impl Client {
@@ -251,17 +284,79 @@ impl Client {
         // As on the server: little unsent upload data in the kernel ahead of a chat message.
         #[cfg(any(target_os = "linux", target_os = "android"))]
         let _ = socket2::SockRef::from(&stream).set_tcp_notsent_lowat(128 * 1024);
-        tokio::time::timeout_at(
-            deadline,
-            Self::sign_in(
-                stream,
-                &options.name,
-                options.password.as_deref(),
-                address.clone(),
-            ),
-        )
-        .await
-        .map_err(|_| timed_out())?
+        let (known_hosts, accept_new) = match &options.security {
+            Security::Plain => {
+                let sign_in = Self::sign_in_with(
+                    stream,
+                    &options.name,
+                    options.password.as_deref(),
+                    address.clone(),
+                    None,
+                );
+                return tokio::time::timeout_at(deadline, sign_in)
+                    .await
+                    .map_err(|_| timed_out())?;
+            }
+            Security::Tls {
+                known_hosts,
+                accept_new,
+            } => (known_hosts.clone(), *accept_new),
+        };
+        let verifier = Arc::new(Verifier::new(
+            address.clone(),
+            known_hosts.clone(),
+            accept_new,
+        ));
+        let tls_failed = |reason: String| ConnectError::Handshake {
+            address: address.clone(),
+            reason,
+        };
+        let config = rustls::ClientConfig::builder_with_provider(verifier.provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| tls_failed(err.to_string()))?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        let server_name =
+            rustls::pki_types::ServerName::try_from(options.host.clone()).map_err(|err| {
+                tls_failed(format!(
+                    "{} is not a usable server name: {err}",
+                    options.host
+                ))
+            })?;
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let handshake = connector.connect(server_name, stream);
+        let secured = match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => return Err(timed_out()),
+            Ok(Ok(secured)) => secured,
+            Ok(Err(err)) => {
+                let outcome = verifier.outcome.lock().unwrap().take();
+                return Err(match outcome {
+                    Some(Trust::Changed { pinned, presented }) => {
+                        ConnectError::CertificateChanged {
+                            address: address.clone(),
+                            pinned,
+                            presented,
+                            known_hosts,
+                        }
+                    }
+                    _ => tls_failed(format!(
+                        "the TLS handshake failed ({err}); if the server runs with --no-tls, use --no-tls too"
+                    )),
+                });
+            }
+        };
+        let trust = verifier.outcome.lock().unwrap().take();
+        let sign_in = Self::sign_in_with(
+            secured,
+            &options.name,
+            options.password.as_deref(),
+            address.clone(),
+            trust,
+        );
+        tokio::time::timeout_at(deadline, sign_in)
+            .await
+            .map_err(|_| timed_out())?
     }
 
     /// Signs in over an already connected transport (TCP, TLS, an in-memory pipe).
@@ -270,6 +365,19 @@ impl Client {
         name: &str,
         password: Option<&str>,
         address: String,
+    ) -> Result<(Client, Events), ConnectError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        Self::sign_in_with(stream, name, password, address, None).await
+    }
+
+    async fn sign_in_with<S>(
+        stream: S,
+        name: &str,
+        password: Option<&str>,
+        address: String,
+        trust: Option<Trust>,
     ) -> Result<(Client, Events), ConnectError>
     where
         S: AsyncRead + AsyncWrite + Send + 'static,
@@ -349,6 +457,7 @@ impl Client {
             next_transfer: AtomicU32::new(1),
             welcome,
             address,
+            trust,
         });
         tokio::spawn(write_loop(write_half, write_queue, data_queue));
         tokio::spawn(read_loop(frames, shared.clone(), events_tx));
@@ -358,6 +467,11 @@ impl Client {
     /// What the server said when this client signed in.
     pub fn welcome(&self) -> &Welcome {
         &self.shared.welcome
+    }
+
+    /// How the server's certificate was trusted, over TLS.
+    pub fn trust(&self) -> Option<&Trust> {
+        self.shared.trust.as_ref()
     }
 
     /// The server's address as host:port.

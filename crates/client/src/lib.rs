@@ -6,6 +6,7 @@ pub mod client;
 pub mod command;
 pub mod display;
 pub mod download;
+pub mod tls;
 pub mod upload;
 
 pub use client::{

@@ -18,6 +18,7 @@ use parley_client::command::{self, Command, HELP};
 use parley_client::display::{
     event_line, format_size, listing_lines, message_line, names, sanitize, stored_line,
 };
+use parley_client::tls::{Security, Trust, default_known_hosts};
 use parley_client::{Client, ClientEvent, Closed, ConnectError, ConnectOptions, RequestError};
 use parley_proto::ErrorCode;
 use parley_proto::event::Event;
@@ -76,6 +77,13 @@ pub struct Args {
     /// works too, and at a terminal it is asked for when needed.
     #[arg(long, value_name = "FILE")]
     password_file: Option<PathBuf>,
+    /// Plain TCP, for a server run with --no-tls.
+    #[arg(long, env = "PARLEY_NO_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    no_tls: bool,
+    /// Accept a server certificate that differs from the one pinned for this address (after
+    /// the server's certificate was replaced on purpose).
+    #[arg(long)]
+    accept_new_certificate: bool,
     /// Line mode: plain lines in and out (the only mode for now, and always used when
     /// stdin or stdout is not a terminal).
     #[arg(long)]
@@ -98,6 +106,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let configured_password = secrets::configured(args.password_file.as_deref())?;
     let mut options = ConnectOptions {
         password: configured_password.clone(),
+        security: security(args.no_tls, args.accept_new_certificate),
         ..options
     };
     let mut connected = Client::connect(&options).await;
@@ -122,6 +131,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_CONNECT));
         }
     };
+    if let Some(note) = trust_note(&client) {
+        println!("{note}");
+    }
     let welcome = client.welcome();
     println!(
         "Connected to {} as {}. Online ({}): {}. You are in #{}; type /help for commands.",
@@ -194,6 +206,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = tokio::time::timeout(QUIT_TIMEOUT, client.quit()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// TLS with pinning, or plain TCP when asked.
+pub fn security(no_tls: bool, accept_new: bool) -> Security {
+    if no_tls {
+        return Security::Plain;
+    }
+    Security::Tls {
+        known_hosts: default_known_hosts(),
+        accept_new,
+    }
+}
+
+/// What to tell the user about the server's certificate, once: when it was first pinned or
+/// replaced.
+pub fn trust_note(client: &Client) -> Option<String> {
+    let (what, fingerprint) = match client.trust()? {
+        Trust::NewlyPinned(fingerprint) => ("First connection to", fingerprint),
+        Trust::Replaced(fingerprint) => ("Accepted a new certificate for", fingerprint),
+        _ => return None,
+    };
+    Some(format!(
+        "{what} {}: its certificate (SHA-256 {fingerprint}) is pinned in {}; you will be warned if it changes.",
+        client.address(),
+        default_known_hosts().display()
+    ))
 }
 
 /// Says how the connection ended and picks the exit code.

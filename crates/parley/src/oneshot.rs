@@ -13,6 +13,7 @@ use parley_proto::request::List;
 
 use crate::server::DEFAULT_PORT;
 use crate::transfers::{self, Screen};
+use crate::{client, secrets};
 
 const EXIT_CONNECT: u8 = 1;
 const EXIT_FAILED: u8 = 4;
@@ -32,6 +33,15 @@ pub struct ConnectArgs {
     /// Seconds to wait for the server to answer when connecting.
     #[arg(long, default_value_t = 10, value_name = "SECONDS")]
     connect_timeout: u64,
+    /// Plain TCP, for a server run with --no-tls.
+    #[arg(long, env = "PARLEY_NO_TLS", value_parser = clap::builder::BoolishValueParser::new())]
+    no_tls: bool,
+    /// Accept a server certificate that differs from the pinned one.
+    #[arg(long)]
+    accept_new_certificate: bool,
+    /// Read the password (for a registered name) from this file; PARLEY_PASSWORD works too.
+    #[arg(long, value_name = "FILE")]
+    password_file: Option<PathBuf>,
 }
 
 impl ConnectArgs {
@@ -44,12 +54,26 @@ impl ConnectArgs {
 
     /// Connects and signs in, or says why not.
     async fn connect(&self) -> Result<Client, ExitCode> {
+        let password = match secrets::configured(self.password_file.as_deref()) {
+            Ok(password) => password,
+            Err(err) => {
+                eprintln!("parley: {err:#}");
+                return Err(ExitCode::from(EXIT_CONNECT));
+            }
+        };
         let options = ConnectOptions {
             timeout: Duration::from_secs(self.connect_timeout),
+            password,
+            security: client::security(self.no_tls, self.accept_new_certificate),
             ..ConnectOptions::new(&self.host, self.port, self.user())
         };
         match Client::connect(&options).await {
-            Ok((client, _events)) => Ok(client),
+            Ok((client, _events)) => {
+                if let Some(note) = client::trust_note(&client) {
+                    eprintln!("{note}");
+                }
+                Ok(client)
+            }
             Err(err) => {
                 eprintln!("parley: {}", sanitize(&err.to_string()));
                 Err(ExitCode::from(EXIT_CONNECT))

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use parley_server::{Config, serve};
+use parley_server::{Config, TlsMode, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -55,6 +55,20 @@ pub struct Args {
     /// How many of a room's last messages a client is shown on entering it.
     #[arg(long, default_value_t = 50, value_name = "N")]
     backlog: usize,
+    /// Plain TCP instead of TLS: messages and passwords cross the network in clear.
+    #[arg(
+        long,
+        env = "PARLEY_NO_TLS",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        conflicts_with_all = ["tls_cert", "tls_key"]
+    )]
+    no_tls: bool,
+    /// Serve this certificate chain (PEM) instead of a self-signed one; needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Accept registered names only: no guests.
     #[arg(long)]
     require_account: bool,
@@ -93,6 +107,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         backlog: args.backlog,
         require_account: args.require_account,
+        tls: match (args.no_tls, args.tls_cert, args.tls_key) {
+            (true, _, _) => TlsMode::Off,
+            (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
+            _ => TlsMode::SelfSigned,
+        },
         ..Config::default()
     };
     let shutdown = CancellationToken::new();

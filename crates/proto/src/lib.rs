@@ -8,6 +8,7 @@
 
 pub mod error;
 pub mod event;
+pub mod fingerprint;
 pub mod frame;
 pub mod limits;
 pub mod names;

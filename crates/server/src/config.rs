@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::tls::TlsMode;
+
 /// How a server behaves; [`Config::default`] is what `parley server` runs with.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -35,6 +37,8 @@ pub struct Config {
     pub backlog: usize,
     /// Refuse names that are not registered accounts (no guests).
     pub require_account: bool,
+    /// How connections are secured; TLS with a self-signed certificate by default.
+    pub tls: TlsMode,
 }
 
 impl Default for Config {
@@ -53,6 +57,7 @@ impl Default for Config {
             data_dir: PathBuf::from("parley-data"),
             backlog: 50,
             require_account: false,
+            tls: TlsMode::SelfSigned,
         }
     }
 }

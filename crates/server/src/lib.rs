@@ -12,6 +12,7 @@ mod outbox;
 mod recorder;
 mod session;
 pub mod store;
+mod tls;
 mod transfer;
 mod writer;
 
@@ -31,6 +32,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
+pub use tls::TlsMode;
 
 use hub::Hub;
 use recorder::Recorder;
@@ -60,6 +62,11 @@ pub async fn serve(
         )
     })?;
     let store = open_store(&config.data_dir)?;
+    let tls = tls::setup(&config.tls, &config.data_dir)?.map(Arc::new);
+    match &tls {
+        Some(tls) => info!("TLS certificate fingerprint (SHA-256): {}", tls.fingerprint),
+        None => warn!("TLS is off: messages and passwords cross the network in clear"),
+    }
     let last_id = store.last_id().map_err(std::io::Error::other)?;
     let (recorder, recording) = Recorder::start(store.clone())?;
     let hub = Hub::new(last_id, recorder);
@@ -81,20 +88,28 @@ pub async fn serve(
             },
         };
         tune(&stream);
-        if active.load(Ordering::Acquire) >= ctx.config.max_connections {
+        let full = active.load(Ordering::Acquire) >= ctx.config.max_connections;
+        if full {
             warn!(
                 "{peer} refused: the server holds its maximum of {} connections",
                 ctx.config.max_connections
             );
-            tracker.spawn(refuse_full(stream, ctx.config.max_connections));
-            continue;
+        } else {
+            info!("{peer} connected");
         }
-        info!("{peer} connected");
-        let guard = ActiveGuard::new(&active);
-        let ctx = ctx.clone();
+        let guard = (!full).then(|| ActiveGuard::new(&active));
+        let (ctx, tls) = (ctx.clone(), tls.clone());
         tracker.spawn(async move {
-            session::run(stream, peer, ctx).await;
-            drop(guard);
+            let Some(tls) = tls else {
+                return admit(stream, peer, ctx, guard).await;
+            };
+            // The TLS handshake counts against the time allowed to sign in.
+            let limit = ctx.config.handshake_timeout;
+            match timeout(limit, tls.acceptor.accept(stream)).await {
+                Ok(Ok(secured)) => admit(secured, peer, ctx, guard).await,
+                Ok(Err(err)) => info!("{peer} left: TLS handshake failed: {err}"),
+                Err(_) => info!("{peer} left: no TLS handshake within {limit:?}"),
+            }
         });
     }
     drop(listener);
@@ -138,8 +153,29 @@ fn tune(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
 }
 
+/// Runs a session, or refuses the connection when the server is full (no `guard`).
+async fn admit<S>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    guard: Option<ActiveGuard>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    match guard {
+        Some(guard) => {
+            session::run(stream, peer, ctx).await;
+            drop(guard);
+        }
+        None => refuse_full(stream, ctx.config.max_connections).await,
+    }
+}
+
 /// Tells a connection over the limit why it is refused, then closes it.
-async fn refuse_full(mut stream: TcpStream, max: usize) {
+async fn refuse_full<S>(mut stream: S, max: usize)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
     let bye: Bytes = event_frame(&Event::Bye(Bye {
         code: ErrorCode::ServerFull,
         message: format!("The server holds its maximum of {max} connections; try again later."),

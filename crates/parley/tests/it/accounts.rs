@@ -246,7 +246,7 @@ async fn administrators_manage_accounts_while_the_server_runs() {
     let port = addr.port();
     let connect = |password: Option<&str>| ConnectOptions {
         password: password.map(str::to_owned),
-        ..ConnectOptions::new("127.0.0.1", port, "carol")
+        ..ConnectOptions::new("127.0.0.1", port, "carol").plain()
     };
     let (carol, _events) = parley_client::Client::connect(&connect(Some("carol's password")))
         .await

@@ -33,7 +33,7 @@ fn texts(messages: &[parley_proto::event::Stored]) -> Vec<&str> {
 #[tokio::test]
 async fn acknowledged_messages_survive_kill_9_and_a_restart() {
     let (server, addr) = Proc::server().await;
-    let options = ConnectOptions::new("127.0.0.1", addr.port(), "alice");
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "alice").plain();
     let (alice, _events) = Client::connect(&options).await.unwrap();
     for i in 0..100 {
         say(&alice, "lobby", &format!("message {i}")).await;
@@ -52,7 +52,7 @@ async fn acknowledged_messages_survive_kill_9_and_a_restart() {
         .split_whitespace()
         .find_map(|w| w.parse().ok())
         .unwrap();
-    let options = ConnectOptions::new("127.0.0.1", addr.port(), "bob");
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "bob").plain();
     let (_bob, mut bob_events) = Client::connect(&options).await.unwrap();
     let backlog = backlog(&mut bob_events).await;
     let expected: Vec<String> = (0..100).map(|i| format!("message {i}")).collect();
@@ -65,7 +65,7 @@ async fn acknowledged_messages_survive_kill_9_and_a_restart() {
     );
 
     // New messages continue the ids after the stored ones.
-    let options = ConnectOptions::new("127.0.0.1", addr.port(), "carol");
+    let options = ConnectOptions::new("127.0.0.1", addr.port(), "carol").plain();
     let (carol, _events) = Client::connect(&options).await.unwrap();
     let sent = carol
         .call(Say {

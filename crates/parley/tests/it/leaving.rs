@@ -117,7 +117,7 @@ async fn a_lost_network_is_detected_by_keepalive_on_both_sides() {
     let (_alice, mut alice_events) = server.join("alice").await;
     let cut = CancellationToken::new();
     let through = relay(server.addr, cut.clone()).await;
-    let options = parley_client::ConnectOptions::new("127.0.0.1", through.port(), "bob");
+    let options = parley_client::ConnectOptions::new("127.0.0.1", through.port(), "bob").plain();
     let (bob, mut bob_events) = parley_client::Client::connect(&options).await.unwrap();
     assert_eq!(bob.welcome().keepalive_ms, 200);
 

@@ -165,6 +165,7 @@ async fn a_terminal_gets_a_progress_bar() {
         server.addr.port()
     );
     let run = tokio::process::Command::new("script")
+        .env("PARLEY_NO_TLS", "1")
         .args(["-q", "-e", "-c", &command, "/dev/null"])
         .current_dir(work.path())
         .kill_on_drop(true)

@@ -132,7 +132,7 @@ async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
     let (server, addr) = Proc::server().await;
     let port = addr.port();
     let join = |name: &'static str| async move {
-        Client::connect(&parley_client::ConnectOptions::new("127.0.0.1", port, name))
+        Client::connect(&parley_client::ConnectOptions::new("127.0.0.1", port, name).plain())
             .await
             .unwrap()
     };

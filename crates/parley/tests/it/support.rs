@@ -49,6 +49,7 @@ impl TestServer {
         let config = Config {
             shared_dir: shared.path().to_owned(),
             data_dir: data.path().to_owned(),
+            tls: parley_server::TlsMode::Off,
             ..config
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -72,7 +73,7 @@ impl TestServer {
     }
 
     pub fn options(&self, name: &str) -> ConnectOptions {
-        ConnectOptions::new("127.0.0.1", self.addr.port(), name)
+        ConnectOptions::new("127.0.0.1", self.addr.port(), name).plain()
     }
 
     /// The server's data folder (its database).
@@ -222,6 +223,8 @@ pub fn parley() -> Command {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .env_remove("RUST_LOG")
+        // Plain TCP unless a test says otherwise: the TLS tests remove this.
+        .env("PARLEY_NO_TLS", "1")
         .kill_on_drop(true);
     command
 }

@@ -118,10 +118,11 @@ async fn the_record_of_who_shared_what_survives_a_restart() {
     let config = Config {
         shared_dir,
         data_dir: data.path().to_owned(),
+        tls: parley_server::TlsMode::Off,
         ..Config::default()
     };
     tokio::spawn(parley_server::serve(listener, config, Default::default()));
-    let options = parley_client::ConnectOptions::new("127.0.0.1", addr.port(), "bob");
+    let options = parley_client::ConnectOptions::new("127.0.0.1", addr.port(), "bob").plain();
     let (bob, _bob_events) = parley_client::Client::connect(&options).await.unwrap();
     let listing = bob.call(List::default()).await.unwrap();
     assert_eq!(listing.entries[0].uploader.as_deref(), Some("alice"));
@@ -274,11 +275,12 @@ async fn leftovers_of_a_crash_are_cleared_on_start() {
     let config = Config {
         shared_dir: shared.path().to_owned(),
         data_dir: data.path().to_owned(),
+        tls: parley_server::TlsMode::Off,
         ..Config::default()
     };
     tokio::spawn(parley_server::serve(listener, config, Default::default()));
     // Once a client is served, start-up (and its clean-up) is over.
-    let options = parley_client::ConnectOptions::new("127.0.0.1", addr.port(), "early");
+    let options = parley_client::ConnectOptions::new("127.0.0.1", addr.port(), "early").plain();
     parley_client::Client::connect(&options).await.unwrap();
     assert_eq!(staged(shared.path()), 0);
 }
