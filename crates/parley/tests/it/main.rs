@@ -18,4 +18,5 @@ mod rooms;
 mod scripts;
 mod shutdown;
 mod slow_client;
+mod tls;
 mod uploads;

@@ -42,14 +42,22 @@ impl TestServer {
     }
 
     /// Starts a server with `config`, whatever its `shared_dir` and `data_dir`: each test has
-    /// its own temporary folders.
+    /// its own temporary folders. Plain TCP: the TLS tests use [`TestServer::with_tls`].
     pub async fn with_config(config: Config) -> Self {
+        Self::with_tls(Config {
+            tls: parley_server::TlsMode::Off,
+            ..config
+        })
+        .await
+    }
+
+    /// Starts a server with `config`, its `tls` as given.
+    pub async fn with_tls(config: Config) -> Self {
         let shared = tempfile::tempdir().unwrap();
         let data = tempfile::tempdir().unwrap();
         let config = Config {
             shared_dir: shared.path().to_owned(),
             data_dir: data.path().to_owned(),
-            tls: parley_server::TlsMode::Off,
             ..config
         };
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -256,8 +264,21 @@ impl Proc {
         Self::launch(dir, args, &[])
     }
 
+    /// Runs `parley` with TLS left on (the test environment otherwise turns it off).
+    pub fn launch_tls(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start(tempfile::tempdir().unwrap(), args, env, true)
+    }
+
     fn launch(dir: TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = parley()
+        Self::start(dir, args, env, false)
+    }
+
+    fn start(dir: TempDir, args: &[&str], env: &[(&str, &str)], tls: bool) -> Self {
+        let mut command = parley();
+        if tls {
+            command.env_remove("PARLEY_NO_TLS");
+        }
+        let mut child = command
             .args(args)
             .envs(env.iter().copied())
             .current_dir(dir.path())
