@@ -54,7 +54,9 @@ pub fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .map_err(|err| anyhow::anyhow!("the name {:?} is not allowed: {err}", args.name))?;
             let store = open(&args.data)?;
             let hash = new_password(&args)?;
-            if !store.create_account(&args.name, &hash)? {
+            // The account owns messages from now on, not those of earlier guests of the name.
+            let since = store.last_id()?;
+            if !store.create_account(&args.name, &hash, since)? {
                 bail!(
                     "{} is registered already (reset-password changes its password)",
                     args.name

@@ -18,7 +18,8 @@ use futures_util::StreamExt;
 use parley_proto::event::{Backlog, Bye, Event, PartReason, Private};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
 use parley_proto::limits::{
-    MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_HISTORY, MAX_TEXT_BYTES, SERVER_MAX_CONTROL_FRAME,
+    MAX_CLIENT_DESCRIPTION, MAX_DATA_CHUNK, MAX_HISTORY, MAX_PASSWORD_BYTES, MAX_TEXT_BYTES,
+    SERVER_MAX_CONTROL_FRAME,
 };
 use parley_proto::names;
 use parley_proto::paths;
@@ -741,15 +742,9 @@ impl Session<'_> {
                 ),
             );
         };
-        let registered = self
+        self.private_since = self
             .authenticate(&hello.name, hello.password.as_deref())
             .await?;
-        // A guest name is anyone's: its private history starts with this session.
-        self.private_since = if registered {
-            0
-        } else {
-            self.ctx.hub.last_id()
-        };
         let config = &self.ctx.config;
         let welcome = |room: &str, online: Vec<String>| {
             ok_frame::<Hello>(
@@ -776,7 +771,8 @@ impl Session<'_> {
 
     /// Lets a guest name through (unless the server requires accounts) and a registered name
     /// only with its password; failures slow down the next tries for that name and address.
-    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<bool, Refusal> {
+    /// Returns where the name's private history starts: 0-based ids above it are the name's.
+    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<u64, Refusal> {
         names::validate_user_name(name).map_err(|err| Refusal {
             code: ErrorCode::InvalidName,
             message: format!("The name {name:?} is not allowed: {err}."),
@@ -790,7 +786,8 @@ impl Session<'_> {
                     message: "This server accepts registered names only; ask its administrator for an account.".into(),
                 });
             }
-            return Ok(false);
+            // A guest name is anyone's: its private history starts with this session.
+            return Ok(self.ctx.hub.last_id());
         };
         let Some(password) = password else {
             return Err(Refusal {
@@ -799,7 +796,7 @@ impl Session<'_> {
             });
         };
         self.check_password(name, password, account.hash).await?;
-        Ok(true)
+        Ok(account.since_id)
     }
 
     /// Checks `password` against `hash`, slowed down by recent failures for the name or the
@@ -816,6 +813,15 @@ impl Session<'_> {
         ];
         let throttle = &self.ctx.throttle;
         tokio::time::sleep(throttle.delay(&keys)).await;
+        // Hashing is costly on purpose: what is longer than any password can be is refused
+        // without feeding it to Argon2.
+        if password.len() > MAX_PASSWORD_BYTES {
+            throttle.failed(&keys);
+            return Err(Refusal {
+                code: ErrorCode::AuthFailed,
+                message: format!("Wrong password for {name}."),
+            });
+        }
         let password = password.to_owned();
         let matches = tokio::task::spawn_blocking(move || accounts::verify(&password, &hash))
             .await
@@ -861,7 +867,9 @@ impl Session<'_> {
         let hash = hash_password(register.password).await?;
         let store = self.ctx.store.clone();
         let owner = name.clone();
-        if !read(move || store.create_account(&owner, &hash)).await? {
+        // The account owns what this session saw, not what earlier guests of the name did.
+        let since = self.private_since;
+        if !read(move || store.create_account(&owner, &hash, since)).await? {
             return Err(Refusal {
                 code: ErrorCode::AlreadyRegistered,
                 message: format!(
@@ -889,7 +897,13 @@ impl Session<'_> {
         accounts::check_strength(&passwd.new)?;
         let hash = hash_password(passwd.new).await?;
         let store = self.ctx.store.clone();
-        read(move || store.set_password(&name, &hash)).await?;
+        let owner = name.clone();
+        if !read(move || store.set_password(&owner, &hash)).await? {
+            return Err(Refusal {
+                code: ErrorCode::BadRequest,
+                message: format!("The name {name} is no longer registered."),
+            });
+        }
         Ok(())
     }
 }

@@ -319,3 +319,104 @@ async fn the_line_client_registers_and_then_needs_the_password() {
     );
     again.expect_line(|l| l.starts_with("Connected to")).await;
 }
+
+#[tokio::test]
+async fn an_account_does_not_inherit_what_earlier_guests_of_its_name_were_sent() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (guest, mut guest_events) = server.join("dave").await;
+    alice
+        .call(Msg {
+            to: "dave".into(),
+            text: "for the guest".into(),
+        })
+        .await
+        .unwrap();
+    guest.quit().await.unwrap();
+    wait_for(&mut guest_events, |e| {
+        matches!(e, ClientEvent::Closed(_)).then_some(())
+    })
+    .await;
+
+    register(&server, "dave", "dave's own password").await;
+    alice
+        .call(Msg {
+            to: "dave".into(),
+            text: "for the owner".into(),
+        })
+        .await
+        .unwrap();
+    let (dave, _events) =
+        parley_client::Client::connect(&with_password(&server, "dave", "dave's own password"))
+            .await
+            .unwrap();
+    let with_alice = parley_proto::request::History {
+        room: None,
+        with: Some("alice".into()),
+        before: None,
+        limit: 10,
+    };
+    let texts: Vec<String> = dave
+        .call(with_alice)
+        .await
+        .unwrap()
+        .messages
+        .into_iter()
+        .map(|m| m.text)
+        .collect();
+    assert_eq!(texts, ["for the owner"]);
+}
+
+#[tokio::test]
+async fn removing_an_account_drops_what_was_kept_for_it() {
+    let (server, addr) = Proc::server().await;
+    let data = server.dir.path().join("parley-data");
+    let admin = |args: &[&str]| {
+        let mut all = vec!["admin"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--data-dir", data.to_str().unwrap()]);
+        Proc::spawn_with(&all, &[("PARLEY_PASSWORD", "erin's password")]).finish()
+    };
+    assert_eq!(admin(&["add", "erin"]).await.0, 0);
+    let connect = |name: &str| ConnectOptions::new("127.0.0.1", addr.port(), name).plain();
+    let (alice, _events) = parley_client::Client::connect(&connect("alice"))
+        .await
+        .unwrap();
+    let sent = alice
+        .call(Msg {
+            to: "erin".into(),
+            text: "kept for erin".into(),
+        })
+        .await
+        .unwrap();
+    assert!(sent.queued);
+    assert_eq!(admin(&["remove", "erin"]).await.0, 0);
+    // A guest taking the name gets nothing that was kept for the account.
+    let (_erin, mut events) = parley_client::Client::connect(&connect("erin"))
+        .await
+        .unwrap();
+    alice
+        .call(Msg {
+            to: "erin".into(),
+            text: "live".into(),
+        })
+        .await
+        .unwrap();
+    let first = wait_for(&mut events, |e| match e {
+        ClientEvent::Server(Event::Private(p)) => Some(p.text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(first, "live");
+}
+
+#[tokio::test]
+async fn an_overlong_password_is_refused_without_hashing() {
+    let server = TestServer::start().await;
+    register(&server, "frank", "frank's password").await;
+    let huge = "p".repeat(60_000);
+    assert_eq!(
+        refused(&with_password(&server, "frank", &huge)).await,
+        ErrorCode::AuthFailed
+    );
+}

@@ -402,7 +402,10 @@ pub struct ChatLatency {
 
 impl ChatLatency {
     /// 40 exchanges between `other` and `busy`, 10 ms apart; `what` names the situation in the
-    /// printed record. Fails if any message took half a second.
+    /// printed record. Fails if any message took 2 s: far less than the multi-gigabyte transfer
+    /// it runs beside, so chat waiting behind the transfer would fail it, yet loose enough for
+    /// two cores busy with the rest of the suite (the printed figures are the measurement;
+    /// loaded runs reach ~0.3 s, a quiet one stays under 0.1 s).
     pub async fn measure(
         what: &str,
         busy: &Client,
@@ -451,7 +454,7 @@ impl ChatLatency {
             "chat during {what}: delivery worst {:?}; request round trip median {:?}, worst {:?}",
             latency.worst_delivery, latency.median_round_trip, latency.worst_round_trip
         );
-        let limit = Duration::from_millis(500);
+        let limit = Duration::from_secs(2);
         assert!(
             latency.worst_delivery < limit,
             "a message took {:?} to arrive",

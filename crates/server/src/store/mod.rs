@@ -37,6 +37,9 @@ pub struct Account {
     pub hash: String,
     /// When it was registered, in milliseconds since the Unix epoch.
     pub created: u64,
+    /// Private messages with ids up to this one were sent before the name was registered, to
+    /// whoever used it then, and are not the account's.
+    pub since_id: u64,
 }
 
 /// Persistent message history and accounts.
@@ -55,13 +58,15 @@ pub trait Store: Send + Sync + 'static {
     /// The account of `name` (compared without regard to case), if it is registered.
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;
 
-    /// Registers `name` with a password hash; false if it is registered already.
-    fn create_account(&self, name: &str, hash: &str) -> Result<bool, StoreError>;
+    /// Registers `name` with a password hash, owning private messages with ids above
+    /// `since_id`; false if it is registered already.
+    fn create_account(&self, name: &str, hash: &str, since_id: u64) -> Result<bool, StoreError>;
 
     /// Replaces the password hash of `name`; false if it is not registered.
     fn set_password(&self, name: &str, hash: &str) -> Result<bool, StoreError>;
 
-    /// Removes the account of `name`; false if it is not registered.
+    /// Removes the account of `name` and the messages kept for it; false if it is not
+    /// registered.
     fn remove_account(&self, name: &str) -> Result<bool, StoreError>;
 
     /// Every account, by name.

@@ -41,6 +41,9 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL REFERENCES messages (id),
         PRIMARY KEY (recipient_key, message_id)
     );",
+    // 3: where an account's private history starts (messages sent to earlier guests of the
+    // name stay theirs).
+    "ALTER TABLE accounts ADD COLUMN since_id INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// The SQLite store. One connection behind a std mutex: every call is a short, blocking
@@ -105,6 +108,7 @@ fn account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
         name: row.get(0)?,
         hash: row.get(1)?,
         created: row.get::<_, i64>(2)? as u64,
+        since_id: row.get::<_, i64>(3)? as u64,
     })
 }
 
@@ -147,7 +151,8 @@ impl Store for SqliteStore {
             }
             let mut keep = tx
                 .prepare_cached(
-                    "INSERT INTO undelivered (recipient_key, message_id)                      SELECT recipient_key, id FROM messages WHERE id = ?1",
+                    "INSERT INTO undelivered (recipient_key, message_id) \
+                     SELECT recipient_key, id FROM messages WHERE id = ?1",
                 )
                 .map_err(StoreError::new)?;
             for id in undelivered {
@@ -184,7 +189,7 @@ impl Store for SqliteStore {
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let db = self.db.lock().unwrap();
         db.query_row(
-            "SELECT name, hash, created FROM accounts WHERE name_key = ?1",
+            "SELECT name, hash, created, since_id FROM accounts WHERE name_key = ?1",
             params![name.to_ascii_lowercase()],
             account,
         )
@@ -192,15 +197,22 @@ impl Store for SqliteStore {
         .map_err(StoreError::new)
     }
 
-    fn create_account(&self, name: &str, hash: &str) -> Result<bool, StoreError> {
+    fn create_account(&self, name: &str, hash: &str, since_id: u64) -> Result<bool, StoreError> {
         let db = self.db.lock().unwrap();
         let created = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let inserted = db
             .execute(
-                "INSERT OR IGNORE INTO accounts (name_key, name, hash, created)                  VALUES (?1, ?2, ?3, ?4)",
-                params![name.to_ascii_lowercase(), name, hash, created],
+                "INSERT OR IGNORE INTO accounts (name_key, name, hash, created, since_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    name.to_ascii_lowercase(),
+                    name,
+                    hash,
+                    created,
+                    since_id.min(i64::MAX as u64) as i64
+                ],
             )
             .map_err(StoreError::new)?;
         Ok(inserted == 1)
@@ -218,20 +230,26 @@ impl Store for SqliteStore {
     }
 
     fn remove_account(&self, name: &str) -> Result<bool, StoreError> {
-        let db = self.db.lock().unwrap();
-        let removed = db
-            .execute(
-                "DELETE FROM accounts WHERE name_key = ?1",
-                params![name.to_ascii_lowercase()],
-            )
+        let key = name.to_ascii_lowercase();
+        let mut db = self.db.lock().unwrap();
+        let tx = db.transaction().map_err(StoreError::new)?;
+        let removed = tx
+            .execute("DELETE FROM accounts WHERE name_key = ?1", params![key])
             .map_err(StoreError::new)?;
+        // Messages kept for the account are not for whoever takes the name next.
+        tx.execute(
+            "DELETE FROM undelivered WHERE recipient_key = ?1",
+            params![key],
+        )
+        .map_err(StoreError::new)?;
+        tx.commit().map_err(StoreError::new)?;
         Ok(removed == 1)
     }
 
     fn accounts(&self) -> Result<Vec<Account>, StoreError> {
         let db = self.db.lock().unwrap();
         let mut query = db
-            .prepare_cached("SELECT name, hash, created FROM accounts ORDER BY name_key")
+            .prepare_cached("SELECT name, hash, created, since_id FROM accounts ORDER BY name_key")
             .map_err(StoreError::new)?;
         query
             .query_map([], account)
@@ -445,8 +463,8 @@ mod tests {
     #[test]
     fn accounts_and_undelivered_messages() {
         let (_dir, store) = store();
-        assert!(store.create_account("Bob", "$argon2id$hash1").unwrap());
-        assert!(!store.create_account("bob", "$argon2id$other").unwrap());
+        assert!(store.create_account("Bob", "$argon2id$hash1", 0).unwrap());
+        assert!(!store.create_account("bob", "$argon2id$other", 0).unwrap());
         let bob = store.account("BOB").unwrap().unwrap();
         assert_eq!(
             (bob.name.as_str(), bob.hash.as_str()),
