@@ -19,13 +19,15 @@ use parley_client::display::{
     event_line, format_size, listing_lines, message_line, names, sanitize, stored_line,
 };
 use parley_client::tls::{Security, Trust, default_known_hosts};
-use parley_client::{Client, ClientEvent, Closed, ConnectError, ConnectOptions, RequestError};
-use parley_proto::ErrorCode;
+use parley_client::{
+    Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, RequestError,
+};
 use parley_proto::event::Event;
 use parley_proto::names::canonical_room;
 use parley_proto::request::{
     History, Join, List, Msg, Part, Passwd, Register, Rooms, Say, Search, Users,
 };
+use parley_proto::{DEFAULT_ROOM, ErrorCode};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::secrets::{self, EchoOff};
@@ -124,7 +126,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ))?);
         connected = Client::connect(&options).await;
     }
-    let (client, mut events) = match connected {
+    let (mut client, mut events) = match connected {
         Ok(connected) => connected,
         Err(err) => {
             eprintln!("parley: {}", sanitize(&err.to_string()));
@@ -153,6 +155,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         oldest: HashMap::new(),
         configured_password,
         secret: None,
+        last_seen: 0,
     };
     let mut input = BufReader::new(tokio::io::stdin()).lines();
     let mut in_flight: FuturesUnordered<BoxFuture<'static, Outcome>> = FuturesUnordered::new();
@@ -188,15 +191,35 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Some(outcome) = in_flight.next() => session.settle(outcome),
             event = events.recv() => match event {
-                Some(ClientEvent::Server(event)) => {
-                    if let Event::Backlog(backlog) = &event
-                        && let Some(first) = backlog.messages.first()
-                    {
-                        session.note_oldest(thread_key(Some(&backlog.room), None), first.id);
+                Some(ClientEvent::Server(mut event)) => {
+                    if let Event::Backlog(backlog) = &mut event {
+                        if let Some(first) = backlog.messages.first() {
+                            session.note_oldest(thread_key(Some(&backlog.room), None), first.id);
+                        }
+                        // After a reconnect, the backlog repeats what was already shown.
+                        backlog.messages.retain(|m| m.id > session.last_seen);
+                        if backlog.messages.is_empty() {
+                            continue;
+                        }
                     }
+                    session.see(&event);
                     if let Some(line) = event_line(&event) {
                         session.screen.line(&line);
                     }
+                }
+                Some(ClientEvent::Closed(Closed::Lost(reason))) if !quitting => {
+                    eprintln!(
+                        "! Lost the connection to {}: {}; reconnecting.",
+                        client.address(),
+                        sanitize(&reason)
+                    );
+                    let Some((again, again_events)) = reconnect(&options, &session.rooms).await else {
+                        eprintln!("! Could not reconnect to {}; giving up.", client.address());
+                        return Ok(ExitCode::from(EXIT_DISCONNECTED));
+                    };
+                    eprintln!("Reconnected to {}.", again.address());
+                    (client, events) = (again.clone(), again_events);
+                    session.client = again;
                 }
                 Some(ClientEvent::Closed(closed)) => return Ok(report_closed(&client, closed)),
                 None => return Ok(ExitCode::from(EXIT_DISCONNECTED)),
@@ -206,6 +229,31 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     let _ = tokio::time::timeout(QUIT_TIMEOUT, client.quit()).await;
     Ok(ExitCode::SUCCESS)
+}
+
+/// How long to wait before each attempt to reconnect after a lost connection (about 4 s in
+/// all): a short loss is bridged, a server that is gone is soon given up on.
+const RECONNECT_DELAYS: [Duration; 4] = [
+    Duration::from_millis(250),
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+];
+
+/// Connects and signs in again, and rejoins `rooms`; their backlogs bring what was missed.
+async fn reconnect(options: &ConnectOptions, rooms: &[String]) -> Option<(Client, Events)> {
+    for delay in RECONNECT_DELAYS {
+        tokio::time::sleep(delay).await;
+        // The server may still hold the old session, and the name with it, for a moment.
+        let Ok((client, events)) = Client::connect(options).await else {
+            continue;
+        };
+        for room in rooms.iter().filter(|room| *room != DEFAULT_ROOM) {
+            let _ = client.call(Join { room: room.clone() }).await;
+        }
+        return Some((client, events));
+    }
+    None
 }
 
 /// TLS with pinning, or plain TCP when asked.
@@ -278,6 +326,8 @@ struct LineSession {
     configured_password: Option<String>,
     /// A password being typed (echo off) for `/register` or `/passwd`.
     secret: Option<(SecretPrompt, EchoOff)>,
+    /// The id of the newest message shown, so a backlog after a reconnect shows only news.
+    last_seen: u64,
 }
 
 /// Where a password dialogue is: the next input line answers its question.
@@ -587,6 +637,17 @@ impl LineSession {
         if let Some((thread, oldest)) = outcome.paged {
             self.note_oldest(thread, oldest);
         }
+    }
+
+    /// Notes the messages an event shows.
+    fn see(&mut self, event: &Event) {
+        let newest = match event {
+            Event::Message(m) => m.id,
+            Event::Private(p) => p.id,
+            Event::Backlog(b) => b.messages.last().map_or(0, |m| m.id),
+            _ => 0,
+        };
+        self.last_seen = self.last_seen.max(newest);
     }
 
     /// Starts a password dialogue: echo off, the first question asked.

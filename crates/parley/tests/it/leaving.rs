@@ -142,3 +142,68 @@ async fn a_lost_network_is_detected_by_keepalive_on_both_sides() {
         other => panic!("{other:?}"),
     }
 }
+
+/// A relay that forwards each connection it accepts to `server` and can break the current one
+/// abruptly, as a network outage followed by recovery would.
+async fn breakable_relay(
+    server: std::net::SocketAddr,
+) -> (std::net::SocketAddr, tokio::sync::mpsc::Sender<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (breaker, mut breaks) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut inbound, _)) = listener.accept().await else {
+                return;
+            };
+            let mut outbound = TcpStream::connect(server).await.unwrap();
+            tokio::select! {
+                _ = copy_bidirectional(&mut inbound, &mut outbound) => {}
+                _ = breaks.recv() => {}
+            }
+            // Dropping both ends breaks the connection for both sides.
+        }
+    });
+    (addr, breaker)
+}
+
+#[tokio::test]
+async fn the_line_client_reconnects_after_a_short_loss_and_catches_up() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (through, breaker) = breakable_relay(server.addr).await;
+    let mut bob = Proc::client("bob", through).await;
+    alice
+        .call(parley_proto::request::Say {
+            room: "lobby".into(),
+            text: "before".into(),
+        })
+        .await
+        .unwrap();
+    bob.expect_line(|l| l == "[#lobby] alice: before").await;
+
+    breaker.send(()).await.unwrap();
+    // Said while bob is away: he must see these once back, and not "before" again.
+    for text in ["missed one", "missed two"] {
+        alice
+            .call(parley_proto::request::Say {
+                room: "lobby".into(),
+                text: text.into(),
+            })
+            .await
+            .unwrap();
+    }
+    bob.expect_line(|l| l.ends_with("[#lobby] alice: missed one"))
+        .await;
+    bob.expect_line(|l| l.ends_with("[#lobby] alice: missed two"))
+        .await;
+    bob.send("still here").await;
+    bob.expect_line(|l| l == "[#lobby] bob: still here").await;
+    assert!(
+        !bob.seen
+            .iter()
+            .any(|l| l.ends_with("alice: before") && l.starts_with("history")),
+        "what was seen before the loss was shown again: {:#?}",
+        bob.seen
+    );
+}
