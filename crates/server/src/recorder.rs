@@ -10,7 +10,7 @@ use std::sync::mpsc;
 use std::thread::JoinHandle;
 
 use tokio::sync::oneshot;
-use tracing::error;
+use tracing::{debug, error};
 
 use crate::store::{Store, Stored};
 
@@ -78,6 +78,7 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>) {
             messages.push(message);
             receipts.push(receipt);
         }
+        debug!("storing {} messages in one transaction", messages.len());
         let result = store.append(&messages, &undelivered).map_err(|err| {
             error!("storing {} messages failed: {err}", messages.len());
             err.to_string()
