@@ -21,7 +21,8 @@ use parley_proto::request::{
     Call, Cancel, Download, Downloading, Finish, Hello, Quit, Upload, Uploaded, Uploading, Welcome,
 };
 use parley_proto::{
-    ErrorCode, Frame, FrameCodec, Reply, Request, SUPPORTED_VERSIONS, ServerMessage, control_frame,
+    ErrorCode, Frame, FrameCodec, FrameError, Reply, Request, SUPPORTED_VERSIONS, ServerMessage,
+    control_frame,
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
@@ -340,6 +341,7 @@ impl Client {
                             known_hosts,
                         }
                     }
+                    _ if err.to_string().contains("known hosts") => tls_failed(err.to_string()),
                     _ => tls_failed(format!(
                         "the TLS handshake failed ({err}); if the server runs with --no-tls, use --no-tls too"
                     )),
@@ -405,6 +407,12 @@ impl Client {
         let welcome = loop {
             let frame = match frames.next().await {
                 None => return Err(broken("the server closed the connection".into())),
+                // A TLS record (an alert, 0x15, or a handshake, 0x16) read as a frame length.
+                Some(Err(FrameError::TooLarge { len, .. })) if matches!(len >> 24, 0x15 | 0x16) => {
+                    return Err(broken(
+                        "the server speaks TLS; connect without --no-tls".into(),
+                    ));
+                }
                 Some(Err(err)) => return Err(broken(err.to_string())),
                 Some(Ok(frame)) => frame,
             };

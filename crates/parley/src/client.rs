@@ -129,7 +129,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let (mut client, mut events) = match connected {
         Ok(connected) => connected,
         Err(err) => {
-            eprintln!("parley: {}", sanitize(&err.to_string()));
+            eprintln!("parley: {}", client_error(&err));
             return Ok(ExitCode::from(EXIT_CONNECT));
         }
     };
@@ -254,6 +254,15 @@ async fn reconnect(options: &ConnectOptions, rooms: &[String]) -> Option<(Client
         return Some((client, events));
     }
     None
+}
+
+/// A connection failure for the terminal: escaped, except the certificate warning, which is
+/// made here (fingerprints and a file name) and spans lines on purpose.
+pub fn client_error(err: &ConnectError) -> String {
+    match err {
+        ConnectError::CertificateChanged { .. } => err.to_string(),
+        _ => sanitize(&err.to_string()).into_owned(),
+    }
 }
 
 /// TLS with pinning, or plain TCP when asked.

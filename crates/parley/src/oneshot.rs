@@ -75,7 +75,7 @@ impl ConnectArgs {
                 Ok(client)
             }
             Err(err) => {
-                eprintln!("parley: {}", sanitize(&err.to_string()));
+                eprintln!("parley: {}", client::client_error(&err));
                 Err(ExitCode::from(EXIT_CONNECT))
             }
         }

@@ -56,12 +56,7 @@ pub struct Args {
     #[arg(long, default_value_t = 50, value_name = "N")]
     backlog: usize,
     /// Plain TCP instead of TLS: messages and passwords cross the network in clear.
-    #[arg(
-        long,
-        env = "PARLEY_NO_TLS",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        conflicts_with_all = ["tls_cert", "tls_key"]
-    )]
+    #[arg(long, env = "PARLEY_NO_TLS", value_parser = clap::builder::BoolishValueParser::new())]
     no_tls: bool,
     /// Serve this certificate chain (PEM) instead of a self-signed one; needs --tls-key.
     #[arg(long, value_name = "FILE", requires = "tls_key")]

@@ -99,14 +99,19 @@ pub async fn serve(
         }
         let guard = (!full).then(|| ActiveGuard::new(&active));
         let (ctx, tls) = (ctx.clone(), tls.clone());
+        let accepted = tokio::time::Instant::now();
         tracker.spawn(async move {
             let Some(tls) = tls else {
-                return admit(stream, peer, ctx, guard).await;
+                return admit(stream, peer, ctx, guard, accepted).await;
             };
-            // The TLS handshake counts against the time allowed to sign in.
-            let limit = ctx.config.handshake_timeout;
+            // The TLS handshake counts against the time allowed to sign in; a connection that
+            // is only to be told the server is full gets a short one.
+            let limit = match guard {
+                Some(_) => ctx.config.handshake_timeout,
+                None => Duration::from_secs(1),
+            };
             match timeout(limit, tls.acceptor.accept(stream)).await {
-                Ok(Ok(secured)) => admit(secured, peer, ctx, guard).await,
+                Ok(Ok(secured)) => admit(secured, peer, ctx, guard, accepted).await,
                 Ok(Err(err)) => info!("{peer} left: TLS handshake failed: {err}"),
                 Err(_) => info!("{peer} left: no TLS handshake within {limit:?}"),
             }
@@ -159,12 +164,13 @@ async fn admit<S>(
     peer: std::net::SocketAddr,
     ctx: Arc<Context>,
     guard: Option<ActiveGuard>,
+    accepted: tokio::time::Instant,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
 {
     match guard {
         Some(guard) => {
-            session::run(stream, peer, ctx).await;
+            session::run(stream, peer, ctx, accepted).await;
             drop(guard);
         }
         None => refuse_full(stream, ctx.config.max_connections).await,

@@ -164,7 +164,9 @@ impl fmt::Display for End {
 }
 
 /// Runs one connection to its end.
-pub(crate) async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>)
+/// Runs one connection to its end; `accepted` is when its TCP connection was accepted, so a
+/// TLS handshake and the sign-in share one handshake timeout.
+pub(crate) async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, accepted: Instant)
 where
     S: AsyncRead + AsyncWrite + Send + 'static,
 {
@@ -190,7 +192,7 @@ where
         ctx: &ctx,
         outbox,
         name: None,
-        last_heard: Instant::now(),
+        last_heard: accepted,
         ping_sent: false,
         peer,
         private_since: 0,

@@ -242,6 +242,10 @@ async fn the_binaries_speak_tls_and_warn_when_the_certificate_changes() {
         "{stderr}"
     );
     assert!(stderr.contains("--accept-new-certificate"), "{stderr}");
+    assert!(
+        stderr.lines().count() > 2,
+        "the warning spans lines: {stderr}"
+    );
 
     // Plain mode needs both sides: a TLS client to a --no-tls server says what to do.
     let (plain_server, plain_addr) = Proc::server().await;
@@ -254,6 +258,18 @@ async fn the_binaries_speak_tls_and_warn_when_the_certificate_changes() {
     .await;
     assert_eq!(code, 1);
     assert!(stderr.contains("--no-tls"), "{stderr}");
+    // And a plain client to a TLS server is told the server speaks TLS.
+    let (code, _, stderr) = Proc::spawn(&["client", "carol", "127.0.0.1", &port])
+        .finish()
+        .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the server speaks TLS"), "{stderr}");
+    // And a plain client to a TLS server is told the server speaks TLS.
+    let (code, _, stderr) = Proc::spawn(&["client", "carol", "127.0.0.1", &port])
+        .finish()
+        .await;
+    assert_eq!(code, 1);
+    assert!(stderr.contains("the server speaks TLS"), "{stderr}");
     drop(plain_server);
 }
 
