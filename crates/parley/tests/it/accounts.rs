@@ -420,3 +420,61 @@ async fn an_overlong_password_is_refused_without_hashing() {
         ErrorCode::AuthFailed
     );
 }
+
+#[tokio::test]
+async fn at_a_terminal_the_password_is_typed_without_echo() {
+    let server = TestServer::start().await;
+    let command = format!(
+        "{} client gina 127.0.0.1 {}",
+        env!("CARGO_BIN_EXE_parley"),
+        server.addr.port()
+    );
+    // util-linux's `script` gives the client a pseudo-terminal; what we write is what is typed.
+    let mut typed = tokio::process::Command::new("script")
+        .args(["-q", "-e", "-c", &command, "/dev/null"])
+        .env("PARLEY_NO_TLS", "1")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("`script` runs");
+    let mut stdin = typed.stdin.take().unwrap();
+    let mut stdout = tokio::io::BufReader::new(typed.stdout.take().unwrap());
+    let mut screen = String::new();
+    // Reads the terminal until `text` shows, within the wait.
+    async fn until(
+        out: &mut tokio::io::BufReader<tokio::process::ChildStdout>,
+        screen: &mut String,
+        text: &str,
+    ) {
+        use tokio::io::AsyncReadExt;
+        tokio::time::timeout(WAIT, async {
+            let mut buf = [0u8; 4096];
+            while !screen.contains(text) {
+                let n = out.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the terminal closed; it showed {screen:?}");
+                screen.push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{text:?} did not show; the terminal showed {screen:?}"));
+    }
+    use tokio::io::AsyncWriteExt;
+    until(&mut stdout, &mut screen, "Connected to").await;
+    stdin.write_all(b"/register\n").await.unwrap();
+    until(&mut stdout, &mut screen, "Choose a password: ").await;
+    stdin.write_all(b"hunter2-but-longer\n").await.unwrap();
+    until(&mut stdout, &mut screen, "Repeat it: ").await;
+    stdin.write_all(b"hunter2-but-longer\n").await.unwrap();
+    until(&mut stdout, &mut screen, "Registered gina").await;
+    assert!(
+        !screen.contains("hunter2"),
+        "the password was echoed: {screen:?}"
+    );
+    stdin.write_all(b"/quit\n").await.unwrap();
+    // And the name now needs it.
+    assert_eq!(
+        refused(&server.options("gina")).await,
+        ErrorCode::AuthFailed
+    );
+}
