@@ -7,7 +7,6 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::Path;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -90,7 +89,8 @@ pub struct TransferState {
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
 /// Downloads `path` into `dir`, saying how big it is before it starts, printing progress every
-/// [`PROGRESS_EVERY`] and keeping `/transfers` up to date.
+/// Downloads `path` into `dir`, saying how big it is before it starts, then reporting progress
+/// and keeping `/transfers` up to date.
 pub async fn download_with_progress(
     client: &Client,
     path: &str,
@@ -98,20 +98,14 @@ pub async fn download_with_progress(
     transfers: &Mutex<BTreeMap<u32, TransferState>>,
     screen: &Screen,
 ) -> Result<download::Saved, download::DownloadError> {
-    let id = AtomicU32::new(0);
     // Both callbacks report; a mutex lets them share the reporter (and keeps the future Send).
-    let reporter = Mutex::new(Reporter::new(screen));
-    let result = download::download(
+    let reporter = Mutex::new(Reporter::new(screen, transfers));
+    download::download(
         client,
         path,
         dir,
         |info| {
-            id.store(info.transfer, Ordering::Relaxed);
             let name = sanitize(&info.name);
-            reporter
-                .lock()
-                .unwrap()
-                .start(&info.name, info.size, info.offset);
             screen.line(&if info.offset > 0 {
                 format!(
                     "Resuming {name} at {} of {} (transfer {})",
@@ -126,27 +120,17 @@ pub async fn download_with_progress(
                     info.transfer
                 )
             });
-            transfers.lock().unwrap().insert(
-                info.transfer,
-                TransferState {
-                    kind: "download",
-                    name: info.name.clone(),
-                    size: info.size,
-                    done: info.offset,
-                },
-            );
+            let state = TransferState {
+                kind: "download",
+                name: info.name.clone(),
+                size: info.size,
+                done: info.offset,
+            };
+            reporter.lock().unwrap().start(info.transfer, state);
         },
-        |done| {
-            let id = id.load(Ordering::Relaxed);
-            reporter.lock().unwrap().update(transfers, id, done);
-        },
+        |done| reporter.lock().unwrap().update(done),
     )
-    .await;
-    transfers
-        .lock()
-        .unwrap()
-        .remove(&id.load(Ordering::Relaxed));
-    result
+    .await
 }
 
 /// Uploads `local` into `folder` with the same reporting as downloads.
@@ -157,16 +141,12 @@ pub async fn upload_with_progress(
     transfers: &Mutex<BTreeMap<u32, TransferState>>,
     screen: &Screen,
 ) -> Result<upload::Shared, upload::UploadError> {
-    let id = AtomicU32::new(0);
-    // Both callbacks report; a mutex lets them share the reporter (and keeps the future Send).
-    let reporter = Mutex::new(Reporter::new(screen));
-    let result = upload::upload(
+    let reporter = Mutex::new(Reporter::new(screen, transfers));
+    upload::upload(
         client,
         local,
         folder,
         |transfer, name, size| {
-            id.store(transfer, Ordering::Relaxed);
-            reporter.lock().unwrap().start(name, size, 0);
             screen.line(&format!(
                 "Uploading {} ({}) as transfer {transfer}",
                 sanitize(name),
@@ -178,24 +158,20 @@ pub async fn upload_with_progress(
                 size,
                 done: 0,
             };
-            transfers.lock().unwrap().insert(transfer, state);
+            reporter.lock().unwrap().start(transfer, state);
         },
-        |done| {
-            let id = id.load(Ordering::Relaxed);
-            reporter.lock().unwrap().update(transfers, id, done);
-        },
+        |done| reporter.lock().unwrap().update(done),
     )
-    .await;
-    transfers
-        .lock()
-        .unwrap()
-        .remove(&id.load(Ordering::Relaxed));
-    result
+    .await
 }
 
-/// Prints a transfer's progress every [`PROGRESS_EVERY`] and keeps `/transfers` current.
+/// Prints a transfer's progress every [`PROGRESS_EVERY`] and keeps the transfer's entry in the
+/// `/transfers` table, from [`Reporter::start`] until it is dropped.
 struct Reporter<'a> {
     screen: &'a Screen,
+    transfers: &'a Mutex<BTreeMap<u32, TransferState>>,
+    /// The transfer's id, once started.
+    id: Option<u32>,
     /// On a terminal, a bar; otherwise a line every [`PROGRESS_EVERY`].
     bar: Option<ProgressBar>,
     begun: Instant,
@@ -204,9 +180,11 @@ struct Reporter<'a> {
 }
 
 impl<'a> Reporter<'a> {
-    fn new(screen: &'a Screen) -> Self {
+    fn new(screen: &'a Screen, transfers: &'a Mutex<BTreeMap<u32, TransferState>>) -> Self {
         Self {
             screen,
+            transfers,
+            id: None,
             bar: None,
             begun: Instant::now(),
             last_print: Instant::now(),
@@ -214,21 +192,23 @@ impl<'a> Reporter<'a> {
         }
     }
 
-    /// The transfer is under way: `size` bytes, `done` of them already there.
-    fn start(&mut self, name: &str, size: u64, done: u64) {
-        self.bar = self.screen.bar(name, size);
+    /// The transfer `id` is under way, as `state` says.
+    fn start(&mut self, id: u32, state: TransferState) {
+        self.bar = self.screen.bar(&state.name, state.size);
         if let Some(bar) = &self.bar {
-            bar.set_position(done);
+            bar.set_position(state.done);
             bar.reset_eta();
         }
+        self.id = Some(id);
+        self.transfers.lock().unwrap().insert(id, state);
     }
 
-    fn update(&mut self, transfers: &Mutex<BTreeMap<u32, TransferState>>, id: u32, done: u64) {
+    fn update(&mut self, done: u64) {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
         }
-        let mut transfers = transfers.lock().unwrap();
-        let Some(state) = transfers.get_mut(&id) else {
+        let mut transfers = self.transfers.lock().unwrap();
+        let Some(state) = self.id.and_then(|id| transfers.get_mut(&id)) else {
             return;
         };
         state.done = done;
@@ -256,6 +236,9 @@ impl Drop for Reporter<'_> {
     fn drop(&mut self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
+        }
+        if let Some(id) = self.id {
+            self.transfers.lock().unwrap().remove(&id);
         }
     }
 }

@@ -982,11 +982,11 @@ async fn read<T: Send + 'static>(
         Ok(Ok(found)) => Ok(found),
         Ok(Err(err)) => Err(Refusal {
             code: ErrorCode::StorageFailed,
-            message: format!("Reading the history failed: {err}."),
+            message: format!("The server could not read its database: {err}."),
         }),
         Err(err) => Err(Refusal {
             code: ErrorCode::StorageFailed,
-            message: format!("Reading the history failed: {err}."),
+            message: format!("The server could not read its database: {err}."),
         }),
     }
 }
