@@ -157,6 +157,100 @@ pub enum ConnectError {
     },
 }
 
+/// Why [`Secure::handshake`] failed.
+#[derive(Debug)]
+pub enum SecureError {
+    /// The handshake did not finish by the deadline.
+    Timeout,
+    /// The handshake failed or the certificate was refused.
+    Failed(ConnectError),
+}
+
+/// TLS for connections to one server: trusts system roots, else the pin for `address`
+/// (host:port) in `known_hosts`, pinning on first use and replacing a changed pin only if
+/// `accept_new`. Build it once and [`handshake`](Secure::handshake) as often as needed: loading
+/// the system roots is the slow part.
+pub struct Secure {
+    verifier: Arc<Verifier>,
+    connector: tokio_rustls::TlsConnector,
+    address: String,
+    known_hosts: std::path::PathBuf,
+}
+
+impl Secure {
+    /// Prepares TLS for connections to `address`.
+    pub fn new(
+        address: &str,
+        known_hosts: std::path::PathBuf,
+        accept_new: bool,
+    ) -> Result<Self, ConnectError> {
+        let verifier = Arc::new(Verifier::new(
+            address.to_owned(),
+            known_hosts.clone(),
+            accept_new,
+        ));
+        let config = rustls::ClientConfig::builder_with_provider(verifier.provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|err| ConnectError::Handshake {
+                address: address.to_owned(),
+                reason: err.to_string(),
+            })?
+            .dangerous()
+            .with_custom_certificate_verifier(verifier.clone())
+            .with_no_client_auth();
+        Ok(Self {
+            verifier,
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            address: address.to_owned(),
+            known_hosts,
+        })
+    }
+
+    /// Runs the TLS handshake on `stream`, connected to `host`. Returns the secured stream and
+    /// how the certificate was trusted (exact when handshakes do not run concurrently).
+    pub async fn handshake(
+        &self,
+        stream: TcpStream,
+        host: &str,
+        deadline: Instant,
+    ) -> Result<(tokio_rustls::client::TlsStream<TcpStream>, Option<Trust>), SecureError> {
+        let tls_failed = |reason: String| ConnectError::Handshake {
+            address: self.address.clone(),
+            reason,
+        };
+        let server_name =
+            rustls::pki_types::ServerName::try_from(host.to_owned()).map_err(|err| {
+                SecureError::Failed(tls_failed(format!(
+                    "{host} is not a usable server name: {err}"
+                )))
+            })?;
+        let handshake = self.connector.connect(server_name, stream);
+        let secured = match tokio::time::timeout_at(deadline, handshake).await {
+            Err(_) => return Err(SecureError::Timeout),
+            Ok(Ok(secured)) => secured,
+            Ok(Err(err)) => {
+                let outcome = self.verifier.outcome.lock().unwrap().take();
+                return Err(SecureError::Failed(match outcome {
+                    Some(Trust::Changed { pinned, presented }) => {
+                        ConnectError::CertificateChanged {
+                            address: self.address.clone(),
+                            pinned,
+                            presented,
+                            known_hosts: self.known_hosts.clone(),
+                        }
+                    }
+                    _ if err.to_string().contains("known hosts") => tls_failed(err.to_string()),
+                    _ => tls_failed(format!(
+                        "the TLS handshake failed ({err}); if the server runs with --no-tls, use --no-tls too"
+                    )),
+                }));
+            }
+        };
+        let trust = self.verifier.outcome.lock().unwrap().take();
+        Ok((secured, trust))
+    }
+}
+
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
@@ -303,52 +397,13 @@ impl Client {
                 accept_new,
             } => (known_hosts.clone(), *accept_new),
         };
-        let verifier = Arc::new(Verifier::new(
-            address.clone(),
-            known_hosts.clone(),
-            accept_new,
-        ));
-        let tls_failed = |reason: String| ConnectError::Handshake {
-            address: address.clone(),
-            reason,
-        };
-        let config = rustls::ClientConfig::builder_with_provider(verifier.provider())
-            .with_safe_default_protocol_versions()
-            .map_err(|err| tls_failed(err.to_string()))?
-            .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_no_client_auth();
-        let server_name =
-            rustls::pki_types::ServerName::try_from(options.host.clone()).map_err(|err| {
-                tls_failed(format!(
-                    "{} is not a usable server name: {err}",
-                    options.host
-                ))
+        let (secured, trust) = Secure::new(&address, known_hosts, accept_new)?
+            .handshake(stream, &options.host, deadline)
+            .await
+            .map_err(|err| match err {
+                SecureError::Timeout => timed_out(),
+                SecureError::Failed(err) => err,
             })?;
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let handshake = connector.connect(server_name, stream);
-        let secured = match tokio::time::timeout_at(deadline, handshake).await {
-            Err(_) => return Err(timed_out()),
-            Ok(Ok(secured)) => secured,
-            Ok(Err(err)) => {
-                let outcome = verifier.outcome.lock().unwrap().take();
-                return Err(match outcome {
-                    Some(Trust::Changed { pinned, presented }) => {
-                        ConnectError::CertificateChanged {
-                            address: address.clone(),
-                            pinned,
-                            presented,
-                            known_hosts,
-                        }
-                    }
-                    _ if err.to_string().contains("known hosts") => tls_failed(err.to_string()),
-                    _ => tls_failed(format!(
-                        "the TLS handshake failed ({err}); if the server runs with --no-tls, use --no-tls too"
-                    )),
-                });
-            }
-        };
-        let trust = verifier.outcome.lock().unwrap().take();
         let sign_in = Self::sign_in_with(
             secured,
             &options.name,

@@ -11,6 +11,6 @@ pub mod upload;
 
 pub use client::{
     Chunk, Client, ClientEvent, Closed, ConnectError, ConnectOptions, Events, Incoming, Outgoing,
-    RequestError, UploadStopped,
+    RequestError, Secure, SecureError, UploadStopped,
 };
 pub use command::{Command, ParseError};

@@ -5,6 +5,7 @@
 //! non-zero exit, never a backtrace.
 
 mod admin;
+mod bench;
 mod client;
 mod oneshot;
 mod secrets;
@@ -39,6 +40,9 @@ enum Command {
     /// Manage accounts (works while the server runs or is stopped).
     #[command(subcommand)]
     Admin(admin::Command),
+    /// Measure a running server (loopback only): fan-out, idle memory, join storms, transfers.
+    #[command(subcommand)]
+    Bench(bench::Command),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +68,7 @@ fn main() -> ExitCode {
             Command::Download(args) => oneshot::download(args).await,
             Command::Upload(args) => oneshot::upload(args).await,
             Command::Admin(command) => admin::run(command),
+            Command::Bench(command) => bench::run(command).await,
         }
     });
     // Do not wait for the thread blocked reading stdin: the client may end because the server

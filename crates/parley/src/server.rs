@@ -83,6 +83,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
         .init();
+    raise_file_limit();
     let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
     let listener = TcpListener::bind((args.host.as_str(), port))
         .await
@@ -138,7 +139,7 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 }
 
 /// Parses `1048576`, `512K`, `4G`, `1.5GiB` and the like (units are powers of 1024).
-fn parse_size(text: &str) -> Result<u64, String> {
+pub fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -156,6 +157,23 @@ fn parse_size(text: &str) -> Result<u64, String> {
         other => return Err(format!("unknown unit {other:?}; use K, M, G or T")),
     };
     Ok((number * (1u64 << shift) as f64) as u64)
+}
+
+/// Raises this process's open-file limit as far as it may go: every connection is a
+/// descriptor, and the soft limit is often 1,024. A privileged process may raise the hard limit
+/// too (up to the kernel's `fs.nr_open`); any other goes up to its hard limit.
+pub fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    const WANTED: u64 = 1 << 20;
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    if hard < WANTED && setrlimit(Resource::RLIMIT_NOFILE, WANTED, WANTED).is_ok() {
+        return;
+    }
+    if soft < hard {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
 }
 
 #[cfg(test)]

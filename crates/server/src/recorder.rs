@@ -32,8 +32,8 @@ impl Recorder {
     /// Starts the recording thread; it ends, after storing everything handed to it, once the
     /// recorder is dropped.
     pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<(Recorder, JoinHandle<()>)> {
-        // Unbounded, yet bounded in practice: a sender waits for its receipt before its next
-        // message, so at most one message per connection is ever waiting here.
+        // Unbounded, yet bounded: a session stops reading once it has MAX_UNCONFIRMED
+        // messages waiting here, so the queue holds at most that many per connection.
         let (queue, incoming) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("parley-recorder".into())

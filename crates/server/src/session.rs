@@ -6,6 +6,7 @@
 //! the same queue, so the writer is the only one touching the socket's write half, and a stalled
 //! socket stalls only this connection's writer.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
 use std::pin::pin;
@@ -49,6 +50,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// After the last frame is written, how long to wait for the peer to close its side.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// Messages a session may have delivered but not yet confirmed (stored) before it stops
+/// reading requests: bounds what one connection holds in the recorder's queue.
+const MAX_UNCONFIRMED: usize = 256;
 
 /// What every session shares.
 pub(crate) struct Context {
@@ -198,6 +203,7 @@ where
         private_since: 0,
         writer_failed,
         transfers: Transfers::new(lane),
+        unconfirmed: VecDeque::new(),
     };
     let end = session.read_loop(&mut frames).await;
 
@@ -248,6 +254,10 @@ struct Session<'a> {
     writer_failed: CancellationToken,
     /// Downloads in progress; dropped (and so stopped) with the session.
     transfers: Transfers,
+    /// Messages delivered and not yet stored, oldest first: the request id, the receipt, and
+    /// the confirmation to send once stored. The session reads on meanwhile (up to
+    /// [`MAX_UNCONFIRMED`]), so a sender's rate is not one message per disk commit.
+    unconfirmed: VecDeque<(u64, Receipt, Bytes)>,
 }
 
 impl Session<'_> {
@@ -272,7 +282,11 @@ impl Session<'_> {
                     }
                     continue;
                 }
-                next = frames.next() => next,
+                stored = oldest_stored(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
+                    self.confirm_oldest(stored);
+                    continue;
+                }
+                next = frames.next(), if self.unconfirmed.len() < MAX_UNCONFIRMED => next,
             };
             self.last_heard = Instant::now();
             self.ping_sent = false;
@@ -309,6 +323,26 @@ impl Session<'_> {
                     .reset(self.last_heard + config.keepalive_interval);
                 self.after_sign_in().await;
             }
+        }
+    }
+
+    /// Waits for the oldest unconfirmed message to be stored, then queues its confirmation (or
+    /// the error saying it was delivered but not stored).
+    async fn confirm_next(&mut self) {
+        let stored = oldest_stored(&mut self.unconfirmed).await;
+        self.confirm_oldest(stored);
+    }
+
+    /// Queues the oldest unconfirmed message's confirmation, given whether it was `stored`.
+    fn confirm_oldest(&mut self, stored: Result<(), Refusal>) {
+        let Some((id, _, confirmation)) = self.unconfirmed.pop_front() else {
+            return;
+        };
+        match stored {
+            Ok(()) => self.outbox.push(confirmation),
+            Err(refusal) => self
+                .outbox
+                .push(error_frame(id, refusal.code, &refusal.message)),
         }
     }
 
@@ -356,6 +390,12 @@ impl Session<'_> {
         if self.name.is_none() {
             return self.hello(request).await;
         }
+        if !matches!(request.body, RequestBody::Say(_) | RequestBody::Msg(_)) {
+            // Replies leave in the order requests came: earlier messages are confirmed first.
+            while !self.unconfirmed.is_empty() {
+                self.confirm_next().await;
+            }
+        }
         let id = request.id;
         let hub = &self.ctx.hub;
         let reply = match request.body {
@@ -364,16 +404,21 @@ impl Session<'_> {
                 message: "This connection is already signed in.".into(),
             }),
             // Delivered at once; confirmed to the sender only once stored.
+            // The confirmation waits in `unconfirmed` while the next requests are read.
             RequestBody::Say(say) => match hub.say(self.id, &say.room, say.text) {
-                Ok((sent, receipt)) => stored(receipt)
-                    .await
-                    .map(|()| ok_frame::<request::Say>(id, &sent)),
+                Ok((sent, receipt)) => {
+                    let confirmation = ok_frame::<request::Say>(id, &sent);
+                    self.unconfirmed.push_back((id, receipt, confirmation));
+                    return None;
+                }
                 Err(refusal) => Err(refusal),
             },
             RequestBody::Msg(msg) => match self.msg(msg).await {
-                Ok((sent, receipt)) => stored(receipt)
-                    .await
-                    .map(|()| ok_frame::<request::Msg>(id, &sent)),
+                Ok((sent, receipt)) => {
+                    let confirmation = ok_frame::<request::Msg>(id, &sent);
+                    self.unconfirmed.push_back((id, receipt, confirmation));
+                    return None;
+                }
                 Err(refusal) => Err(refusal),
             },
             RequestBody::Register(register) => self
@@ -956,8 +1001,11 @@ async fn hash_password(password: String) -> Result<String, Refusal> {
     }
 }
 
-/// Waits for a message to be stored; the sender's confirmation depends on it.
-async fn stored(receipt: Receipt) -> Result<(), Refusal> {
+/// Waits for the oldest of `unconfirmed` to be stored (none waiting counts as stored).
+async fn oldest_stored(unconfirmed: &mut VecDeque<(u64, Receipt, Bytes)>) -> Result<(), Refusal> {
+    let Some((_, receipt, _)) = unconfirmed.front_mut() else {
+        return Ok(());
+    };
     match receipt.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(reason)) => Err(storage_failed(reason)),

@@ -127,3 +127,44 @@ async fn empty_and_overlong_messages_are_refused_with_a_reason() {
         .await
         .unwrap();
 }
+
+/// A sender does not wait for each message's commit before the next is read: many messages
+/// sent back to back are all delivered and confirmed, the confirmations in order, and a later
+/// request's reply comes after them.
+#[tokio::test]
+async fn pipelined_messages_are_confirmed_in_order() {
+    let server = TestServer::start().await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    let mut alice = server.raw().await;
+    alice.hello("alice").await;
+    let mut burst = Vec::new();
+    for id in 1..=300u64 {
+        let say =
+            serde_json::json!({"id": id, "type": "say", "room": "lobby", "text": format!("m{id}")});
+        let frame = parley_proto::Frame::Control(serde_json::to_vec(&say).unwrap().into());
+        burst.extend_from_slice(&frame.to_bytes());
+    }
+    let users = serde_json::json!({"id": 301, "type": "users"});
+    burst.extend_from_slice(
+        &parley_proto::Frame::Control(serde_json::to_vec(&users).unwrap().into()).to_bytes(),
+    );
+    alice.send_bytes(&burst).await;
+    let mut expected = 1;
+    while expected <= 301 {
+        let reply = alice.recv_json().await;
+        if reply["type"] != "ok" {
+            assert_ne!(reply["type"], "error", "{reply}");
+            continue;
+        }
+        assert_eq!(reply["id"], expected, "replies in request order: {reply}");
+        expected += 1;
+    }
+    for id in 1..=300 {
+        let text = wait_for(&mut bob_events, |event| match event {
+            ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(text, format!("m{id}"));
+    }
+}

@@ -4,6 +4,7 @@
 mod support;
 
 mod accounts;
+mod bench;
 mod chat;
 mod cli;
 mod conformance;

@@ -1,0 +1,303 @@
+//! Raw protocol connections for the load scenarios: frames read straight from a buffer, with no
+//! task, channel or JSON parse per connection beyond what a scenario asks for. Thousands of
+//! these share one thread, so the instrument costs far less than the server it measures.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use bytes::BytesMut;
+use parley_client::Secure;
+use parley_client::tls::default_known_hosts;
+use parley_proto::frame::PONG_FRAME;
+use parley_proto::{Frame, FrameCodec, SUPPORTED_VERSIONS};
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+use tokio_util::codec::Decoder;
+
+use super::Target;
+
+/// Connections per source address: a loopback address pair has about 28,000 ephemeral ports,
+/// so larger runs spread over 127.0.0.1, 127.0.0.2, ...
+const PER_SOURCE: usize = 20_000;
+
+/// Plain TCP or TLS.
+pub enum Stream {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
+            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens connections to the server under test.
+pub struct Dialer {
+    address: SocketAddr,
+    secure: Option<Secure>,
+    timeout: Duration,
+}
+
+impl Dialer {
+    /// A dialer for `target`; with TLS, the server's certificate is trusted as the client
+    /// trusts it (system roots, else the pin in known_hosts, pinned on first use).
+    pub fn new(target: &Target) -> anyhow::Result<Arc<Self>> {
+        let address = SocketAddr::new(target.host, target.port);
+        let secure = if target.no_tls {
+            None
+        } else {
+            Some(Secure::new(
+                &address.to_string(),
+                default_known_hosts(),
+                false,
+            )?)
+        };
+        Ok(Arc::new(Self {
+            address,
+            secure,
+            timeout: Duration::from_secs(target.connect_timeout),
+        }))
+    }
+
+    /// Connects the `index`th connection of a run (which picks its source address).
+    pub async fn dial(&self, index: usize) -> anyhow::Result<Stream> {
+        let deadline = Instant::now() + self.timeout;
+        let connect = async {
+            let socket = match self.address.ip() {
+                IpAddr::V4(_) => {
+                    let socket = TcpSocket::new_v4()?;
+                    let source = Ipv4Addr::new(127, 0, 0, 1 + (index / PER_SOURCE) as u8);
+                    socket.bind(SocketAddr::new(source.into(), 0))?;
+                    socket
+                }
+                IpAddr::V6(_) => TcpSocket::new_v6()?,
+            };
+            socket.set_nodelay(true)?;
+            socket.connect(self.address).await
+        };
+        let stream = tokio::time::timeout_at(deadline, connect)
+            .await
+            .map_err(|_| anyhow!("no connection to {} within the timeout", self.address))?
+            .with_context(|| format!("cannot connect to {}", self.address))?;
+        let Some(secure) = &self.secure else {
+            return Ok(Stream::Plain(stream));
+        };
+        let host = self.address.ip().to_string();
+        match secure.handshake(stream, &host, deadline).await {
+            Ok((secured, _)) => Ok(Stream::Tls(Box::new(secured))),
+            Err(parley_client::SecureError::Timeout) => {
+                bail!("no TLS handshake with {} within the timeout", self.address)
+            }
+            Err(parley_client::SecureError::Failed(err)) => Err(err.into()),
+        }
+    }
+
+    /// Connects and signs in as `name`; returns the connection and the welcome.
+    pub async fn sign_in(&self, index: usize, name: &str) -> anyhow::Result<(Conn, Value)> {
+        let stream = self.dial(index).await?;
+        let mut conn = Conn::new(stream);
+        let hello = json!({"versions": SUPPORTED_VERSIONS, "name": name, "client": "parley bench"});
+        let welcome = tokio::time::timeout(self.timeout, conn.call("hello", hello, |_| {}))
+            .await
+            .map_err(|_| anyhow!("{name} was not signed in within the timeout"))??;
+        Ok((conn, welcome))
+    }
+}
+
+/// One connection: a stream, a read buffer and a frame decoder.
+pub struct Conn {
+    stream: Stream,
+    buf: BytesMut,
+    codec: FrameCodec,
+    next_id: u64,
+}
+
+impl Conn {
+    fn new(stream: Stream) -> Self {
+        Self {
+            stream,
+            // Small to start with: idle connections should cost the instrument little.
+            buf: BytesMut::with_capacity(512),
+            codec: FrameCodec::client(),
+            next_id: 1,
+        }
+    }
+
+    /// Writes `bytes` (one or more whole frames).
+    pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.stream.write_all(bytes).await
+    }
+
+    /// Sends a request; returns its id.
+    pub async fn send(&mut self, kind: &str, mut fields: Value) -> io::Result<u64> {
+        let id = self.next_id;
+        self.next_id += 1;
+        fields["type"] = kind.into();
+        fields["id"] = id.into();
+        self.write(&parley_proto::control_frame(&fields)).await?;
+        Ok(id)
+    }
+
+    /// Sends a request and waits for its reply, answering pings and handing every other control
+    /// frame (events) to `on_event`. An error reply is an error.
+    pub async fn call(
+        &mut self,
+        kind: &str,
+        fields: Value,
+        mut on_event: impl FnMut(&[u8]),
+    ) -> anyhow::Result<Value> {
+        let id = self.send(kind, fields).await?;
+        loop {
+            let json = match self.next_frame().await? {
+                Some(Frame::Control(json)) => json,
+                Some(_) => continue,
+                None => bail!("the server closed the connection (waiting for {kind})"),
+            };
+            if !matches!(frame_type(&json), Some(b"ok" | b"error")) {
+                on_event(&json);
+                continue;
+            }
+            let message: Value = serde_json::from_slice(&json)?;
+            if message["id"] != id {
+                on_event(&json);
+                continue;
+            }
+            if message["type"] == "ok" {
+                return Ok(message["result"].clone());
+            }
+            bail!(
+                "the server refused {kind}: {}",
+                message["message"].as_str().unwrap_or("(no reason)")
+            );
+        }
+    }
+
+    /// The next frame other than a ping (pings are answered here); `None` when the server
+    /// closed the connection.
+    pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                match frame {
+                    Frame::Ping => self.pong().await?,
+                    frame => return Ok(Some(frame)),
+                }
+                continue;
+            }
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; 0 when the server closed the connection.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 256 {
+            self.buf.reserve(64 * 1024);
+        }
+        self.stream.read_buf(&mut self.buf).await
+    }
+
+    /// Answers a ping.
+    pub async fn pong(&mut self) -> io::Result<()> {
+        self.write(&PONG_FRAME).await
+    }
+
+    /// The next complete frame already read, if any.
+    pub fn buffered_frame(&mut self) -> io::Result<Option<Frame>> {
+        self.codec
+            .decode(&mut self.buf)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    }
+
+    /// Splits into a reading and a writing half.
+    pub fn split(self) -> (ConnReader, tokio::io::WriteHalf<Stream>) {
+        let (read, write) = tokio::io::split(self.stream);
+        (
+            ConnReader {
+                read,
+                buf: self.buf,
+                codec: self.codec,
+            },
+            write,
+        )
+    }
+}
+
+/// The reading half of a split [`Conn`] (pings are not answered: the writer owns the socket).
+pub struct ConnReader {
+    read: tokio::io::ReadHalf<Stream>,
+    buf: BytesMut,
+    codec: FrameCodec,
+}
+
+impl ConnReader {
+    /// The next frame; `None` when the server closed the connection.
+    pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self
+                .codec
+                .decode(&mut self.buf)
+                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?
+            {
+                return Ok(Some(frame));
+            }
+            if self.buf.capacity() - self.buf.len() < 256 {
+                self.buf.reserve(64 * 1024);
+            }
+            if self.read.read_buf(&mut self.buf).await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// The `"type"` of a control frame's JSON, found without parsing the whole frame.
+pub fn frame_type(json: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memmem::find(json, b"\"type\":\"")? + 8;
+    let len = memchr::memchr(b'"', &json[at..])?;
+    Some(&json[at..at + len])
+}
