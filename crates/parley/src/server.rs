@@ -64,6 +64,10 @@ pub struct Args {
     /// The private key (PEM) of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Do not store room messages (no backlog, history or search); private messages to
+    /// registered users who are offline are still kept until delivered.
+    #[arg(long)]
+    no_history: bool,
     /// Accept registered names only: no guests.
     #[arg(long)]
     require_account: bool,
@@ -103,6 +107,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         data_dir: args.data_dir,
         backlog: args.backlog,
         require_account: args.require_account,
+        keep_history: !args.no_history,
         tls: match (args.no_tls, args.tls_cert, args.tls_key) {
             (true, _, _) => TlsMode::Off,
             (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },

@@ -84,7 +84,8 @@ fn decode(c: &mut Criterion) {
             }
         })
     });
-    let say = control_frame(&json!({"type": "say", "id": 7, "room": "lobby", "text": "x".repeat(100)}));
+    let say =
+        control_frame(&json!({"type": "say", "id": 7, "room": "lobby", "text": "x".repeat(100)}));
     group.bench_function("say requests (framing + Request)", |b| {
         let stream = stream_of(&say, BATCH);
         b.iter(|| {

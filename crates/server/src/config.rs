@@ -39,6 +39,10 @@ pub struct Config {
     pub require_account: bool,
     /// How connections are secured; TLS with a self-signed certificate by default.
     pub tls: TlsMode,
+    /// Store room messages and private messages to people online (history, backlog, search).
+    /// Off, only private messages kept for offline recipients are stored: a server for
+    /// ephemeral chat, and the baseline that shows what storing history costs.
+    pub keep_history: bool,
 }
 
 impl Default for Config {
@@ -58,6 +62,7 @@ impl Default for Config {
             backlog: 50,
             require_account: false,
             tls: TlsMode::SelfSigned,
+            keep_history: true,
         }
     }
 }

@@ -68,7 +68,7 @@ pub async fn serve(
         None => warn!("TLS is off: messages and passwords cross the network in clear"),
     }
     let last_id = store.last_id().map_err(std::io::Error::other)?;
-    let (recorder, recording) = Recorder::start(store.clone())?;
+    let (recorder, recording) = Recorder::start(store.clone(), config.keep_history)?;
     let hub = Hub::new(last_id, recorder);
     info!("sharing the folder {}", config.shared_dir.display());
     info!("keeping data in {}", config.data_dir.display());

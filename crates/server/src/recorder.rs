@@ -26,27 +26,45 @@ type Entry = (Stored, bool, oneshot::Sender<Result<(), String>>);
 /// The hub's handle on the recording thread.
 pub(crate) struct Recorder {
     queue: mpsc::Sender<Entry>,
+    /// Whether messages are stored at all; see [`Config::keep_history`](crate::Config).
+    keep_history: bool,
 }
 
 impl Recorder {
     /// Starts the recording thread; it ends, after storing everything handed to it, once the
     /// recorder is dropped.
-    pub(crate) fn start(store: Arc<dyn Store>) -> std::io::Result<(Recorder, JoinHandle<()>)> {
+    pub(crate) fn start(
+        store: Arc<dyn Store>,
+        keep_history: bool,
+    ) -> std::io::Result<(Recorder, JoinHandle<()>)> {
         // Unbounded, yet bounded: a session stops reading once it has MAX_UNCONFIRMED
         // messages waiting here, so the queue holds at most that many per connection.
         let (queue, incoming) = mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("parley-recorder".into())
             .spawn(move || record(&*store, &incoming))?;
-        Ok((Recorder { queue }, thread))
+        Ok((
+            Recorder {
+                queue,
+                keep_history,
+            },
+            thread,
+        ))
     }
 
-    /// Queues `message` for storing; never blocks.
+    /// Queues `message` for storing; never blocks. Without history the receipt is ready at
+    /// once and nothing is stored.
     pub(crate) fn record(&self, message: Stored) -> Receipt {
+        if !self.keep_history {
+            let (done, receipt) = oneshot::channel();
+            let _ = done.send(Ok(()));
+            return receipt;
+        }
         self.queue(message, false)
     }
 
-    /// Queues a private message for storing and for delivery at its recipient's next sign-in.
+    /// Queues a private message for storing and for delivery at its recipient's next sign-in
+    /// (kept even without history: it is how the message reaches its recipient at all).
     pub(crate) fn record_undelivered(&self, message: Stored) -> Receipt {
         self.queue(message, true)
     }

@@ -378,3 +378,30 @@ async fn long_histories_are_cut_to_fit_rather_than_cut_the_client_off() {
         .await
         .unwrap();
 }
+
+/// `--no-history`: messages are delivered and confirmed, but nothing of them is kept.
+#[tokio::test]
+async fn without_history_nothing_is_kept() {
+    let server = TestServer::with_config(Config {
+        keep_history: false,
+        ..Config::default()
+    })
+    .await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    say(&alice, "lobby", "gone with the wind").await;
+    let heard = wait_for(&mut bob_events, |event| match event {
+        ClientEvent::Server(Event::Message(message)) => Some(message.text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(heard, "gone with the wind");
+    let kept = alice
+        .call(History {
+            room: Some("lobby".into()),
+            ..History::default()
+        })
+        .await
+        .unwrap();
+    assert!(kept.messages.is_empty(), "{kept:?}");
+}
