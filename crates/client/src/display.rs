@@ -116,11 +116,18 @@ pub fn message_line(room: &str, from: &str, text: &str) -> String {
 
 /// Names joined by ", ", each sanitized.
 pub fn names(users: &[String]) -> String {
-    users
+    // A batch of arrivals can hold thousands of names; a line shows the first few.
+    const SHOWN: usize = 10;
+    let mut line = users
         .iter()
+        .take(SHOWN)
         .map(|u| sanitize(u))
         .collect::<Vec<_>>()
-        .join(", ")
+        .join(", ");
+    if users.len() > SHOWN {
+        line.push_str(&format!(" and {} others", users.len() - SHOWN));
+    }
+    line
 }
 
 /// A byte count for people: `512 B`, `24.0 MiB`, `1.5 GiB` (powers of 1024).
@@ -196,6 +203,17 @@ pub fn listing_lines(listing: &parley_proto::request::Listing) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn long_name_lists_are_cut_short() {
+        let few: Vec<String> = ["ann", "bob"].map(String::from).into();
+        assert_eq!(names(&few), "ann, bob");
+        let many: Vec<String> = (0..25).map(|i| format!("u{i}")).collect();
+        assert_eq!(
+            names(&many),
+            "u0, u1, u2, u3, u4, u5, u6, u7, u8, u9 and 15 others"
+        );
+    }
 
     #[test]
     fn sizes_for_people() {

@@ -4,11 +4,19 @@
 //! into an [`Outbox`] does not block), so an async lock would only add cost; holding the lock
 //! while pushing also gives every recipient the same order of events. A broadcast is encoded
 //! once, outside any per-recipient loop, and every recipient gets a clone of the same `Bytes`.
+//!
+//! Arrivals in a room are announced in batches: announcing each join to everyone costs N²
+//! messages when N people arrive together (a server restart, a class starting), which is how
+//! IRC servers take minutes to fill a channel of a few thousand. A join is queued on its room
+//! and announced, with every other join queued meanwhile, [`ARRIVALS_BATCH`] later, or at once
+//! when anything else happens in the room (a message, a departure), so events never change
+//! order. Each joiner's reply lists the room as it is, so an arrival is announced only to those
+//! who were not yet told.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage, Shared};
@@ -17,10 +25,18 @@ use parley_proto::names::{self, fold};
 use parley_proto::reply::event_frame;
 use parley_proto::request::{Joined, RoomInfo, Sent};
 use parley_proto::{DEFAULT_ROOM, ErrorCode};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 use crate::outbox::Outbox;
 use crate::recorder::{Receipt, Recorder};
 use crate::store::Stored;
+
+/// How long a room's arrivals are gathered before they are announced together.
+pub(crate) const ARRIVALS_BATCH: Duration = Duration::from_millis(20);
+
+/// A room whose arrivals are to be announced, and when.
+pub(crate) type Announcement = (String, Instant);
 
 /// Identifies one signed-in session inside the hub.
 pub(crate) type SessionId = u64;
@@ -44,6 +60,8 @@ pub(crate) struct Hub {
     state: Mutex<State>,
     next_message_id: AtomicU64,
     recorder: Recorder,
+    /// Rooms with arrivals to announce, for the task that calls [`Hub::announce_arrivals`].
+    announcements: mpsc::UnboundedSender<Announcement>,
 }
 
 #[derive(Default)]
@@ -64,17 +82,68 @@ struct Member {
 struct Room {
     /// Each member's outbox, so a broadcast needs no second lookup per recipient.
     members: HashMap<SessionId, Outbox>,
+    /// Members who entered and are not announced yet, in order of arrival.
+    arrivals: Vec<(SessionId, String)>,
 }
 
 impl State {
     fn member_names(&self, room: &Room) -> Vec<String> {
-        let mut names: Vec<String> = room
+        let mut names: Vec<&str> = room
             .members
             .keys()
-            .map(|id| self.members[id].name.clone())
+            .map(|id| self.members[id].name.as_str())
             .collect();
-        names.sort_by_key(|name| fold(name));
-        names
+        // Names are ASCII: compare folded bytes without building folded copies.
+        names.sort_unstable_by(|a, b| {
+            let (a, b) = (a.bytes(), b.bytes());
+            a.map(|c| c.to_ascii_lowercase())
+                .cmp(b.map(|c| c.to_ascii_lowercase()))
+        });
+        names.into_iter().map(str::to_owned).collect()
+    }
+
+    /// Queues `id`'s arrival in `room_name` for announcing; true if the room had none queued,
+    /// so an announcement must be scheduled.
+    fn arrive(&mut self, room_name: &str, id: SessionId) -> bool {
+        let name = self.members[&id].name.clone();
+        let room = self
+            .rooms
+            .get_mut(room_name)
+            .expect("the room just entered");
+        room.arrivals.push((id, name));
+        room.arrivals.len() == 1
+    }
+
+    /// Announces `room_name`'s queued arrivals: to those who were there before, all of them in
+    /// one event; to each arrival, those who came after it (its reply listed the others).
+    fn announce_arrivals(&mut self, room_name: &str) {
+        let Some(room) = self.rooms.get_mut(room_name) else {
+            return;
+        };
+        if room.arrivals.is_empty() {
+            return;
+        }
+        let arrivals = std::mem::take(&mut room.arrivals);
+        let names: Vec<String> = arrivals.iter().map(|(_, name)| name.clone()).collect();
+        let joined = |users: &[String]| {
+            event_frame(&Event::Join(Presence {
+                room: room_name.to_owned(),
+                users: users.to_vec(),
+            }))
+        };
+        let everyone = joined(&names);
+        let order: HashMap<SessionId, usize> = arrivals
+            .iter()
+            .enumerate()
+            .map(|(i, (id, _))| (*id, i))
+            .collect();
+        for (id, outbox) in &room.members {
+            match order.get(id) {
+                None => outbox.push(everyone.clone()),
+                Some(&i) if i + 1 < names.len() => outbox.push(joined(&names[i + 1..])),
+                Some(_) => {}
+            }
+        }
     }
 
     /// Sends `frame` to everyone in `room` but `except`.
@@ -91,6 +160,8 @@ impl State {
     /// Removes `id` from `room` and tells those left why, unless `reason` is `None`; drops the
     /// room when it empties.
     fn leave_room(&mut self, id: SessionId, room_name: &str, reason: Option<PartReason>) {
+        // Arrivals first, so nobody hears of a departure before the arrival.
+        self.announce_arrivals(room_name);
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
@@ -110,12 +181,35 @@ impl State {
 }
 
 impl Hub {
-    /// A hub whose message ids continue after `last_id` and whose messages go to `recorder`.
-    pub(crate) fn new(last_id: u64, recorder: Recorder) -> Self {
-        Self {
+    /// A hub whose message ids continue after `last_id` and whose messages go to `recorder`;
+    /// the receiver yields the rooms whose arrivals to announce, and when (see
+    /// [`Hub::announce_arrivals`]).
+    pub(crate) fn new(
+        last_id: u64,
+        recorder: Recorder,
+    ) -> (Self, mpsc::UnboundedReceiver<Announcement>) {
+        let (announcements, due) = mpsc::unbounded_channel();
+        let hub = Self {
             state: Mutex::default(),
             next_message_id: AtomicU64::new(last_id),
             recorder,
+            announcements,
+        };
+        (hub, due)
+    }
+
+    /// Announces the arrivals queued in `room`.
+    pub(crate) fn announce_arrivals(&self, room: &str) {
+        self.state.lock().unwrap().announce_arrivals(room);
+    }
+
+    /// Queues `id`'s arrival in `room`, scheduling an announcement if none is pending.
+    fn arrive(&self, state: &mut State, room: &str, id: SessionId) {
+        if state.arrive(room, id) {
+            // Fails only when the announcing task is gone: the server is stopping.
+            let _ = self
+                .announcements
+                .send((room.to_owned(), Instant::now() + ARRIVALS_BATCH));
         }
     }
 
@@ -160,11 +254,7 @@ impl Hub {
         outbox.push(welcome(DEFAULT_ROOM, online));
         let lobby = state.rooms.entry(DEFAULT_ROOM.to_owned()).or_default();
         lobby.members.insert(id, outbox);
-        let event = Event::Join(Presence {
-            room: DEFAULT_ROOM.to_owned(),
-            users: vec![name.to_owned()],
-        });
-        state.broadcast(DEFAULT_ROOM, &event_frame(&event), id);
+        self.arrive(&mut state, DEFAULT_ROOM, id);
         Ok(())
     }
 
@@ -193,7 +283,7 @@ impl Hub {
     ) -> Result<(Sent, Receipt), Refusal> {
         check_text(&text)?;
         let room = checked_room(room)?;
-        let state = self.state.lock().unwrap();
+        let mut state = self.state.lock().unwrap();
         let member = &state.members[&id];
         if !member.rooms.contains(&room) {
             return Err(refuse(
@@ -201,6 +291,9 @@ impl Hub {
                 format!("You are not in #{room}; /join it first."),
             ));
         }
+        // Nobody hears a message from someone whose arrival they have not heard of.
+        state.announce_arrivals(&room);
+        let member = &state.members[&id];
         // Stamped under the lock, so ids and times grow in the order messages are delivered.
         let (message_id, ts) = self.stamp();
         let message = RoomMessage {
@@ -338,18 +431,14 @@ impl Hub {
                 ));
             }
             member.rooms.insert(room.clone());
-            let (name, outbox) = (member.name.clone(), member.outbox.clone());
+            let outbox = member.outbox.clone();
             state
                 .rooms
                 .entry(room.clone())
                 .or_default()
                 .members
                 .insert(id, outbox);
-            let event = Event::Join(Presence {
-                room: room.clone(),
-                users: vec![name],
-            });
-            state.broadcast(&room, &event_frame(&event), id);
+            self.arrive(&mut state, &room, id);
         }
         let members = state.member_names(&state.rooms[&room]);
         state.members[&id]

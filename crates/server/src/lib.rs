@@ -69,10 +69,11 @@ pub async fn serve(
     }
     let last_id = store.last_id().map_err(std::io::Error::other)?;
     let (recorder, recording) = Recorder::start(store.clone(), config.keep_history)?;
-    let hub = Hub::new(last_id, recorder);
+    let (hub, arrivals) = Hub::new(last_id, recorder);
     info!("sharing the folder {}", config.shared_dir.display());
     info!("keeping data in {}", config.data_dir.display());
     let ctx = Arc::new(Context::new(config, hub, store, shared, shutdown.clone()));
+    tokio::spawn(announce_arrivals(Arc::downgrade(&ctx), arrivals));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     loop {
@@ -129,6 +130,21 @@ pub async fn serve(
         warn!("the message store did not finish within {grace:?}; exiting anyway");
     }
     Ok(())
+}
+
+/// Announces each room's arrivals when they are due. Holds the context weakly: it ends once the
+/// server has stopped and the hub, with its end of the channel, is gone.
+async fn announce_arrivals(
+    ctx: std::sync::Weak<Context>,
+    mut due: tokio::sync::mpsc::UnboundedReceiver<hub::Announcement>,
+) {
+    while let Some((room, at)) = due.recv().await {
+        tokio::time::sleep_until(at).await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.hub.announce_arrivals(&room),
+            None => return,
+        }
+    }
 }
 
 /// Opens the message database in `data_dir`, creating both if missing.

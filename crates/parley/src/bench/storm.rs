@@ -91,16 +91,24 @@ struct Presence<'a> {
     users: Vec<&'a str>,
 }
 
+/// A reply, its result parsed with names borrowed from the frame.
+#[derive(Deserialize)]
+struct Reply<T> {
+    result: T,
+}
+
 /// The welcome, when the room is the one everyone enters on signing in.
 #[derive(Deserialize)]
-struct Welcome {
-    online: Vec<String>,
+struct Welcome<'a> {
+    #[serde(borrow)]
+    online: Vec<&'a str>,
 }
 
 /// A join reply's result.
 #[derive(Deserialize)]
-struct Joined {
-    members: Vec<String>,
+struct Joined<'a> {
+    #[serde(borrow)]
+    members: Vec<&'a str>,
 }
 
 struct Shared {
@@ -225,20 +233,20 @@ async fn client(
     let permit = connecting.acquire().await?;
     let (mut conn, welcome) = dialer.sign_in(index, &format!("j{index}")).await?;
     if room == DEFAULT_ROOM {
-        let welcome: Welcome = serde_json::from_value(welcome)?;
+        let welcome: Reply<Welcome<'_>> = serde_json::from_slice(&welcome)?;
         // The welcome lists everyone online, here everyone in the room.
-        for name in &welcome.online {
+        for name in welcome.result.online {
             view.set(name, true);
         }
     } else {
         let mut early = Vec::new();
         let joined = conn
-            .call("join", json!({"room": room}), |event| {
+            .call_raw("join", json!({"room": room}), |event| {
                 early.push(event.to_vec())
             })
             .await?;
-        let joined: Joined = serde_json::from_value(joined)?;
-        for name in &joined.members {
+        let joined: Reply<Joined<'_>> = serde_json::from_slice(&joined)?;
+        for name in joined.result.members {
             view.set(name, true);
         }
         for event in early {

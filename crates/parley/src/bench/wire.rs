@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use parley_client::Secure;
 use parley_client::tls::default_known_hosts;
 use parley_proto::frame::PONG_FRAME;
@@ -136,16 +136,24 @@ impl Dialer {
         }
     }
 
-    /// Connects and signs in as `name`; returns the connection and the welcome.
-    pub async fn sign_in(&self, index: usize, name: &str) -> anyhow::Result<(Conn, Value)> {
+    /// Connects and signs in as `name`; returns the connection and the welcome reply's JSON.
+    pub async fn sign_in(&self, index: usize, name: &str) -> anyhow::Result<(Conn, Bytes)> {
         let stream = self.dial(index).await?;
         let mut conn = Conn::new(stream);
         let hello = json!({"versions": SUPPORTED_VERSIONS, "name": name, "client": "parley bench"});
-        let welcome = tokio::time::timeout(self.timeout, conn.call("hello", hello, |_| {}))
+        let welcome = tokio::time::timeout(self.timeout, conn.call_raw("hello", hello, |_| {}))
             .await
             .map_err(|_| anyhow!("{name} was not signed in within the timeout"))??;
         Ok((conn, welcome))
     }
+}
+
+/// What [`Conn::call_raw`] reads of a reply: which request it answers, and why it failed.
+#[derive(serde::Deserialize)]
+struct Header<'a> {
+    id: Option<u64>,
+    #[serde(borrow)]
+    message: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// One connection: a stream, a read buffer and a frame decoder.
@@ -183,13 +191,25 @@ impl Conn {
     }
 
     /// Sends a request and waits for its reply, answering pings and handing every other control
-    /// frame (events) to `on_event`. An error reply is an error.
+    /// frame (events) to `on_event`. Returns the reply's `result`; an error reply is an error.
     pub async fn call(
         &mut self,
         kind: &str,
         fields: Value,
-        mut on_event: impl FnMut(&[u8]),
+        on_event: impl FnMut(&[u8]),
     ) -> anyhow::Result<Value> {
+        let reply: Value = serde_json::from_slice(&self.call_raw(kind, fields, on_event).await?)?;
+        Ok(reply["result"].clone())
+    }
+
+    /// [`call`](Conn::call), returning the whole reply's JSON unparsed (for large replies,
+    /// parsed with borrowed strings).
+    pub async fn call_raw(
+        &mut self,
+        kind: &str,
+        fields: Value,
+        mut on_event: impl FnMut(&[u8]),
+    ) -> anyhow::Result<Bytes> {
         let id = self.send(kind, fields).await?;
         loop {
             let json = match self.next_frame().await? {
@@ -201,17 +221,17 @@ impl Conn {
                 on_event(&json);
                 continue;
             }
-            let message: Value = serde_json::from_slice(&json)?;
-            if message["id"] != id {
+            let header: Header<'_> = serde_json::from_slice(&json)?;
+            if header.id != Some(id) {
                 on_event(&json);
                 continue;
             }
-            if message["type"] == "ok" {
-                return Ok(message["result"].clone());
+            if frame_type(&json) == Some(b"ok") {
+                return Ok(json);
             }
             bail!(
                 "the server refused {kind}: {}",
-                message["message"].as_str().unwrap_or("(no reason)")
+                header.message.as_deref().unwrap_or("(no reason)")
             );
         }
     }

@@ -43,10 +43,8 @@ async fn broadcast_reaches_everyone_in_the_room_and_is_confirmed() {
     let (_bob, mut bob_events) = server.join("bob").await;
     let (_carol, mut carol_events) = server.join("carol").await;
     // Let alice see both joins so her stream holds only what follows.
-    for _ in 0..2 {
-        next_server_event(&mut alice_events).await;
-    }
-    next_server_event(&mut bob_events).await;
+    await_arrivals(&mut alice_events, "lobby", &["bob", "carol"]).await;
+    await_arrivals(&mut bob_events, "lobby", &["carol"]).await;
 
     let sent = alice
         .call(Say {
@@ -166,5 +164,57 @@ async fn pipelined_messages_are_confirmed_in_order() {
         })
         .await;
         assert_eq!(text, format!("m{id}"));
+    }
+}
+
+/// People arriving together are announced together: whoever is in the room hears of 40
+/// arrivals in far fewer than 40 events, and everyone ends up knowing everyone, hearing of
+/// each person exactly once (in the welcome or in a join) and never of themselves.
+#[tokio::test]
+async fn arrivals_are_announced_in_batches() {
+    let server = TestServer::start().await;
+    let (_alice, alice_events) = server.join("alice").await;
+    let names: Vec<String> = (0..40).map(|i| format!("u{i}")).collect();
+    let arrivals = futures_util::future::join_all(names.iter().map(|name| server.join(name))).await;
+    let mut everyone: Vec<String> = names.clone();
+    everyone.push("alice".into());
+    everyone.sort();
+
+    let mut views = vec![("alice".to_owned(), vec!["alice".to_owned()], alice_events)];
+    let mut signed_in = Vec::new();
+    for (client, events) in arrivals {
+        let name = client.welcome().name.clone();
+        views.push((name, client.welcome().online.clone(), events));
+        signed_in.push(client);
+    }
+    for (name, known, events) in &mut views {
+        let mut announcements = 0;
+        while known.len() < everyone.len() {
+            let users = wait_for(events, |event| match event {
+                ClientEvent::Server(Event::Join(Presence { room, users })) if room == "lobby" => {
+                    Some(users.clone())
+                }
+                _ => None,
+            })
+            .await;
+            assert!(
+                !users.contains(name),
+                "{name} was told of their own arrival"
+            );
+            known.extend(users);
+            announcements += 1;
+        }
+        let mut heard = known.clone();
+        heard.sort();
+        assert_eq!(
+            heard, everyone,
+            "{name} heard of someone twice or of a stranger"
+        );
+        if name == "alice" {
+            assert!(
+                announcements < 20,
+                "40 arrivals took {announcements} announcements"
+            );
+        }
     }
 }

@@ -13,10 +13,8 @@ async fn join_talk_and_part() {
     let (alice, mut alice_events) = server.join("alice").await;
     let (bob, mut bob_events) = server.join("bob").await;
     let (_carol, mut carol_events) = server.join("carol").await;
-    for _ in 0..2 {
-        next_server_event(&mut alice_events).await;
-    }
-    next_server_event(&mut bob_events).await;
+    await_arrivals(&mut alice_events, "lobby", &["bob", "carol"]).await;
+    await_arrivals(&mut bob_events, "lobby", &["carol"]).await;
 
     let joined = alice
         .call(Join {

@@ -138,6 +138,22 @@ pub async fn wait_for<T>(
     .expect("the awaited event did not come within the wait")
 }
 
+/// Waits until `events` has announced that each of `names` joined `room` (arrivals may come
+/// one per event or many in one).
+pub async fn await_arrivals(events: &mut Events, room: &str, names: &[&str]) {
+    let mut missing: Vec<&str> = names.to_vec();
+    while !missing.is_empty() {
+        let arrived = wait_for(events, |event| match event {
+            ClientEvent::Server(Event::Join(presence)) if presence.room == room => {
+                Some(presence.users.clone())
+            }
+            _ => None,
+        })
+        .await;
+        missing.retain(|name| !arrived.iter().any(|user| user == name));
+    }
+}
+
 /// Asserts that no event arrives for a short while (used to check that something was *not*
 /// delivered, after a later event proved the server had already routed it).
 pub async fn assert_quiet(events: &mut Events) {
