@@ -333,6 +333,13 @@ impl Session<'_> {
         self.confirm_oldest(stored);
     }
 
+    /// Waits until every message delivered so far is confirmed (or reported not stored).
+    async fn confirm_all(&mut self) {
+        while !self.unconfirmed.is_empty() {
+            self.confirm_next().await;
+        }
+    }
+
     /// Queues the oldest unconfirmed message's confirmation, given whether it was `stored`.
     fn confirm_oldest(&mut self, stored: Result<(), Refusal>) {
         let Some((id, _, confirmation)) = self.unconfirmed.pop_front() else {
@@ -377,6 +384,7 @@ impl Session<'_> {
                 code,
                 message,
             }) => {
+                self.confirm_all().await;
                 self.outbox.push(error_frame(id, code, &message));
                 return self.name.is_none().then_some(End::Refused(message));
             }
@@ -392,9 +400,7 @@ impl Session<'_> {
         }
         if !matches!(request.body, RequestBody::Say(_) | RequestBody::Msg(_)) {
             // Replies leave in the order requests came: earlier messages are confirmed first.
-            while !self.unconfirmed.is_empty() {
-                self.confirm_next().await;
-            }
+            self.confirm_all().await;
         }
         let id = request.id;
         let hub = &self.ctx.hub;
@@ -526,8 +532,15 @@ impl Session<'_> {
                 return Some(End::Quit);
             }
         };
-        self.outbox
-            .push(reply.unwrap_or_else(|refusal| error_frame(id, refusal.code, &refusal.message)));
+        let frame = match reply {
+            Ok(frame) => frame,
+            Err(refusal) => {
+                // A refused message is answered after the confirmations before it.
+                self.confirm_all().await;
+                error_frame(id, refusal.code, &refusal.message)
+            }
+        };
+        self.outbox.push(frame);
         None
     }
 

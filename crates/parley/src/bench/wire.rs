@@ -110,8 +110,13 @@ impl Dialer {
             let socket = match self.address.ip() {
                 IpAddr::V4(_) => {
                     let socket = TcpSocket::new_v4()?;
-                    let source = Ipv4Addr::new(127, 0, 0, 1 + (index / PER_SOURCE) as u8);
-                    socket.bind(SocketAddr::new(source.into(), 0))?;
+                    // Binding before connecting makes the kernel search for a free port the
+                    // slow way (thousands of connections took seconds), so only connections
+                    // beyond the first address's share do it.
+                    if index >= PER_SOURCE {
+                        let source = Ipv4Addr::new(127, 0, 0, 1 + (index / PER_SOURCE) as u8);
+                        socket.bind(SocketAddr::new(source.into(), 0))?;
+                    }
                     socket
                 }
                 IpAddr::V6(_) => TcpSocket::new_v6()?,
