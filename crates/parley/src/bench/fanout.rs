@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::probe::{self, CpuWindow, round1, round3};
-use super::wire::Dialer;
+use super::wire::{Dialer, Stream};
 use super::{Report, Target, latency_json, new_histogram, thread_runtime};
 
 /// Marks a benchmark payload: `~PB<seq:16 hex>.<send time ns:16 hex>.` then padding.
@@ -431,7 +431,7 @@ fn spawn_senders(
 /// Sends sender `k`'s share of the messages; returns how late it was at worst (fixed rate).
 async fn send(
     k: usize,
-    writer: &mut tokio::io::WriteHalf<super::wire::Stream>,
+    writer: &mut tokio::io::WriteHalf<Stream>,
     args: &Args,
     shared: &Shared,
     started: Instant,

@@ -4,9 +4,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow, bail};
@@ -16,10 +14,11 @@ use parley_client::tls::default_known_hosts;
 use parley_proto::frame::PONG_FRAME;
 use parley_proto::{Frame, FrameCodec, SUPPORTED_VERSIONS};
 use serde_json::{Value, json};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 use tokio_util::codec::Decoder;
+use tokio_util::either::Either;
 
 use super::Target;
 
@@ -28,52 +27,7 @@ use super::Target;
 const PER_SOURCE: usize = 20_000;
 
 /// Plain TCP or TLS.
-pub enum Stream {
-    /// Plain TCP.
-    Plain(TcpStream),
-    /// TLS over TCP.
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s).poll_shutdown(cx),
-        }
-    }
-}
+pub type Stream = Either<TcpStream, tokio_rustls::client::TlsStream<TcpStream>>;
 
 /// Opens connections to the server under test.
 pub struct Dialer {
@@ -129,11 +83,11 @@ impl Dialer {
             .map_err(|_| anyhow!("no connection to {} within the timeout", self.address))?
             .with_context(|| format!("cannot connect to {}", self.address))?;
         let Some(secure) = &self.secure else {
-            return Ok(Stream::Plain(stream));
+            return Ok(Either::Left(stream));
         };
         let host = self.address.ip().to_string();
         match secure.handshake(stream, &host, deadline).await {
-            Ok((secured, _)) => Ok(Stream::Tls(Box::new(secured))),
+            Ok((secured, _)) => Ok(Either::Right(secured)),
             Err(parley_client::SecureError::Timeout) => {
                 bail!("no TLS handshake with {} within the timeout", self.address)
             }
@@ -161,28 +115,68 @@ struct Header<'a> {
     message: Option<std::borrow::Cow<'a, str>>,
 }
 
-/// One connection: a stream, a read buffer and a frame decoder.
-pub struct Conn {
-    stream: Stream,
+/// The reading side of a connection: a read buffer and a frame decoder over `R`.
+pub struct Frames<R> {
+    read: R,
     buf: BytesMut,
     codec: FrameCodec,
+}
+
+impl<R: AsyncRead + Unpin> Frames<R> {
+    fn new(read: R) -> Self {
+        Self {
+            read,
+            // Small to start with: idle connections should cost the instrument little.
+            buf: BytesMut::with_capacity(512),
+            codec: FrameCodec::client(),
+        }
+    }
+
+    /// Reads more bytes into the buffer; 0 when the server closed the connection.
+    pub async fn fill(&mut self) -> io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < 256 {
+            self.buf.reserve(64 * 1024);
+        }
+        self.read.read_buf(&mut self.buf).await
+    }
+
+    /// The next complete frame already read, if any.
+    pub fn buffered_frame(&mut self) -> io::Result<Option<Frame>> {
+        self.codec
+            .decode(&mut self.buf)
+            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
+    }
+
+    /// The next frame, pings included; `None` when the server closed the connection.
+    pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+/// One connection: frames read from it, requests and pongs written to it.
+pub struct Conn {
+    frames: Frames<Stream>,
     next_id: u64,
 }
 
 impl Conn {
     fn new(stream: Stream) -> Self {
         Self {
-            stream,
-            // Small to start with: idle connections should cost the instrument little.
-            buf: BytesMut::with_capacity(512),
-            codec: FrameCodec::client(),
+            frames: Frames::new(stream),
             next_id: 1,
         }
     }
 
     /// Writes `bytes` (one or more whole frames).
     pub async fn write(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        self.frames.read.write_all(bytes).await
     }
 
     /// Sends a request; returns its id.
@@ -245,25 +239,21 @@ impl Conn {
     /// closed the connection.
     pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
         loop {
-            if let Some(frame) = self.buffered_frame()? {
-                match frame {
-                    Frame::Ping => self.pong().await?,
-                    frame => return Ok(Some(frame)),
-                }
-                continue;
-            }
-            if self.fill().await? == 0 {
-                return Ok(None);
+            match self.frames.next_frame().await? {
+                Some(Frame::Ping) => self.pong().await?,
+                frame => return Ok(frame),
             }
         }
     }
 
-    /// Reads more bytes into the buffer; 0 when the server closed the connection.
+    /// Reads more bytes; 0 when the server closed the connection.
     pub async fn fill(&mut self) -> io::Result<usize> {
-        if self.buf.capacity() - self.buf.len() < 256 {
-            self.buf.reserve(64 * 1024);
-        }
-        self.stream.read_buf(&mut self.buf).await
+        self.frames.fill().await
+    }
+
+    /// The next complete frame already read, if any (pings included).
+    pub fn buffered_frame(&mut self) -> io::Result<Option<Frame>> {
+        self.frames.buffered_frame()
     }
 
     /// Answers a ping.
@@ -271,52 +261,12 @@ impl Conn {
         self.write(&PONG_FRAME).await
     }
 
-    /// The next complete frame already read, if any.
-    pub fn buffered_frame(&mut self) -> io::Result<Option<Frame>> {
-        self.codec
-            .decode(&mut self.buf)
-            .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))
-    }
-
-    /// Splits into a reading and a writing half.
-    pub fn split(self) -> (ConnReader, tokio::io::WriteHalf<Stream>) {
-        let (read, write) = tokio::io::split(self.stream);
-        (
-            ConnReader {
-                read,
-                buf: self.buf,
-                codec: self.codec,
-            },
-            write,
-        )
-    }
-}
-
-/// The reading half of a split [`Conn`] (pings are not answered: the writer owns the socket).
-pub struct ConnReader {
-    read: tokio::io::ReadHalf<Stream>,
-    buf: BytesMut,
-    codec: FrameCodec,
-}
-
-impl ConnReader {
-    /// The next frame; `None` when the server closed the connection.
-    pub async fn next_frame(&mut self) -> io::Result<Option<Frame>> {
-        loop {
-            if let Some(frame) = self
-                .codec
-                .decode(&mut self.buf)
-                .map_err(|err| io::Error::new(io::ErrorKind::InvalidData, err))?
-            {
-                return Ok(Some(frame));
-            }
-            if self.buf.capacity() - self.buf.len() < 256 {
-                self.buf.reserve(64 * 1024);
-            }
-            if self.read.read_buf(&mut self.buf).await? == 0 {
-                return Ok(None);
-            }
-        }
+    /// Splits into a reading half (which does not answer pings: the writer owns the socket)
+    /// and a writing half.
+    pub fn split(self) -> (Frames<ReadHalf<Stream>>, WriteHalf<Stream>) {
+        let Frames { read, buf, codec } = self.frames;
+        let (read, write) = tokio::io::split(read);
+        (Frames { read, buf, codec }, write)
     }
 }
 
