@@ -44,21 +44,23 @@ REQUEST_TYPES = ("hello", "say", "msg", "join", "part", "rooms", "users", "quit"
 # Documented field order of everything the server writes (§3.1: "fields in the order shown").
 ORDER_OK = ["type", "id", "result"]
 ORDER_ERROR = ["type", "id", "code", "message"]
-ORDER_WELCOME = ["version", "server", "name", "room", "online", "keepalive_ms", "timeout_ms",
-                 "max_text"]
+ORDER_WELCOME = ["version", "server", "name", "room", "online", "online_count", "roster_limit",
+                 "keepalive_ms", "timeout_ms", "max_text"]
+ORDER_JOINED = ["room", "members", "count"]
 ORDER_SENT = ["id", "ts", "to"]
 ORDER_EVENT = {
     "message": ["type", "id", "ts", "room", "from", "text"],
     "private": ["type", "id", "ts", "from", "to", "text"],
     "join": ["type", "room", "users"],
     "part": ["type", "room", "users", "reason"],
+    "members": ["type", "room", "count"],
     "bye": ["type", "code", "message"],
 }
 ORDER_RESULT = {
     "hello": ORDER_WELCOME,
     "say": ORDER_SENT,
     "msg": ORDER_SENT,
-    "join": ["room", "members"],
+    "join": ORDER_JOINED,
     "part": ["room"],
     "rooms": ["rooms"],
     "quit": [],
@@ -127,6 +129,10 @@ def is_u64(x):
 
 def is_str_list(x):
     return isinstance(x, list) and all(isinstance(v, str) for v in x)
+
+
+def is_count(x):
+    return type(x) is int and x >= 0
 
 
 def name_key(n):
@@ -429,6 +435,22 @@ class Conn:
         except CheckFail:
             fail(section, f"connection did not stay open after {what}" + self.bye_info())
 
+    def all_users(self, room=None, section="5.8"):
+        """Every name online (or in `room`): `users`, then again `after` the last name while
+        `more` is true (§5.8, §14 item 21)."""
+        names, after = [], None
+        while True:
+            fields = {"room": room} if room is not None else {}
+            if after is not None:
+                fields["after"] = after
+            res = self.ok("users", fields, section)
+            check_users(res, self.welcome["roster_limit"], room, after, section)
+            names += res["users"]
+            if not res.get("more"):
+                return names
+            expect(res["users"], section, "users page with more but no names")
+            after = res["users"][-1]
+
     def close(self):
         if not self.closed:
             self.closed = True
@@ -478,6 +500,10 @@ def check_event_shape(ev, section):
                f"{t} event room/users of the wrong type: {short(ev)}")
         if t == "part":
             expect(isinstance(ev["reason"], str), section, f"part reason not a string: {short(ev)}")
+    elif t == "members":
+        # §7.10: sent to the room's members, so the room holds at least the recipient
+        expect(isinstance(ev["room"], str) and type(ev["count"]) is int and ev["count"] >= 1, "7.10",
+               f"members event room/count of the wrong type: {short(ev)}")
     elif t == "bye":
         expect(isinstance(ev["code"], str) and isinstance(ev["message"], str), section,
                f"bye code/message not strings: {short(ev)}")
@@ -494,12 +520,53 @@ def check_welcome(r, name, rid, section="4.3"):
     expect(w["name"] == name, section, f"Welcome name {w['name']!r}, expected exactly {name!r}")
     expect(w["room"] == "lobby", section, f"Welcome room {w['room']!r}, expected 'lobby'")
     expect(is_str_list(w["online"]), section, f"Welcome online is not an array of strings: {short(w['online'])}")
-    expect(name in w["online"], section, f"Welcome online does not include the new user {name!r}")
-    expect(is_sorted_names(w["online"]), "4.6", f"Welcome online is not sorted: {short(w['online'])}")
+    online, count, limit = w["online"], w["online_count"], w["roster_limit"]
+    expect(type(limit) is int and limit >= 1, section, f"Welcome roster_limit is not an integer >= 1: {limit!r}")
+    expect(type(count) is int and count >= max(1, len(online)), section,
+           f"Welcome online_count {count!r} is not an integer >= 1 and >= the {len(online)} names of online")
+    # §4.3, §4.6: the first roster_limit names of everyone online, so all of them when they fit
+    expect(len(online) == min(count, limit), section,
+           f"Welcome online holds {len(online)} names, online_count {count}, roster_limit {limit}")
+    if count <= limit:
+        expect(name in online, section, f"Welcome online does not include the new user {name!r}")
+    expect(is_sorted_names(online), "4.6", f"Welcome online is not sorted: {short(online)}")
     for k in ("keepalive_ms", "timeout_ms", "max_text"):
         expect(type(w[k]) is int and w[k] > 0, section, f"Welcome {k} is not a positive integer: {w[k]!r}")
     expect(w["max_text"] == MAX_TEXT, section, f"Welcome max_text {w['max_text']} != 4096")
     return w
+
+
+def check_joined(res, limit, section="5.5"):
+    """A join result (§5.5): the first roster_limit members in sort order, and how many there are."""
+    expect(set(res) == set(ORDER_JOINED), section, f"join result has fields {list(res)}, expected {ORDER_JOINED}")
+    members, count = res["members"], res["count"]
+    expect(isinstance(res["room"], str) and is_str_list(members), section, f"join result types {short(res)}")
+    expect(type(count) is int and count >= max(1, len(members)), section,
+           f"join result count {count!r} is not an integer >= 1 and >= the {len(members)} members listed")
+    expect(len(members) == min(count, limit), section,
+           f"join result lists {len(members)} members, count {count}, roster_limit {limit}")
+    expect(is_sorted_names(members), "4.6", f"join members not sorted: {short(members)}")
+
+
+def check_users(res, limit, room=None, after=None, section="5.8"):
+    """A users result (§5.8): a page of at most roster_limit sorted names after `after`, the total,
+    and `more` only when names follow."""
+    want = ({"room"} if room is not None else set()) | {"users", "count"}
+    expect(want <= set(res) <= want | {"more"}, section, f"users result has fields {list(res)}, expected "
+           f"{sorted(want)} and perhaps more")
+    users, count, more = res["users"], res["count"], res.get("more")
+    expect(is_str_list(users), section, f"users is not an array of strings: {short(users)}")
+    expect(is_count(count) and count >= len(users), section, f"users count {count!r} < the {len(users)} names listed")
+    expect("more" not in res or more is True, section, f"users more is {more!r}: present only as true")
+    expect(len(users) <= limit, section, f"users lists {len(users)} names, roster_limit {limit}")
+    if more:
+        expect(len(users) == limit, section, f"users page of {len(users)} names with more, roster_limit {limit}")
+    elif after is None:
+        expect(len(users) == count, section, f"users lists {len(users)} names without more, count {count}")
+    expect(is_sorted_names(users), "4.6", f"users not sorted: {short(users)}")
+    if after is not None:
+        late = [u for u in users if not name_key(u) > name_key(after)]
+        expect(not late, section, f"users after {after!r} lists {short(late)}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -721,7 +788,8 @@ def c_lobby_join(t):
     check_event_shape(ev, "7.3")
     expect(ev == {"type": "join", "room": "lobby", "users": [bname]}, "4.3", f"join event {short(ev)}")
     on = b.welcome["online"]
-    expect(a.name in on and bname in on, "4.3", f"Welcome online {short(on)} misses {a.name} or {bname}")
+    if b.welcome["online_count"] <= b.welcome["roster_limit"]:  # §4.3: else only the first names
+        expect(a.name in on and bname in on, "4.3", f"Welcome online {short(on)} misses {a.name} or {bname}")
     settle(b)
     own = [e for e in b.events if e["type"] == "join"]
     own = [e for e in own if bname in e["users"]]
@@ -917,7 +985,7 @@ def c_second_hello(t):
     a.err("hello", {"versions": [65536], "name": other}, "bad_request", "4.4", "malformed second hello")
     a.err("hello", {"versions": [1]}, "bad_request", "4.4", "second hello without name")
     a.still_open("4.4", "a second hello")
-    users = a.ok("users", None, "5.8")["users"]
+    users = a.all_users()
     expect(a.name in users and other not in users, "4.4", f"second hello changed the user list: {short(users)}")
 
 
@@ -1091,11 +1159,13 @@ def c_join_part(t):
     room = t.room("j")
     a, b = t.login("ja"), t.login("jb")
     res = a.ok("join", {"room": "#" + room.upper()}, "5.5")
-    expect(set(res) == {"room", "members"}, "5.5", f"join result fields {list(res)}")
-    expect(res == {"room": room, "members": [a.name]}, "5.5", f"join result {short(res)}")
+    check_joined(res, a.welcome["roster_limit"])
+    expect(res == {"room": room, "members": [a.name], "count": 1}, "5.5", f"join result {short(res)}")
     ma = len(a.events)
     res = b.ok("join", {"room": room}, "5.5")
-    expect(res == {"room": room, "members": sorted([a.name, b.name], key=name_key)}, "5.5", f"join result {short(res)}")
+    check_joined(res, b.welcome["roster_limit"])
+    expect(res == {"room": room, "members": sorted([a.name, b.name], key=name_key), "count": 2}, "5.5",
+           f"join result {short(res)}")
     ev = a.wait_event(lambda e: e["type"] == "join" and e.get("room") == room, start=ma)
     expect(ev == {"type": "join", "room": room, "users": [b.name]}, "5.5", f"join event {short(ev)}")
     # rejoin: success, same members, no event
@@ -1118,7 +1188,7 @@ def c_join_part(t):
     expect(not own, "5.6", f"the leaver received a part event: {short(own)}")
     b.err("part", {"room": room}, "not_in_room", "5.6", "part of a room one has left")
     users = a.ok("users", {"room": room}, "5.8")
-    expect(users == {"room": room, "users": [a.name]}, "5.8", f"users result {short(users)}")
+    expect(users == {"room": room, "users": [a.name], "count": 1}, "5.8", f"users result {short(users)}")
 
 
 @check("room.name_rules")
@@ -1174,15 +1244,58 @@ def c_users(t):
     room = t.room("u")
     a, b = t.login("UA"), t.login("ub")
     b.ok("join", {"room": room}, "5.5")
+    limit = a.welcome["roster_limit"]
     res = a.ok("users", None, "5.8")
-    expect(set(res) == {"users"}, "5.8", f"users result without room has fields {list(res)}")
-    expect(is_str_list(res["users"]) and a.name in res["users"] and b.name in res["users"], "5.8",
-           f"users {short(res)} misses {a.name} or {b.name}")
-    expect(is_sorted_names(res["users"]), "4.6", f"users not sorted: {short(res['users'])}")
+    check_users(res, limit)
+    everyone = a.all_users()
+    expect(a.name in everyone and b.name in everyone, "5.8", f"users {short(everyone)} misses {a.name} or {b.name}")
+    expect(len(set(everyone)) == len(everyone), "5.8", "paging through users listed a name twice")
     res2 = a.ok("users", {"room": None}, "5.8")
-    expect(set(res2) == {"users"} and a.name in res2["users"], "5.8", f"users with room null: {short(res2)}")
+    check_users(res2, limit)
+    res3 = a.ok("users", {"room": None, "after": None}, "5.8")
+    check_users(res3, limit)
     res = a.ok("users", {"room": "#" + room.upper()}, "5.8")
-    expect(res == {"room": room, "users": [b.name]}, "5.8", f"users of a room one is not in: {short(res)}")
+    expect(res == {"room": room, "users": [b.name], "count": 1}, "5.8", f"users of a room one is not in: {short(res)}")
+
+
+@check("room.users_paging")
+def c_users_paging(t):
+    # A room of its own, so that nobody else's arrival changes count between pages (§5.8).
+    s = t.ctx.uniq()
+    room = t.room("pg")
+    names = ["pa" + s, "PB" + s, "pc" + s]
+    conns = [t.login(name=n) for n in names]
+    for c in conns:
+        c.ok("join", {"room": room}, "5.5")
+    a = conns[0]
+    limit = a.welcome["roster_limit"]
+    col = Collect()
+    with col.case():
+        res = a.ok("users", {"room": room}, "5.8")
+        check_users(res, limit, room)
+        expect(res == {"room": room, "users": names, "count": 3}, "5.8", f"users of the room {short(res)}")
+    # after: the names that sort after it, compared ASCII-lower-cased; count is unchanged
+    for after, rest in ((names[0], names[1:]), (names[0].upper(), names[1:]), ("pb", names[1:]),
+                        (names[1].lower(), names[2:]), (names[2], []), ("~", []), ("", names)):
+        with col.case():
+            res = a.ok("users", {"room": room, "after": after}, "5.8")
+            check_users(res, limit, room, after)
+            expect(res == {"room": room, "users": rest, "count": 3}, "5.8",
+                   f"users after {after!r}: {short(res)}, expected the names {rest} and count 3")
+    with col.case():
+        res = a.ok("users", {"room": room, "after": None}, "5.8")
+        expect(res == {"room": room, "users": names, "count": 3}, "5.8", f"users after null: {short(res)}")
+    with col.case():
+        expect(a.all_users(room) == names, "5.8", "paging through the room did not list its members")
+    with col.case():
+        # everyone online, from after the first name: count is everyone, the page starts later
+        res = a.ok("users", {"after": names[0]}, "5.8")
+        check_users(res, limit, None, names[0])
+        expect(names[0] not in res["users"] and res["count"] >= len(names), "5.8", f"users after {names[0]!r}: {short(res)}")
+        if not res.get("more"):
+            expect(names[1] in res["users"] and names[2] in res["users"], "5.8",
+                   f"users after {names[0]!r} misses {names[1]} or {names[2]}: {short(res)}")
+    col.done()
 
 
 @check("room.lobby_persists_and_part_all")
@@ -1196,7 +1309,7 @@ def c_lobby(t):
     by = {e["name"]: e for e in a.ok("rooms", None, "5.7")["rooms"]}
     expect("lobby" in by and by["lobby"]["joined"] is False, "4.7", f"lobby after parting it: {short(by.get('lobby'))}")
     # a user in no room stays online and can use msg, rooms, users, join (§5.6)
-    users = a.ok("users", None, "5.8")["users"]
+    users = a.all_users()
     expect(a.name in users, "5.6", "a user who parted every room is not listed as online")
     a.err("say", {"room": "lobby", "text": "x"}, "not_in_room", "5.3", "say in lobby after parting it")
     mb = len(b.events)
@@ -1212,7 +1325,10 @@ def c_lobby(t):
     expect(not leak, "7.3", f"a user not in lobby received the lobby join event: {short(leak)}")
     mb = len(b.events)
     res = a.ok("join", {"room": "lobby"}, "4.7")
-    expect(res["room"] == "lobby" and a.name in res["members"] and b.name in res["members"], "5.5", f"{short(res)}")
+    check_joined(res, a.welcome["roster_limit"])
+    expect(res["room"] == "lobby", "5.5", f"{short(res)}")
+    if res["count"] <= a.welcome["roster_limit"]:  # §5.5: else only the first names
+        expect(a.name in res["members"] and b.name in res["members"], "5.5", f"{short(res)}")
     ev = b.wait_event(lambda e: e["type"] == "join" and a.name in e.get("users", []), start=mb)
     expect(ev == {"type": "join", "room": "lobby", "users": [a.name]}, "5.5", f"join event {short(ev)}")
 
@@ -1231,7 +1347,7 @@ def c_room_gone(t):
     expect(room not in names, "4.7", f"room {room} still listed after its last member left")
     a.err("users", {"room": room}, "invalid_room", "5.8", "users of an emptied room")
     res = a.ok("join", {"room": room}, "5.5")
-    expect(res == {"room": room, "members": [a.name]}, "5.5", f"re-created room {short(res)}")
+    expect(res == {"room": room, "members": [a.name], "count": 1}, "5.5", f"re-created room {short(res)}")
 
 
 @check("room.sorting")
@@ -1246,7 +1362,7 @@ def c_sorting(t):
         conns.append(c)
     res = conns[-1].ok("users", {"room": room}, "5.8")
     expect(res["users"] == names, "4.6", f"members sorted as {res['users']}, expected {names}")
-    all_users = conns[0].ok("users", None, "5.8")["users"]
+    all_users = conns[0].all_users()
     expect([u for u in all_users if u in names] == names, "4.6", "users (all) not sorted by lower-cased name")
     rooms = ["-a" + s, "9a" + s, "_a" + s, "za" + s]
     for r in reversed(rooms):
@@ -1392,8 +1508,7 @@ def c_data(t):
     with col.case():
         c = t.login("dd")
         c.send_raw(header(9, 2) + b"\0\0\0\x2aabcd")
-        r = c.ok("users", {}, "5.12")
-        expect(c.name in r.get("users", []), "5.12", "the connection did not stay usable after stray data")
+        expect(c.name in c.all_users(section="5.12"), "5.12", "the connection did not stay usable after stray data")
         expect(c.bye is None, "5.12", f"stray data for no upload got a bye: {short(c.bye)}")
     col.done()
 
@@ -1541,7 +1656,8 @@ def c_malformed(t):
              ("say", {"room": 5, "text": "x"}), ("say", {"room": None, "text": "x"}),
              ("msg", {"text": "x"}), ("msg", {"to": a.name}), ("msg", {"to": 5, "text": "x"}),
              ("join", {}), ("join", {"room": ["lobby"]}), ("part", {}), ("part", {"room": 1}),
-             ("users", {"room": 5}), ("users", {"room": ["lobby"]}),
+             ("users", {"room": 5}), ("users", {"room": ["lobby"]}), ("users", {"after": 5}),
+             ("users", {"room": "lobby", "after": ["x"]}),
              ("hello", {"versions": "1", "name": a.name})]
     col = Collect()
     for rtype, fields in cases:
@@ -1620,8 +1736,7 @@ def c_keepalive(t):
     k.pump_until(lambda: k.bye is not None or k.eof, max(0.0, end - time.monotonic()))
     expect(k.bye is None and not k.eof, "8", f"connection closed although pings were answered{k.bye_info()}")
     expect(len(k.pings) >= 2, "8", f"only {len(k.pings)} ping(s) in {to + 1.5:.1f}s of silence")
-    res = k.ok("users", None, "8")
-    expect(k.name in res["users"], "8", "user no longer online after answering pings")
+    expect(k.name in k.all_users(section="8"), "8", "user no longer online after answering pings")
 
 
 @check("keepalive.active_client_not_pinged", background=True)
@@ -1937,8 +2052,9 @@ def final_checks(ctx):
             if t == "ok" and isinstance(obj.get("result"), dict):
                 res = obj["result"]
                 rorder = ORDER_RESULT.get(rtype)
-                if rtype == "users":
-                    rorder = ["room", "users"] if "room" in res else ["users"]
+                if rtype == "users":  # §5.8: room only when asked, more only when true
+                    rorder = ((["room"] if "room" in res else []) + ["users", "count"]
+                              + (["more"] if "more" in res else []))
                 if rorder is not None and set(res) == set(rorder) and list(res) != rorder:
                     err = f"[{c.label}] {rtype} result fields {list(res)}, documented order {rorder}"
                     break

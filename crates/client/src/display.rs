@@ -88,7 +88,9 @@ pub fn event_line(event: &Event) -> Option<String> {
             lines.extend(backlog.messages.iter().map(stored_line));
             lines.join("\n")
         }
-        Event::Bye(_) | Event::TransferEnd(_) => return None,
+        // A large room's size changes with every batch of arrivals: a line each would drown
+        // the conversation. `/who` tells the size.
+        Event::Members(_) | Event::Bye(_) | Event::TransferEnd(_) => return None,
     })
 }
 
@@ -114,18 +116,27 @@ pub fn message_line(room: &str, from: &str, text: &str) -> String {
     )
 }
 
-/// Names joined by ", ", each sanitized.
+/// Names joined by ", ", each sanitized: the first few of a batch of arrivals, which can
+/// hold thousands.
 pub fn names(users: &[String]) -> String {
-    // A batch of arrivals can hold thousands of names; a line shows the first few.
-    const SHOWN: usize = 10;
-    let mut line = users
+    roster(users, users.len(), 10)
+}
+
+/// Up to `shown` of `users` (the first of `count` names in all) joined by ", ", each
+/// sanitized, and how many others there are.
+pub fn roster(users: &[String], count: usize, shown: usize) -> String {
+    let shown = users.len().min(shown);
+    let mut line = users[..shown]
         .iter()
-        .take(SHOWN)
         .map(|u| sanitize(u))
         .collect::<Vec<_>>()
         .join(", ");
-    if users.len() > SHOWN {
-        line.push_str(&format!(" and {} others", users.len() - SHOWN));
+    let others = count.saturating_sub(shown);
+    if others > 0 {
+        line.push_str(&format!(
+            " and {others} other{}",
+            if others == 1 { "" } else { "s" }
+        ));
     }
     line
 }

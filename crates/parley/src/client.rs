@@ -16,7 +16,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use parley_client::command::{self, Command, HELP};
 use parley_client::display::{
-    event_line, format_size, listing_lines, message_line, names, sanitize, stored_line,
+    event_line, format_size, listing_lines, message_line, roster, sanitize, stored_line,
 };
 use parley_client::tls::{Security, Trust, default_known_hosts};
 use parley_client::{
@@ -141,8 +141,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         "Connected to {} as {}. Online ({}): {}. You are in #{}; type /help for commands.",
         client.address(),
         sanitize(&welcome.name),
-        welcome.online.len(),
-        names(&welcome.online),
+        welcome.online_count,
+        roster(&welcome.online, welcome.online_count, 10),
         sanitize(&welcome.room),
     );
 
@@ -409,17 +409,18 @@ impl LineSession {
                 }])
             }),
             Command::Users(room) => Box::pin(async move {
-                let result = client.call(Users { room }).await;
+                let result = client.call(Users { room, after: None }).await;
                 Outcome::lines(vec![match result {
-                    Ok(list) => match list.room {
-                        Some(room) => format!(
-                            "In #{} ({}): {}",
-                            sanitize(&room),
-                            list.users.len(),
-                            names(&list.users)
-                        ),
-                        None => format!("Online ({}): {}", list.users.len(), names(&list.users)),
-                    },
+                    // The whole first page: up to the server's roster limit.
+                    Ok(list) => {
+                        let who = roster(&list.users, list.count, list.users.len());
+                        match list.room {
+                            Some(room) => {
+                                format!("In #{} ({}): {who}", sanitize(&room), list.count)
+                            }
+                            None => format!("Online ({}): {who}", list.count),
+                        }
+                    }
                     Err(err) => failure(err),
                 }])
             }),
@@ -433,8 +434,8 @@ impl LineSession {
                         Ok(joined) => Outcome::lines(vec![format!(
                             "You joined #{}. Here ({}): {}",
                             sanitize(&joined.room),
-                            joined.members.len(),
-                            names(&joined.members)
+                            joined.count,
+                            roster(&joined.members, joined.count, 10)
                         )]),
                         Err(err) => Outcome {
                             failed_join: Some(room),

@@ -16,6 +16,9 @@ pub enum Event {
     Join(Presence),
     /// Users left a room the client is in.
     Part(Departure),
+    /// How many are in a room the client is in, sent instead of `join` and `part` events
+    /// while the room is larger than the roster limit.
+    Members(Members),
     /// The server is closing this connection, and why. Nothing follows it.
     Bye(Bye),
     /// A transfer ended; it follows the transfer's last data frame.
@@ -145,6 +148,16 @@ pub struct Departure {
     pub users: Vec<String>,
     /// Why they left.
     pub reason: PartReason,
+}
+
+/// A large room's size after arrivals and departures, announced without names: naming every
+/// arrival to everyone would cost N² names when N people arrive together.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// The room.
+    pub room: String,
+    /// How many are in it now.
+    pub count: usize,
 }
 
 /// Why a user left a room.

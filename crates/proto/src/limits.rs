@@ -34,6 +34,11 @@ pub const MAX_ROOMS_PER_USER: usize = 32;
 /// Longest client software description in `hello`, in bytes.
 pub const MAX_CLIENT_DESCRIPTION: usize = 128;
 
+/// The roster limit a server uses unless configured otherwise (see `Welcome::roster_limit`).
+/// A list pane shows a few dozen names; past a few hundred people search instead of scrolling,
+/// and naming each arrival to everyone would cost N² names as a large room fills.
+pub const DEFAULT_ROSTER_LIMIT: usize = 200;
+
 /// Most stored messages one `history` or `search` reply carries.
 pub const MAX_HISTORY: usize = 500;
 

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::event::{
-    Backlog, Bye, Departure, Event, Presence, Private, RoomMessage, Shared, TransferEnd,
+    Backlog, Bye, Departure, Event, Members, Presence, Private, RoomMessage, Shared, TransferEnd,
 };
 use crate::frame::control_frame;
 use crate::{ErrorCode, request::Call};
@@ -73,6 +73,7 @@ impl ServerMessage {
             Private(Private),
             Join(Presence),
             Part(Departure),
+            Members(Members),
             Bye(Bye),
             TransferEnd(TransferEnd),
             Shared(Shared),
@@ -89,6 +90,7 @@ impl ServerMessage {
             Wire::Private(m) => ServerMessage::Event(Event::Private(m)),
             Wire::Join(m) => ServerMessage::Event(Event::Join(m)),
             Wire::Part(m) => ServerMessage::Event(Event::Part(m)),
+            Wire::Members(m) => ServerMessage::Event(Event::Members(m)),
             Wire::Bye(m) => ServerMessage::Event(Event::Bye(m)),
             Wire::TransferEnd(m) => ServerMessage::Event(Event::TransferEnd(m)),
             Wire::Shared(m) => ServerMessage::Event(Event::Shared(m)),
@@ -201,5 +203,79 @@ mod tests {
             ServerMessage::decode(br#"{"type":"typing","user":"bob"}"#).unwrap(),
             ServerMessage::Unknown
         );
+    }
+
+    #[test]
+    fn every_event_kind_decodes() {
+        use crate::event::*;
+        let samples = [
+            Event::Message(RoomMessage {
+                id: 1,
+                ts: 2,
+                room: "lobby".into(),
+                from: "bob".into(),
+                text: "hi".into(),
+            }),
+            Event::Private(Private {
+                id: 1,
+                ts: 2,
+                from: "bob".into(),
+                to: "ann".into(),
+                text: "hi".into(),
+            }),
+            Event::Join(Presence {
+                room: "lobby".into(),
+                users: vec!["bob".into()],
+            }),
+            Event::Part(Departure {
+                room: "lobby".into(),
+                users: vec!["bob".into()],
+                reason: PartReason::Quit,
+            }),
+            Event::Members(Members {
+                room: "lobby".into(),
+                count: 201,
+            }),
+            Event::Bye(Bye {
+                code: ErrorCode::Shutdown,
+                message: "Bye.".into(),
+            }),
+            Event::TransferEnd(TransferEnd {
+                transfer: 1,
+                status: TransferStatus::Complete,
+                blake3: None,
+                message: None,
+            }),
+            Event::Shared(Shared {
+                user: "bob".into(),
+                path: "a.txt".into(),
+                size: 3,
+            }),
+            Event::Backlog(Backlog {
+                room: "lobby".into(),
+                messages: Vec::new(),
+            }),
+        ];
+        // The match has no wildcard: a new kind fails to compile until it has a sample here.
+        let mut covered = [false; 9];
+        for event in samples {
+            covered[match &event {
+                Event::Message(_) => 0,
+                Event::Private(_) => 1,
+                Event::Join(_) => 2,
+                Event::Part(_) => 3,
+                Event::Members(_) => 4,
+                Event::Bye(_) => 5,
+                Event::TransferEnd(_) => 6,
+                Event::Shared(_) => 7,
+                Event::Backlog(_) => 8,
+            }] = true;
+            let json = payload(event_frame(&event));
+            assert_eq!(
+                ServerMessage::decode(&json).unwrap(),
+                ServerMessage::Event(event)
+            );
+        }
+        assert!(covered.iter().all(|&c| c));
     }
 }

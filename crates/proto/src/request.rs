@@ -180,8 +180,14 @@ pub struct Welcome {
     pub name: String,
     /// The room the client was placed in.
     pub room: String,
-    /// Everyone online, the new client included, sorted without regard to case.
+    /// Everyone online, the new client included, sorted without regard to case; only the first
+    /// [`Welcome::roster_limit`] of them when more are online (`users` pages through the rest).
     pub online: Vec<String>,
+    /// How many users are online, the new client included.
+    pub online_count: usize,
+    /// The most names a list carries (`online`, `members`, a `users` page), and the largest room
+    /// whose arrivals and departures are announced by name; larger rooms get `members` events.
+    pub roster_limit: usize,
     /// The server pings after this many milliseconds of silence from the client.
     pub keepalive_ms: u64,
     /// ... and closes the connection after this many milliseconds of silence.
@@ -238,8 +244,11 @@ call!(Join => Joined);
 pub struct Joined {
     /// The room's canonical name.
     pub room: String,
-    /// Everyone in the room now, the client included.
+    /// Everyone in the room now, the client included, sorted without regard to case; only the
+    /// first `roster_limit` (see [`Welcome`]) when the room is larger.
     pub members: Vec<String>,
+    /// How many are in the room now, the client included.
+    pub count: usize,
 }
 
 /// `part`: leave `room`.
@@ -286,6 +295,9 @@ pub struct Users {
     /// Restrict the list to this room's members.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
+    /// List only names that sort after this one (the last name of the previous page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
 }
 call!(Users => UserList);
 
@@ -295,8 +307,13 @@ pub struct UserList {
     /// The room asked about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<String>,
-    /// The names, sorted without regard to case.
+    /// The names, sorted without regard to case: at most `roster_limit` (see [`Welcome`]).
     pub users: Vec<String>,
+    /// How many are online (or in the room) in all, on every page.
+    pub count: usize,
+    /// Whether names follow the last one listed: ask again with it as `after`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub more: bool,
 }
 
 /// `quit`: sign off cleanly; others are told the user quit rather than lost its connection.
@@ -556,7 +573,7 @@ mod tests {
             Join { room: text() }.into(),
             Part { room: text() }.into(),
             Rooms {}.into(),
-            Users { room: None }.into(),
+            Users::default().into(),
             Quit {}.into(),
             List { path: text() }.into(),
             Download {

@@ -3,6 +3,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use parley_proto::limits::DEFAULT_ROSTER_LIMIT;
+
 use crate::tls::TlsMode;
 
 /// How a server behaves; [`Config::default`] is what `parley server` runs with.
@@ -43,6 +45,10 @@ pub struct Config {
     /// Off, only private messages kept for offline recipients are stored: a server for
     /// ephemeral chat, and the baseline that shows what storing history costs.
     pub keep_history: bool,
+    /// The most names one list carries (the online list, a room's members, a page of `users`),
+    /// and the largest room whose arrivals and departures are announced by name; a larger room
+    /// announces only its size. See [`DEFAULT_ROSTER_LIMIT`].
+    pub roster_limit: usize,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             require_account: false,
             tls: TlsMode::SelfSigned,
             keep_history: true,
+            roster_limit: DEFAULT_ROSTER_LIMIT,
         }
     }
 }

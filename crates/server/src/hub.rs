@@ -12,18 +12,26 @@
 //! when anything else happens in the room (a message, a departure), so events never change
 //! order. Each joiner's reply lists the room as it is, so an arrival is announced only to those
 //! who were not yet told.
+//!
+//! Batching alone still names every arrival to every member: N² names in all. So lists carry
+//! at most the roster limit of names (the rest are paged with `users`), and a room larger than
+//! the limit announces neither arrivals nor departures by name: each batch becomes one
+//! `members` event with the room's new size, queued and flushed the same way.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Bound;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use parley_proto::event::{Departure, Event, PartReason, Presence, Private, RoomMessage, Shared};
+use parley_proto::event::{
+    Departure, Event, Members, PartReason, Presence, Private, RoomMessage, Shared,
+};
 use parley_proto::limits::{MAX_ROOMS_PER_USER, MAX_TEXT_BYTES};
 use parley_proto::names::{self, fold};
 use parley_proto::reply::event_frame;
-use parley_proto::request::{Joined, RoomInfo, Sent};
+use parley_proto::request::{Joined, RoomInfo, Sent, UserList};
 use parley_proto::{DEFAULT_ROOM, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -34,6 +42,12 @@ use crate::store::Stored;
 
 /// How long a room's arrivals are gathered before they are announced together.
 pub(crate) const ARRIVALS_BATCH: Duration = Duration::from_millis(20);
+
+/// How long a large room's arrivals and departures are gathered before its size is announced.
+/// Every announcement goes to every member, so a room filling or emptying fast costs members ×
+/// announcements: a size a quarter of a second old is as good to a person, and a tenth of the
+/// events.
+pub(crate) const LARGE_ROOM_BATCH: Duration = Duration::from_millis(250);
 
 /// A room whose arrivals are to be announced, and when.
 pub(crate) type Announcement = (String, Instant);
@@ -60,16 +74,17 @@ pub(crate) struct Hub {
     state: Mutex<State>,
     next_message_id: AtomicU64,
     recorder: Recorder,
-    /// Rooms with arrivals to announce, for the task that calls [`Hub::announce_arrivals`].
-    announcements: mpsc::UnboundedSender<Announcement>,
 }
 
-#[derive(Default)]
 struct State {
     /// Folded name to session; a `BTreeMap` so listings come out sorted.
     names: BTreeMap<String, SessionId>,
     members: HashMap<SessionId, Member>,
     rooms: BTreeMap<String, Room>,
+    /// The most names in a list, and the largest room whose presence is announced by name.
+    roster_limit: usize,
+    /// Rooms with presence to announce, for the task that calls [`Hub::announce_presence`].
+    announcements: mpsc::UnboundedSender<Announcement>,
 }
 
 struct Member {
@@ -82,48 +97,99 @@ struct Member {
 struct Room {
     /// Each member's outbox, so a broadcast needs no second lookup per recipient.
     members: HashMap<SessionId, Outbox>,
+    /// The members by folded name, so lists and pages come out sorted without sorting.
+    roster: BTreeMap<String, SessionId>,
     /// Members who entered and are not announced yet, in order of arrival.
     arrivals: Vec<(SessionId, String)>,
+    /// Members who left while the room was large and are not announced yet.
+    departures: usize,
+}
+
+impl Room {
+    fn pending(&self) -> bool {
+        !self.arrivals.is_empty() || self.departures > 0
+    }
 }
 
 impl State {
-    fn member_names(&self, room: &Room) -> Vec<String> {
-        let mut names: Vec<&str> = room
-            .members
-            .keys()
-            .map(|id| self.members[id].name.as_str())
-            .collect();
-        // Names are ASCII: compare folded bytes without building folded copies.
-        names.sort_unstable_by(|a, b| {
-            let (a, b) = (a.bytes(), b.bytes());
-            a.map(|c| c.to_ascii_lowercase())
-                .cmp(b.map(|c| c.to_ascii_lowercase()))
-        });
-        names.into_iter().map(str::to_owned).collect()
+    fn new(roster_limit: usize, announcements: mpsc::UnboundedSender<Announcement>) -> Self {
+        Self {
+            names: BTreeMap::new(),
+            members: HashMap::new(),
+            rooms: BTreeMap::new(),
+            roster_limit,
+            announcements,
+        }
     }
 
-    /// Queues `id`'s arrival in `room_name` for announcing; true if the room had none queued,
-    /// so an announcement must be scheduled.
-    fn arrive(&mut self, room_name: &str, id: SessionId) -> bool {
-        let name = self.members[&id].name.clone();
-        let room = self
-            .rooms
-            .get_mut(room_name)
-            .expect("the room just entered");
+    /// Up to a roster limit of names from `roster` (folded name to session) that sort after
+    /// `after`, and whether more follow.
+    fn page(
+        &self,
+        roster: &BTreeMap<String, SessionId>,
+        after: Option<&str>,
+    ) -> (Vec<String>, bool) {
+        let start = after.map_or(Bound::Unbounded, |name| Bound::Excluded(fold(name)));
+        let mut names = roster
+            .range::<String, _>((start, Bound::Unbounded))
+            .map(|(_, id)| self.members[id].name.clone());
+        let page = names.by_ref().take(self.roster_limit).collect();
+        (page, names.next().is_some())
+    }
+
+    /// Schedules an announcement of `room`'s presence changes, [`ARRIVALS_BATCH`] from now, or
+    /// [`LARGE_ROOM_BATCH`] for a room larger than the roster limit.
+    fn schedule(&self, room: &str, members: usize) {
+        let wait = if members > self.roster_limit {
+            LARGE_ROOM_BATCH
+        } else {
+            ARRIVALS_BATCH
+        };
+        // Fails only when the announcing task is gone: the server is stopping.
+        let _ = self
+            .announcements
+            .send((room.to_owned(), Instant::now() + wait));
+    }
+
+    /// Puts `id` in `room_name`, creating the room if needed, and queues the arrival for
+    /// announcing.
+    fn enter(&mut self, room_name: &str, id: SessionId) {
+        let member = &self.members[&id];
+        let (name, outbox) = (member.name.clone(), member.outbox.clone());
+        let room = self.rooms.entry(room_name.to_owned()).or_default();
+        let first = !room.pending();
+        room.members.insert(id, outbox);
+        room.roster.insert(fold(&name), id);
         room.arrivals.push((id, name));
-        room.arrivals.len() == 1
+        if first {
+            let members = room.members.len();
+            self.schedule(room_name, members);
+        }
     }
 
-    /// Announces `room_name`'s queued arrivals: to those who were there before, all of them in
-    /// one event; to each arrival, those who came after it (its reply listed the others).
-    fn announce_arrivals(&mut self, room_name: &str) {
+    /// Announces `room_name`'s queued presence changes. In a room within the roster limit, and
+    /// with no departures queued: to those who were there before, all arrivals in one event; to
+    /// each arrival, those who came after it (its reply listed the others). In a larger room,
+    /// one `members` event to everyone with the room's size.
+    fn announce_presence(&mut self, room_name: &str) {
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
-        if room.arrivals.is_empty() {
+        if !room.pending() {
             return;
         }
         let arrivals = std::mem::take(&mut room.arrivals);
+        let departures = std::mem::take(&mut room.departures);
+        if departures > 0 || room.members.len() > self.roster_limit {
+            let event = event_frame(&Event::Members(Members {
+                room: room_name.to_owned(),
+                count: room.members.len(),
+            }));
+            for outbox in room.members.values() {
+                outbox.push(event.clone());
+            }
+            return;
+        }
         let names: Vec<String> = arrivals.iter().map(|(_, name)| name.clone()).collect();
         let joined = |users: &[String]| {
             event_frame(&Event::Join(Presence {
@@ -158,17 +224,31 @@ impl State {
     }
 
     /// Removes `id` from `room` and tells those left why, unless `reason` is `None`; drops the
-    /// room when it empties.
+    /// room when it empties. A large room's departures are queued and announced as its size.
     fn leave_room(&mut self, id: SessionId, room_name: &str, reason: Option<PartReason>) {
-        // Arrivals first, so nobody hears of a departure before the arrival.
-        self.announce_arrivals(room_name);
+        let large = self
+            .rooms
+            .get(room_name)
+            .is_some_and(|room| room.members.len() > self.roster_limit);
+        if !large {
+            // Arrivals first, so nobody hears of a departure before the arrival.
+            self.announce_presence(room_name);
+        }
         let Some(room) = self.rooms.get_mut(room_name) else {
             return;
         };
         room.members.remove(&id);
+        room.roster.remove(&fold(&self.members[&id].name));
         let empty = room.members.is_empty();
         if empty && room_name != DEFAULT_ROOM {
             self.rooms.remove(room_name);
+        } else if large && reason.is_some() {
+            let first = !room.pending();
+            room.departures += 1;
+            if first {
+                let members = room.members.len() + 1;
+                self.schedule(room_name, members);
+            }
         } else if let (false, Some(reason)) = (empty, reason) {
             let event = Event::Part(Departure {
                 room: room_name.to_owned(),
@@ -181,47 +261,38 @@ impl State {
 }
 
 impl Hub {
-    /// A hub whose message ids continue after `last_id` and whose messages go to `recorder`;
-    /// the receiver yields the rooms whose arrivals to announce, and when (see
-    /// [`Hub::announce_arrivals`]).
+    /// A hub whose message ids continue after `last_id`, whose messages go to `recorder` and
+    /// whose lists hold at most `roster_limit` names; the receiver yields the rooms whose
+    /// presence to announce, and when (see [`Hub::announce_presence`]).
     pub(crate) fn new(
         last_id: u64,
         recorder: Recorder,
+        roster_limit: usize,
     ) -> (Self, mpsc::UnboundedReceiver<Announcement>) {
         let (announcements, due) = mpsc::unbounded_channel();
         let hub = Self {
-            state: Mutex::default(),
+            state: Mutex::new(State::new(roster_limit.max(1), announcements)),
             next_message_id: AtomicU64::new(last_id),
             recorder,
-            announcements,
         };
         (hub, due)
     }
 
-    /// Announces the arrivals queued in `room`.
-    pub(crate) fn announce_arrivals(&self, room: &str) {
-        self.state.lock().unwrap().announce_arrivals(room);
-    }
-
-    /// Queues `id`'s arrival in `room`, scheduling an announcement if none is pending.
-    fn arrive(&self, state: &mut State, room: &str, id: SessionId) {
-        if state.arrive(room, id) {
-            // Fails only when the announcing task is gone: the server is stopping.
-            let _ = self
-                .announcements
-                .send((room.to_owned(), Instant::now() + ARRIVALS_BATCH));
-        }
+    /// Announces the arrivals and departures queued in `room`.
+    pub(crate) fn announce_presence(&self, room: &str) {
+        self.state.lock().unwrap().announce_presence(room);
     }
 
     /// Signs `name` in: claims the name, places the session in the default room, queues the
-    /// reply built by `welcome` (given everyone online) and tells the room. The reply is queued
-    /// under the lock so that it reaches the client before any event does.
+    /// reply built by `welcome` (given the first page of everyone online, and how many are)
+    /// and tells the room. The reply is queued under the lock so that it reaches the client
+    /// before any event does.
     pub(crate) fn sign_in(
         &self,
         id: SessionId,
         name: &str,
         outbox: Outbox,
-        welcome: impl FnOnce(&str, Vec<String>) -> Bytes,
+        welcome: impl FnOnce(&str, Vec<String>, usize) -> Bytes,
     ) -> Result<(), Refusal> {
         names::validate_user_name(name).map_err(|err| {
             refuse(
@@ -246,15 +317,9 @@ impl Hub {
                 rooms: BTreeSet::from([DEFAULT_ROOM.to_owned()]),
             },
         );
-        let online = state
-            .names
-            .values()
-            .map(|id| state.members[id].name.clone())
-            .collect();
-        outbox.push(welcome(DEFAULT_ROOM, online));
-        let lobby = state.rooms.entry(DEFAULT_ROOM.to_owned()).or_default();
-        lobby.members.insert(id, outbox);
-        self.arrive(&mut state, DEFAULT_ROOM, id);
+        let (online, _) = state.page(&state.names, None);
+        outbox.push(welcome(DEFAULT_ROOM, online, state.names.len()));
+        state.enter(DEFAULT_ROOM, id);
         Ok(())
     }
 
@@ -291,8 +356,11 @@ impl Hub {
                 format!("You are not in #{room}; /join it first."),
             ));
         }
-        // Nobody hears a message from someone whose arrival they have not heard of.
-        state.announce_arrivals(&room);
+        // Nobody hears a message from someone whose arrival they have not heard of. A large
+        // room names no arrivals, so its size waits for its own time.
+        if state.rooms[&room].members.len() <= state.roster_limit {
+            state.announce_presence(&room);
+        }
         let member = &state.members[&id];
         // Stamped under the lock, so ids and times grow in the order messages are delivered.
         let (message_id, ts) = self.stamp();
@@ -431,19 +499,16 @@ impl Hub {
                 ));
             }
             member.rooms.insert(room.clone());
-            let outbox = member.outbox.clone();
-            state
-                .rooms
-                .entry(room.clone())
-                .or_default()
-                .members
-                .insert(id, outbox);
-            self.arrive(&mut state, &room, id);
+            state.enter(&room, id);
         }
-        let members = state.member_names(&state.rooms[&room]);
-        state.members[&id]
-            .outbox
-            .push(reply(&Joined { room, members }));
+        let roster = &state.rooms[&room].roster;
+        let (members, _) = state.page(roster, None);
+        let count = roster.len();
+        state.members[&id].outbox.push(reply(&Joined {
+            room,
+            members,
+            count,
+        }));
         Ok(())
     }
 
@@ -491,24 +556,33 @@ impl Hub {
             .collect()
     }
 
-    /// Everyone online, or everyone in `room`.
-    pub(crate) fn users(&self, room: Option<&str>) -> Result<Vec<String>, Refusal> {
+    /// A page of everyone online, or of everyone in `room`: the names after `after`.
+    pub(crate) fn users(
+        &self,
+        room: Option<&str>,
+        after: Option<&str>,
+    ) -> Result<UserList, Refusal> {
+        let room = room.map(checked_room).transpose()?;
         let state = self.state.lock().unwrap();
-        let Some(room) = room else {
-            return Ok(state
-                .names
-                .values()
-                .map(|id| state.members[id].name.clone())
-                .collect());
+        let roster = match &room {
+            None => &state.names,
+            Some(name) => match state.rooms.get(name) {
+                Some(room) => &room.roster,
+                None => {
+                    return Err(refuse(
+                        ErrorCode::InvalidRoom,
+                        format!("There is no room #{name}."),
+                    ));
+                }
+            },
         };
-        let room = checked_room(room)?;
-        match state.rooms.get(&room) {
-            Some(room) => Ok(state.member_names(room)),
-            None => Err(refuse(
-                ErrorCode::InvalidRoom,
-                format!("There is no room #{room}."),
-            )),
-        }
+        let (users, more) = state.page(roster, after);
+        Ok(UserList {
+            room,
+            users,
+            count: roster.len(),
+            more,
+        })
     }
 
     /// The last message id given out.

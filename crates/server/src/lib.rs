@@ -69,11 +69,11 @@ pub async fn serve(
     }
     let last_id = store.last_id().map_err(std::io::Error::other)?;
     let (recorder, recording) = Recorder::start(store.clone(), config.keep_history)?;
-    let (hub, arrivals) = Hub::new(last_id, recorder);
+    let (hub, presence) = Hub::new(last_id, recorder, config.roster_limit);
     info!("sharing the folder {}", config.shared_dir.display());
     info!("keeping data in {}", config.data_dir.display());
     let ctx = Arc::new(Context::new(config, hub, store, shared, shutdown.clone()));
-    tokio::spawn(announce_arrivals(Arc::downgrade(&ctx), arrivals));
+    tokio::spawn(announce_presence(Arc::downgrade(&ctx), presence));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     loop {
@@ -132,16 +132,16 @@ pub async fn serve(
     Ok(())
 }
 
-/// Announces each room's arrivals when they are due. Holds the context weakly: it ends once the
-/// server has stopped and the hub, with its end of the channel, is gone.
-async fn announce_arrivals(
+/// Announces each room's arrivals and departures when they are due. Holds the context weakly:
+/// it ends once the server has stopped and the hub, with its end of the channel, is gone.
+async fn announce_presence(
     ctx: std::sync::Weak<Context>,
     mut due: tokio::sync::mpsc::UnboundedReceiver<hub::Announcement>,
 ) {
     while let Some((room, at)) = due.recv().await {
         tokio::time::sleep_until(at).await;
         match ctx.upgrade() {
-            Some(ctx) => ctx.hub.announce_arrivals(&room),
+            Some(ctx) => ctx.hub.announce_presence(&room),
             None => return,
         }
     }

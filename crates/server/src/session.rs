@@ -25,7 +25,7 @@ use parley_proto::limits::{
 use parley_proto::names;
 use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
-use parley_proto::request::{self, Empty, Hello, Messages, RoomList, Sent, UserList, Welcome};
+use parley_proto::request::{self, Empty, Hello, Messages, RoomList, Sent, Welcome};
 use parley_proto::{DEFAULT_ROOM, SUPPORTED_VERSIONS};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
@@ -201,6 +201,7 @@ where
         ping_sent: false,
         peer,
         private_since: 0,
+        registered: false,
         writer_failed,
         transfers: Transfers::new(lane),
         unconfirmed: VecDeque::new(),
@@ -250,6 +251,8 @@ struct Session<'a> {
     peer: SocketAddr,
     /// Private messages with ids up to this one belong to earlier holders of a guest name.
     private_since: u64,
+    /// Signed in with a registered name: only those have messages kept while offline.
+    registered: bool,
     /// Cancelled by the writer when the socket cannot be written.
     writer_failed: CancellationToken,
     /// Downloads in progress; dropped (and so stopped) with the session.
@@ -468,13 +471,9 @@ impl Session<'_> {
                     rooms: hub.rooms(self.id),
                 },
             )),
-            RequestBody::Users(users) => hub.users(users.room.as_deref()).map(|names| {
-                let room = users
-                    .room
-                    .as_deref()
-                    .map(parley_proto::names::canonical_room);
-                ok_frame::<request::Users>(id, &UserList { room, users: names })
-            }),
+            RequestBody::Users(users) => hub
+                .users(users.room.as_deref(), users.after.as_deref())
+                .map(|list| ok_frame::<request::Users>(id, &list)),
             RequestBody::List(list) => {
                 let (shared, user) = (
                     self.ctx.shared.clone(),
@@ -802,11 +801,11 @@ impl Session<'_> {
                 ),
             );
         };
-        self.private_since = self
+        (self.private_since, self.registered) = self
             .authenticate(&hello.name, hello.password.as_deref())
             .await?;
         let config = &self.ctx.config;
-        let welcome = |room: &str, online: Vec<String>| {
+        let welcome = |room: &str, online: Vec<String>, online_count: usize| {
             ok_frame::<Hello>(
                 id,
                 &Welcome {
@@ -815,6 +814,8 @@ impl Session<'_> {
                     name: hello.name.clone(),
                     room: room.into(),
                     online,
+                    online_count,
+                    roster_limit: config.roster_limit.max(1),
                     keepalive_ms: config.keepalive_interval.as_millis() as u64,
                     timeout_ms: config.keepalive_timeout.as_millis() as u64,
                     max_text: MAX_TEXT_BYTES,
@@ -831,8 +832,13 @@ impl Session<'_> {
 
     /// Lets a guest name through (unless the server requires accounts) and a registered name
     /// only with its password; failures slow down the next tries for that name and address.
-    /// Returns where the name's private history starts: 0-based ids above it are the name's.
-    async fn authenticate(&self, name: &str, password: Option<&str>) -> Result<u64, Refusal> {
+    /// Returns where the name's private history starts (ids above it are the name's), and
+    /// whether the name is registered.
+    async fn authenticate(
+        &self,
+        name: &str,
+        password: Option<&str>,
+    ) -> Result<(u64, bool), Refusal> {
         names::validate_user_name(name).map_err(|err| Refusal {
             code: ErrorCode::InvalidName,
             message: format!("The name {name:?} is not allowed: {err}."),
@@ -847,7 +853,7 @@ impl Session<'_> {
                 });
             }
             // A guest name is anyone's: its private history starts with this session.
-            return Ok(self.ctx.hub.last_id());
+            return Ok((self.ctx.hub.last_id(), false));
         };
         let Some(password) = password else {
             return Err(Refusal {
@@ -856,7 +862,7 @@ impl Session<'_> {
             });
         };
         self.check_password(name, password, account.hash).await?;
-        Ok(account.since_id)
+        Ok((account.since_id, true))
     }
 
     /// Checks `password` against `hash`, slowed down by recent failures for the name or the
@@ -901,6 +907,10 @@ impl Session<'_> {
     /// After signing in: the lobby's backlog, then private messages kept while offline.
     async fn after_sign_in(&mut self) {
         self.send_backlog(DEFAULT_ROOM.to_owned()).await;
+        // Messages are kept only for registered names (`msg` to an offline guest is refused).
+        if !self.registered {
+            return;
+        }
         let store = self.ctx.store.clone();
         let name = self.name.clone().unwrap_or_default();
         match read(move || store.take_undelivered(&name)).await {

@@ -1,7 +1,9 @@
 //! `parley bench join-storm`: K clients connect, sign in and join one room as fast as they can.
-//! Each keeps its own view of who is in the room (the join reply's list, then join and part
-//! events), as a client showing an online list would; the run reports how long until all were
-//! in, and until every view was right.
+//! Each keeps its own view of who is in the room (the join reply's list and count, then join,
+//! part and members events), as a client showing an online list would; the run reports how long
+//! until all were in, and until every view was right. A view is right when its count is K and,
+//! while the room is small enough to be announced by name, its names are exactly the K joiners.
+//! At the end one client pages through the room's list with `users`, which must name all K.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -33,10 +35,15 @@ pub struct Args {
     room: String,
 }
 
-/// Who one client believes is in the room: a bit per expected name (`j<index>`).
+/// Who one client believes is in the room: a bit per expected name (`j<index>`), and the size.
 struct View {
     bits: Vec<u64>,
+    /// Names set in `bits`.
     members: usize,
+    /// How many the client believes are in the room.
+    count: usize,
+    /// The names are not the whole room: the room was too large to list or announce by name.
+    partial: bool,
     /// A name outside the run, or a part for someone not there: the view cannot be right.
     strays: usize,
 }
@@ -46,8 +53,25 @@ impl View {
         Self {
             bits: vec![0; clients.div_ceil(64)],
             members: 0,
+            count: 0,
+            partial: false,
             strays: 0,
         }
+    }
+
+    /// Takes a list from a reply: the first `names` of the `count` in the room.
+    fn listed<'a>(&mut self, names: impl IntoIterator<Item = &'a str>, count: usize) {
+        for name in names {
+            self.set(name, true);
+        }
+        self.count = count;
+        self.partial = self.members < count;
+    }
+
+    /// Takes a `members` event: the room's size, announced without names.
+    fn resized(&mut self, count: usize) {
+        self.count = count;
+        self.partial = true;
     }
 
     fn index(&self, name: &str) -> Option<usize> {
@@ -73,22 +97,35 @@ impl View {
             }
             // Joins may repeat a name already listed (a batch racing a join reply): a set.
             (true, true) => {}
+            // A part may name someone past the first page of a partial list.
+            (false, false) if self.partial => {}
             (false, false) => self.strays += 1,
+        }
+        if !self.partial {
+            self.count = self.members;
         }
     }
 
     fn right(&self, clients: usize) -> bool {
-        self.members == clients && self.strays == 0
+        self.count == clients && self.strays == 0 && (self.partial || self.members == clients)
     }
 }
 
-/// A `join` or `part` event, or a join reply's result: only what a view needs.
+/// A `join` or `part` event: only what a view needs.
 #[derive(Deserialize)]
 struct Presence<'a> {
     #[serde(borrow)]
     room: &'a str,
     #[serde(borrow)]
     users: Vec<&'a str>,
+}
+
+/// A `members` event.
+#[derive(Deserialize)]
+struct Members<'a> {
+    #[serde(borrow)]
+    room: &'a str,
+    count: usize,
 }
 
 /// A reply, its result parsed with names borrowed from the frame.
@@ -102,6 +139,7 @@ struct Reply<T> {
 struct Welcome<'a> {
     #[serde(borrow)]
     online: Vec<&'a str>,
+    online_count: usize,
 }
 
 /// A join reply's result.
@@ -109,6 +147,16 @@ struct Welcome<'a> {
 struct Joined<'a> {
     #[serde(borrow)]
     members: Vec<&'a str>,
+    count: usize,
+}
+
+/// A page of `users`.
+#[derive(Deserialize)]
+struct UserList<'a> {
+    #[serde(borrow)]
+    users: Vec<&'a str>,
+    #[serde(default)]
+    more: bool,
 }
 
 struct Shared {
@@ -184,13 +232,18 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
             connections.push(conn);
         }
     }
-    drop(connections);
     if let Some(err) = failure {
         return Err(err.context("a client failed"));
     }
+    let listed = match connections.first_mut() {
+        Some(conn) => roster(conn, &args.room, args.clients).await?,
+        None => 0,
+    };
+    drop(connections);
+    let roster_right = listed == args.clients;
     let seconds = |d: Option<Duration>| d.map(|d| round3(d.as_secs_f64()));
     let summary = format!(
-        "join-storm: {} clients into #{} ({}): all in after {}, every view right after {}; {right} of {} views right at the end",
+        "join-storm: {} clients into #{} ({}): all in after {}, every view right after {}; {right} of {} views right at the end; the room's list names {listed}",
         args.clients,
         args.room,
         if args.target.no_tls { "plain" } else { "TLS" },
@@ -212,9 +265,10 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         "all_in_s": seconds(all_in),
         "all_views_right_s": seconds(all_right),
         "views_right": right,
+        "roster_listed": listed,
         "view_members_min": members.iter().min(),
         "view_members_max": members.iter().max(),
-        "complete": right == args.clients,
+        "complete": right == args.clients && roster_right,
         "cpu": cpu,
     });
     Ok(Report { summary, json })
@@ -235,9 +289,11 @@ async fn client(
     if room == DEFAULT_ROOM {
         let welcome: Reply<Welcome<'_>> = serde_json::from_slice(&welcome)?;
         // The welcome lists everyone online, here everyone in the room.
-        for name in welcome.result.online {
-            view.set(name, true);
-        }
+        let Welcome {
+            online,
+            online_count,
+        } = welcome.result;
+        view.listed(online, online_count);
     } else {
         let mut early = Vec::new();
         let joined = conn
@@ -246,9 +302,7 @@ async fn client(
             })
             .await?;
         let joined: Reply<Joined<'_>> = serde_json::from_slice(&joined)?;
-        for name in joined.result.members {
-            view.set(name, true);
-        }
+        view.listed(joined.result.members, joined.result.count);
         for event in early {
             follow(&mut view, &event, room)?;
         }
@@ -276,11 +330,43 @@ async fn client(
     }
 }
 
-/// Applies a join or part event for `room` to `view`.
+/// Pages through `room`'s list with `users` on `conn`; returns how many joiners it names, or 0
+/// if it names anyone else or anyone twice.
+async fn roster(conn: &mut Conn, room: &str, clients: usize) -> anyhow::Result<usize> {
+    let mut view = View::new(clients);
+    let mut after: Option<String> = None;
+    loop {
+        let page = conn
+            .call_raw("users", json!({"room": room, "after": after}), |_| {})
+            .await?;
+        let page: Reply<UserList<'_>> = serde_json::from_slice(&page)?;
+        let before = view.members;
+        for name in &page.result.users {
+            view.set(name, true);
+        }
+        if view.members - before != page.result.users.len() {
+            return Ok(0);
+        }
+        match page.result.users.last() {
+            Some(last) if page.result.more => after = Some((*last).to_owned()),
+            _ => break,
+        }
+    }
+    Ok(if view.strays == 0 { view.members } else { 0 })
+}
+
+/// Applies a join, part or members event for `room` to `view`.
 fn follow(view: &mut View, json: &[u8], room: &str) -> anyhow::Result<()> {
     let present = match frame_type(json) {
         Some(b"join") => true,
         Some(b"part") => false,
+        Some(b"members") => {
+            let event: Members<'_> = serde_json::from_slice(json)?;
+            if event.room == room {
+                view.resized(event.count);
+            }
+            return Ok(());
+        }
         _ => return Ok(()),
     };
     let event: Presence<'_> = serde_json::from_slice(json)?;

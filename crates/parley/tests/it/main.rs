@@ -12,6 +12,7 @@ mod downloads;
 mod files;
 mod frames;
 mod history;
+mod large_rooms;
 mod leaving;
 mod names;
 mod private;

@@ -53,6 +53,7 @@ async fn join_talk_and_part() {
     let members = alice
         .call(Users {
             room: Some("rust".into()),
+            after: None,
         })
         .await
         .unwrap();
@@ -139,6 +140,7 @@ async fn an_emptied_room_disappears_but_the_lobby_stays() {
         alice
             .call(Users {
                 room: Some("temp".into()),
+                after: None,
             })
             .await,
         ErrorCode::InvalidRoom,

@@ -114,7 +114,7 @@ async fn a_stalled_reader_does_not_delay_the_others() {
         worst < Duration::from_secs(5),
         "a message took {worst:?} to arrive"
     );
-    let online = watcher.call(Users { room: None }).await.unwrap().users;
+    let online = watcher.call(Users::default()).await.unwrap().users;
     assert!(online.contains(&"stalled".to_owned()), "{online:?}");
     drop(stalled);
 }

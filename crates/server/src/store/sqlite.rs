@@ -188,13 +188,14 @@ impl Store for SqliteStore {
 
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
         let db = self.db.lock().unwrap();
-        db.query_row(
-            "SELECT name, hash, created, since_id FROM accounts WHERE name_key = ?1",
-            params![name.to_ascii_lowercase()],
-            account,
-        )
-        .optional()
-        .map_err(StoreError::new)
+        // Every sign-in asks: a cached statement is parsed once, not per sign-in.
+        db.prepare_cached("SELECT name, hash, created, since_id FROM accounts WHERE name_key = ?1")
+            .and_then(|mut query| {
+                query
+                    .query_row(params![name.to_ascii_lowercase()], account)
+                    .optional()
+            })
+            .map_err(StoreError::new)
     }
 
     fn create_account(&self, name: &str, hash: &str, since_id: u64) -> Result<bool, StoreError> {
