@@ -93,7 +93,6 @@ struct Member {
     rooms: BTreeSet<String>,
 }
 
-#[derive(Default)]
 struct Room {
     /// Each member's outbox, so a broadcast needs no second lookup per recipient.
     members: HashMap<SessionId, Outbox>,
@@ -103,9 +102,26 @@ struct Room {
     arrivals: Vec<(SessionId, String)>,
     /// Members who left while the room was large and are not announced yet.
     departures: usize,
+    /// The id of the last message said here, or of the last said anywhere when the room was
+    /// made (one said in an earlier room of the same name may not be stored yet).
+    last_said: u64,
+    /// The room's `backlog` event (`None`: no stored messages), valid while `last_said` is the
+    /// value it is tagged with: every member entering gets the same, read from the store once.
+    backlog: Option<(u64, Option<Bytes>)>,
 }
 
 impl Room {
+    fn new(last_said: u64) -> Self {
+        Self {
+            members: HashMap::new(),
+            roster: BTreeMap::new(),
+            arrivals: Vec::new(),
+            departures: 0,
+            last_said,
+            backlog: None,
+        }
+    }
+
     fn pending(&self) -> bool {
         !self.arrivals.is_empty() || self.departures > 0
     }
@@ -151,12 +167,15 @@ impl State {
             .send((room.to_owned(), Instant::now() + wait));
     }
 
-    /// Puts `id` in `room_name`, creating the room if needed, and queues the arrival for
-    /// announcing.
-    fn enter(&mut self, room_name: &str, id: SessionId) {
+    /// Puts `id` in `room_name`, creating the room if needed (`last_id` is the last message id
+    /// given out), and queues the arrival for announcing.
+    fn enter(&mut self, room_name: &str, id: SessionId, last_id: u64) {
         let member = &self.members[&id];
         let (name, outbox) = (member.name.clone(), member.outbox.clone());
-        let room = self.rooms.entry(room_name.to_owned()).or_default();
+        let room = self
+            .rooms
+            .entry(room_name.to_owned())
+            .or_insert_with(|| Room::new(last_id));
         let first = !room.pending();
         room.members.insert(id, outbox);
         room.roster.insert(fold(&name), id);
@@ -319,7 +338,7 @@ impl Hub {
         );
         let (online, _) = state.page(&state.names, None);
         outbox.push(welcome(DEFAULT_ROOM, online, state.names.len()));
-        state.enter(DEFAULT_ROOM, id);
+        state.enter(DEFAULT_ROOM, id, self.last_id());
         Ok(())
     }
 
@@ -361,9 +380,12 @@ impl Hub {
         if state.rooms[&room].members.len() <= state.roster_limit {
             state.announce_presence(&room);
         }
-        let member = &state.members[&id];
         // Stamped under the lock, so ids and times grow in the order messages are delivered.
         let (message_id, ts) = self.stamp();
+        if let Some(said) = state.rooms.get_mut(&room) {
+            said.last_said = message_id;
+        }
+        let member = &state.members[&id];
         let message = RoomMessage {
             id: message_id,
             ts,
@@ -499,7 +521,7 @@ impl Hub {
                 ));
             }
             member.rooms.insert(room.clone());
-            state.enter(&room, id);
+            state.enter(&room, id, self.last_id());
         }
         let roster = &state.rooms[&room].roster;
         let (members, _) = state.page(roster, None);
@@ -510,6 +532,35 @@ impl Hub {
             count,
         }));
         Ok(())
+    }
+
+    /// The backlog event of `room` as last read from the store (`Some(None)`: it has none), if
+    /// no message was said there since; `None` if it must be read.
+    pub(crate) fn cached_backlog(&self, room: &str) -> Option<Option<Bytes>> {
+        let state = self.state.lock().unwrap();
+        let room = state.rooms.get(room)?;
+        match &room.backlog {
+            Some((said, backlog)) if *said == room.last_said => Some(backlog.clone()),
+            _ => None,
+        }
+    }
+
+    /// The last message id up to which messages are stored (see [`Recorder::stored_through`]):
+    /// taken before reading a backlog, for [`Hub::cache_backlog`].
+    pub(crate) fn stored_through(&self) -> u64 {
+        self.recorder.stored_through()
+    }
+
+    /// Keeps `backlog`, read from the store after [`Hub::stored_through`] said `stored`, for
+    /// the next members entering `room`: if every message said there was stored when the read
+    /// began, the read saw them all, and it stays right until the next message.
+    pub(crate) fn cache_backlog(&self, room: &str, stored: u64, backlog: Option<Bytes>) {
+        let mut state = self.state.lock().unwrap();
+        if let Some(room) = state.rooms.get_mut(room)
+            && stored >= room.last_said
+        {
+            room.backlog = Some((room.last_said, backlog));
+        }
     }
 
     /// Takes `id` out of `room` and tells the others there.

@@ -6,6 +6,7 @@
 //! meanwhile, so the cost of syncing is paid once per batch, not once per message.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
@@ -28,6 +29,8 @@ pub(crate) struct Recorder {
     queue: mpsc::Sender<Entry>,
     /// Whether messages are stored at all; see [`Config::keep_history`](crate::Config).
     keep_history: bool,
+    /// Every message with an id up to this one is stored, or failed to be and never will.
+    stored_through: Arc<AtomicU64>,
 }
 
 impl Recorder {
@@ -40,16 +43,25 @@ impl Recorder {
         // Unbounded, yet bounded: a session stops reading once it has MAX_UNCONFIRMED
         // messages waiting here, so the queue holds at most that many per connection.
         let (queue, incoming) = mpsc::channel();
+        let stored_through = Arc::new(AtomicU64::new(0));
+        let watermark = stored_through.clone();
         let thread = std::thread::Builder::new()
             .name("parley-recorder".into())
-            .spawn(move || record(&*store, &incoming))?;
+            .spawn(move || record(&*store, &incoming, &watermark))?;
         Ok((
             Recorder {
                 queue,
                 keep_history,
+                stored_through,
             },
             thread,
         ))
+    }
+
+    /// The highest id up to which every message handed over has been dealt with: a read of
+    /// the store begun now sees every message up to it that was stored.
+    pub(crate) fn stored_through(&self) -> u64 {
+        self.stored_through.load(Ordering::Acquire)
     }
 
     /// Queues `message` for storing; never blocks. Without history the receipt is ready at
@@ -77,7 +89,7 @@ impl Recorder {
     }
 }
 
-fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>) {
+fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &AtomicU64) {
     while let Ok(first) = incoming.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -101,6 +113,9 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>) {
             error!("storing {} messages failed: {err}", messages.len());
             err.to_string()
         });
+        // Ids are handed over in increasing order, so the batch's last is its highest.
+        let last = messages.last().map_or(0, |m| m.id);
+        stored_through.fetch_max(last, Ordering::Release);
         for receipt in receipts {
             let _ = receipt.send(result.clone());
         }

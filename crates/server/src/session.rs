@@ -560,24 +560,40 @@ impl Session<'_> {
         }
     }
 
-    /// Sends the last messages of `room` as a `backlog` event, if there are any.
+    /// Sends the last messages of `room` as a `backlog` event, if there are any. The hub keeps
+    /// the event until the room's next message, so a crowd entering at once (a server restart,
+    /// a class starting) reads the store once, not once each.
     async fn send_backlog(&mut self, room: String) {
         let count = self.ctx.config.backlog.min(MAX_HISTORY);
-        if count == 0 {
+        if count == 0 || !self.ctx.config.keep_history {
             return;
         }
-        let store = self.ctx.store.clone();
-        let thread = Thread::Room(room.clone());
-        let read = tokio::task::spawn_blocking(move || store.history(&thread, None, count)).await;
-        match read {
-            Ok(Ok(messages)) if !messages.is_empty() => {
-                let messages = fit(messages, Keep::Last);
-                let backlog = Event::Backlog(Backlog { room, messages });
-                self.outbox.push(event_frame(&backlog));
+        let hub = &self.ctx.hub;
+        let backlog = match hub.cached_backlog(&room) {
+            Some(backlog) => backlog,
+            None => {
+                let stored = hub.stored_through();
+                let store = self.ctx.store.clone();
+                let thread = Thread::Room(room.clone());
+                let read = tokio::task::spawn_blocking(move || store.history(&thread, None, count));
+                let messages = match read.await {
+                    Ok(Ok(messages)) => messages,
+                    Ok(Err(err)) => return warn!("reading the backlog of #{room} failed: {err}"),
+                    Err(err) => return warn!("reading the backlog of #{room} failed: {err}"),
+                };
+                let backlog = (!messages.is_empty()).then(|| {
+                    let messages = fit(messages, Keep::Last);
+                    event_frame(&Event::Backlog(Backlog {
+                        room: room.clone(),
+                        messages,
+                    }))
+                });
+                hub.cache_backlog(&room, stored, backlog.clone());
+                backlog
             }
-            Ok(Ok(_)) => {}
-            Ok(Err(err)) => warn!("reading the backlog of #{room} failed: {err}"),
-            Err(err) => warn!("reading the backlog of #{room} failed: {err}"),
+        };
+        if let Some(backlog) = backlog {
+            self.outbox.push(backlog);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use parley_client::{Client, ClientEvent, ConnectOptions, Events};
 use parley_proto::event::{Backlog, Event};
-use parley_proto::request::{History, Join, Msg, Say, Search};
+use parley_proto::request::{History, Join, Msg, Part, Say, Search};
 
 use crate::support::*;
 
@@ -133,6 +133,51 @@ async fn entering_a_room_shows_its_last_messages_as_history() {
     })
     .await;
     assert_eq!(next, "live first words");
+}
+
+#[tokio::test]
+async fn each_newcomer_sees_the_backlog_as_it_is_when_entering() {
+    let server = TestServer::start().await;
+    let (alice, _alice_events) = server.join("alice").await;
+    say(&alice, "lobby", "one").await;
+    // The server keeps the lobby's backlog for the next newcomers: it must not go stale.
+    for name in ["bob", "carol"] {
+        let (_client, mut events) = server.join(name).await;
+        assert_eq!(texts(&backlog(&mut events).await.messages), ["one"]);
+    }
+    say(&alice, "lobby", "two").await;
+    let (_dave, mut dave_events) = server.join("dave").await;
+    assert_eq!(
+        texts(&backlog(&mut dave_events).await.messages),
+        ["one", "two"]
+    );
+
+    // A room that empties is gone, but its history greets whoever makes it again.
+    alice
+        .call(Join {
+            room: "temp".into(),
+        })
+        .await
+        .unwrap();
+    say(&alice, "temp", "left behind").await;
+    alice
+        .call(Part {
+            room: "temp".into(),
+        })
+        .await
+        .unwrap();
+    let (erin, mut erin_events) = server.join("erin").await;
+    backlog(&mut erin_events).await;
+    erin.call(Join {
+        room: "temp".into(),
+    })
+    .await
+    .unwrap();
+    let temp = backlog(&mut erin_events).await;
+    assert_eq!(
+        (temp.room.as_str(), texts(&temp.messages)),
+        ("temp", vec!["left behind"])
+    );
 }
 
 #[tokio::test]
