@@ -101,22 +101,12 @@ pub async fn serve(
         let guard = (!full).then(|| ActiveGuard::new(&active));
         let (ctx, tls) = (ctx.clone(), tls.clone());
         let accepted = tokio::time::Instant::now();
-        tracker.spawn(async move {
-            let Some(tls) = tls else {
-                return admit(stream, peer, ctx, guard, accepted).await;
-            };
-            // The TLS handshake counts against the time allowed to sign in; a connection that
-            // is only to be told the server is full gets a short one.
-            let limit = match guard {
-                Some(_) => ctx.config.handshake_timeout,
-                None => Duration::from_secs(1),
-            };
-            match timeout(limit, tls.acceptor.accept(stream)).await {
-                Ok(Ok(secured)) => admit(secured, peer, ctx, guard, accepted).await,
-                Ok(Err(err)) => info!("{peer} left: TLS handshake failed: {err}"),
-                Err(_) => info!("{peer} left: no TLS handshake within {limit:?}"),
-            }
-        });
+        // Two kinds of task rather than one that may do either: a task is as large as its
+        // largest state, and a plain connection should not carry room for a TLS one.
+        match tls {
+            None => tracker.spawn(admit(stream, peer, ctx, guard, accepted)),
+            Some(tls) => tracker.spawn(secure(stream, tls, peer, ctx, guard, accepted)),
+        };
     }
     drop(listener);
     tracker.close();
@@ -172,6 +162,31 @@ fn tune(stream: &TcpStream) {
     let _ = stream.set_nodelay(true);
     #[cfg(any(target_os = "linux", target_os = "android"))]
     let _ = socket2::SockRef::from(stream).set_tcp_notsent_lowat(NOTSENT_LOWAT);
+}
+
+/// Completes the TLS handshake, then admits the connection as [`admit`] does.
+async fn secure(
+    stream: TcpStream,
+    tls: Arc<tls::Tls>,
+    peer: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    guard: Option<ActiveGuard>,
+    accepted: tokio::time::Instant,
+) {
+    // The TLS handshake counts against the time allowed to sign in; a connection that is only
+    // to be told the server is full gets a short one.
+    let limit = match guard {
+        Some(_) => ctx.config.handshake_timeout,
+        None => Duration::from_secs(1),
+    };
+    // Boxed: a handshake's state is kilobytes, needed only until the session starts.
+    match Box::pin(timeout(limit, tls.acceptor.accept(stream))).await {
+        // Boxed: the session keeps the TLS state on the heap anyway (split puts the stream
+        // in an `Arc`), and a task holding it inline would be that much larger.
+        Ok(Ok(secured)) => admit(Box::new(secured), peer, ctx, guard, accepted).await,
+        Ok(Err(err)) => info!("{peer} left: TLS handshake failed: {err}"),
+        Err(_) => info!("{peer} left: no TLS handshake within {limit:?}"),
+    }
 }
 
 /// Runs a session, or refuses the connection when the server is full (no `guard`).

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use parley_proto::event::{Backlog, Bye, Event, PartReason, Private};
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
@@ -54,6 +54,10 @@ const LINGER: Duration = Duration::from_secs(1);
 /// Messages a session may have delivered but not yet confirmed (stored) before it stops
 /// reading requests: bounds what one connection holds in the recorder's queue.
 const MAX_UNCONFIRMED: usize = 256;
+
+/// A new connection's read buffer, in bytes: enough for a `hello`, small because most
+/// connections sit idle; it grows to the largest frame read, and is given back when silent.
+const READ_BUFFER: usize = 512;
 
 /// What every session shares.
 pub(crate) struct Context {
@@ -179,7 +183,8 @@ where
     // Until sign-in only control and keepalive frames are accepted: a data frame is refused
     // from its header, so an anonymous connection can make the server hold little.
     let anonymous = FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, 0);
-    let mut frames = FramedRead::new(read_half, anonymous);
+    // A `hello` is a few hundred bytes; the buffer grows for larger frames as they come.
+    let mut frames = FramedRead::with_capacity(read_half, anonymous, READ_BUFFER);
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let (lane, data) = tokio::sync::mpsc::channel(transfer::LANE_FRAMES);
     let abort_writer = CancellationToken::new();
@@ -233,7 +238,8 @@ where
 /// a socket with unread input makes TCP send a reset, which can destroy the `bye` or error
 /// reply just written before the peer reads it.
 pub(crate) async fn linger<R: AsyncRead + Unpin>(mut read_half: R) {
-    let mut discard = [0u8; 4096];
+    // On the heap: a buffer here would make every connection's task this much larger.
+    let mut discard = vec![0u8; 4096];
     let _ = timeout(LINGER, async {
         while matches!(read_half.read(&mut discard).await, Ok(n) if n > 0) {}
     })
@@ -283,6 +289,11 @@ impl Session<'_> {
                         Ok(wake_at) => alarm.as_mut().reset(wake_at),
                         Err(end) => return end,
                     }
+                    // Silent for a while: give back the read buffer, which grew to hold the
+                    // largest frame read. It grows again, from nothing, when frames come.
+                    if self.ping_sent && frames.read_buffer().is_empty() {
+                        *frames.read_buffer_mut() = BytesMut::new();
+                    }
                     continue;
                 }
                 stored = oldest_stored(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
@@ -314,7 +325,9 @@ impl Session<'_> {
                     }
                 }
                 Frame::Control(json) => {
-                    if let Some(end) = self.handle(&json).await {
+                    // Boxed: carrying out a request takes kilobytes of state, which an idle
+                    // connection, waiting in this loop, should not hold.
+                    if let Some(end) = Box::pin(self.handle(&json)).await {
                         return end;
                     }
                 }

@@ -29,10 +29,11 @@ pub(crate) async fn write_loop<W>(
     W: AsyncWrite + Send,
 {
     let mut write_half = pin!(write_half);
-    let mut batch = Vec::new();
     let written = abort
         .run_until_cancelled(async {
             loop {
+                // A fresh batch each time: kept, it would hold a kilobyte per idle connection.
+                let mut batch = Vec::new();
                 tokio::select! {
                     biased;
                     received = queue.recv_many(&mut batch, WRITE_BATCH) => {
