@@ -4,18 +4,27 @@
 //! recipient. Instead the queue counts the bytes it holds; a push that would take it past the
 //! limit marks the session as too slow, which ends it, and is dropped. Memory per session is
 //! therefore bounded by the limit whatever the peer does, and nobody else is slowed down.
+//!
+//! The queue is a `VecDeque` behind a mutex rather than a channel: a channel allocates its
+//! first block of slots up front and keeps it, a kilobyte per connection even when idle, while
+//! an empty `VecDeque` holds nothing. A push wakes the writer only when the queue was empty, so
+//! a burst costs one wake-up. File data has its own small channel, the lane, made by the first
+//! download: most connections never download.
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 /// Creates a queue that holds at most `limit` bytes.
 pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
-    let (tx, rx) = mpsc::unbounded_channel();
     let shared = Arc::new(Shared {
+        queue: Mutex::new(Queue::default()),
+        ready: Notify::new(),
+        senders: AtomicUsize::new(1),
         queued: AtomicUsize::new(0),
         limit,
         closed: AtomicBool::new(false),
@@ -24,14 +33,26 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
     });
     (
         Outbox {
-            tx,
             shared: shared.clone(),
         },
-        OutboxReader { rx, shared },
+        OutboxReader { shared },
     )
 }
 
+#[derive(Default)]
+struct Queue {
+    frames: VecDeque<Bytes>,
+    /// The receiving end of the data lane, until the writer takes it.
+    lane: Option<mpsc::Receiver<Bytes>>,
+}
+
 struct Shared {
+    queue: Mutex<Queue>,
+    /// Wakes the writer: the queue got its first frame, a lane was opened, or the last
+    /// [`Outbox`] is gone.
+    ready: Notify,
+    /// Live [`Outbox`] handles; the writer finishes once none is left and the queue is empty.
+    senders: AtomicUsize,
     /// Bytes pushed and not yet written to the socket.
     queued: AtomicUsize,
     limit: usize,
@@ -45,10 +66,25 @@ struct Shared {
 }
 
 /// The pushing end; cheap to clone, one clone per room the session is in.
-#[derive(Clone)]
 pub(crate) struct Outbox {
-    tx: mpsc::UnboundedSender<Bytes>,
     shared: Arc<Shared>,
+}
+
+impl Clone for Outbox {
+    fn clone(&self) -> Self {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.ready.notify_one();
+        }
+    }
 }
 
 impl Outbox {
@@ -65,8 +101,14 @@ impl Outbox {
             self.shared.overflowed.cancel();
             return;
         }
-        // A send fails only when the writer is gone, and then the session is ending anyway.
-        let _ = self.tx.send(frame);
+        let mut queue = self.shared.queue.lock().unwrap();
+        queue.frames.push_back(frame);
+        let first = queue.frames.len() == 1;
+        drop(queue);
+        // A writer that has not yet taken the earlier frames needs no second wake-up.
+        if first {
+            self.shared.ready.notify_one();
+        }
     }
 
     /// Sets `frame` to be written after everything queued, whatever the limit; later pushes
@@ -81,19 +123,44 @@ impl Outbox {
     pub(crate) fn overflowed(&self) -> WaitForCancellationFuture<'_> {
         self.shared.overflowed.cancelled()
     }
+
+    /// Opens the data lane, a channel of `frames` file data frames that the writer drains
+    /// whenever no control frame waits; returns its sending end.
+    pub(crate) fn open_lane(&self, frames: usize) -> mpsc::Sender<Bytes> {
+        let (lane, receiver) = mpsc::channel(frames);
+        self.shared.queue.lock().unwrap().lane = Some(receiver);
+        self.shared.ready.notify_one();
+        lane
+    }
 }
 
 /// The writer's end.
 pub(crate) struct OutboxReader {
-    rx: mpsc::UnboundedReceiver<Bytes>,
     shared: Arc<Shared>,
 }
 
 impl OutboxReader {
-    /// Waits for frames and moves up to `max` of them into `batch`; 0 means every [`Outbox`]
-    /// is gone and the queue is drained.
-    pub(crate) async fn recv_many(&mut self, batch: &mut Vec<Bytes>, max: usize) -> usize {
-        self.rx.recv_many(batch, max).await
+    /// Moves up to `max` queued frames into `batch`. False once every [`Outbox`] is gone and
+    /// nothing is left to take.
+    pub(crate) fn take(&self, batch: &mut Vec<Bytes>, max: usize) -> bool {
+        let mut queue = self.shared.queue.lock().unwrap();
+        let count = queue.frames.len().min(max);
+        batch.extend(queue.frames.drain(..count));
+        if queue.frames.is_empty() && queue.frames.capacity() > IDLE_CAPACITY {
+            // Drained after a burst: an idle connection keeps no room for the next one.
+            queue.frames = VecDeque::new();
+        }
+        count > 0 || self.shared.senders.load(Ordering::Acquire) > 0
+    }
+
+    /// Resolves when there may be something new: frames, a lane, or no more [`Outbox`].
+    pub(crate) async fn ready(&self) {
+        self.shared.ready.notified().await;
+    }
+
+    /// The data lane, once [`Outbox::open_lane`] has made it.
+    pub(crate) fn take_lane(&self) -> Option<mpsc::Receiver<Bytes>> {
+        self.shared.queue.lock().unwrap().lane.take()
     }
 
     /// Records that `bytes` left the queue (written, or thrown away).
@@ -112,13 +179,30 @@ impl OutboxReader {
     }
 }
 
+/// Slots a drained queue may keep; beyond this it starts again from nothing.
+const IDLE_CAPACITY: usize = 8;
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    /// Takes everything, as the writer does, until every outbox is gone.
+    async fn drain(reader: &OutboxReader) -> Vec<Bytes> {
+        let mut batch = Vec::new();
+        loop {
+            let before = batch.len();
+            if !reader.take(&mut batch, 10) {
+                return batch;
+            }
+            if batch.len() == before {
+                reader.ready().await;
+            }
+        }
+    }
+
     #[tokio::test]
     async fn overflow_drops_and_signals() {
-        let (outbox, mut reader) = channel(10);
+        let (outbox, reader) = channel(10);
         outbox.push(Bytes::from_static(b"123456"));
         outbox.push(Bytes::from_static(b"7890"));
         assert!(!outbox.shared.overflowed.is_cancelled());
@@ -126,32 +210,51 @@ mod tests {
         assert!(outbox.shared.overflowed.is_cancelled());
         outbox.push(Bytes::from_static(b"y"));
         drop(outbox);
-        let mut batch = Vec::new();
-        assert_eq!(reader.recv_many(&mut batch, 10).await, 2);
-        assert_eq!(reader.recv_many(&mut batch, 10).await, 0);
+        assert_eq!(drain(&reader).await.len(), 2);
     }
 
     #[tokio::test]
     async fn nothing_follows_the_last_frame() {
-        let (outbox, mut reader) = channel(4);
+        let (outbox, reader) = channel(4);
         outbox.push(Bytes::from_static(b"ab"));
         outbox.push_last(Bytes::from_static(b"bye, longer than the limit"));
         outbox.push(Bytes::from_static(b"c"));
         drop(outbox);
-        let mut batch = Vec::new();
-        while reader.recv_many(&mut batch, 10).await > 0 {}
-        assert_eq!(batch, [Bytes::from_static(b"ab")]);
+        assert_eq!(drain(&reader).await, [Bytes::from_static(b"ab")]);
         assert_eq!(&reader.take_last().unwrap()[..3], b"bye");
     }
 
     #[tokio::test]
     async fn release_makes_room_again() {
-        let (outbox, mut reader) = channel(4);
+        let (outbox, reader) = channel(4);
         outbox.push(Bytes::from_static(b"abcd"));
         let mut batch = Vec::new();
-        reader.recv_many(&mut batch, 10).await;
+        reader.take(&mut batch, 10);
         reader.release(4);
         outbox.push(Bytes::from_static(b"efgh"));
         assert!(!outbox.shared.overflowed.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn the_writer_is_woken_by_frames_from_any_clone_and_by_the_last_drop() {
+        let (outbox, reader) = channel(1024);
+        let writer = tokio::spawn(async move { drain(&reader).await });
+        let other = outbox.clone();
+        tokio::task::yield_now().await;
+        other.push(Bytes::from_static(b"one"));
+        tokio::task::yield_now().await;
+        outbox.push(Bytes::from_static(b"two"));
+        drop(outbox);
+        tokio::task::yield_now().await;
+        other.push(Bytes::from_static(b"three"));
+        drop(other);
+        let written = tokio::time::timeout(std::time::Duration::from_secs(5), writer)
+            .await
+            .expect("the writer finished")
+            .unwrap();
+        assert_eq!(
+            written,
+            ["one", "two", "three"].map(|s| Bytes::from_static(s.as_bytes()))
+        );
     }
 }

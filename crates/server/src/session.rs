@@ -41,7 +41,7 @@ use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Outbox};
 use crate::recorder::Receipt;
 use crate::store::{Store, StoreError, Stored, Thread};
-use crate::transfer::{self, Transfers};
+use crate::transfer::Transfers;
 use crate::writer;
 
 /// After a session ends, how long its writer may take to deliver what is queued (the reply to
@@ -186,13 +186,12 @@ where
     // A `hello` is a few hundred bytes; the buffer grows for larger frames as they come.
     let mut frames = FramedRead::with_capacity(read_half, anonymous, READ_BUFFER);
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
-    let (lane, data) = tokio::sync::mpsc::channel(transfer::LANE_FRAMES);
+    let transfers_outbox = outbox.clone();
     let abort_writer = CancellationToken::new();
     let writer_failed = CancellationToken::new();
     let mut writer = tokio::spawn(writer::write_loop(
         write_half,
         queue,
-        data,
         abort_writer.clone(),
         writer_failed.clone(),
     ));
@@ -208,7 +207,7 @@ where
         private_since: 0,
         registered: false,
         writer_failed,
-        transfers: Transfers::new(lane),
+        transfers: Transfers::new(transfers_outbox),
         unconfirmed: VecDeque::new(),
     };
     let end = session.read_loop(&mut frames).await;

@@ -29,17 +29,21 @@ use tracing::{debug, warn};
 
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::Refusal;
+use crate::outbox::Outbox;
 
 /// Data frames queued per connection: with [`MAX_DATA_CHUNK`] bytes each, at most 1 MiB of file
 /// is read ahead of the socket.
-pub(crate) const LANE_FRAMES: usize = 4;
+const LANE_FRAMES: usize = 4;
 
 /// Bytes in a data frame before the file bytes: length, kind, transfer id.
 const DATA_HEADER: usize = 4 + 1 + 4;
 
 /// The transfers of one connection.
 pub(crate) struct Transfers {
-    lane: mpsc::Sender<Bytes>,
+    /// The session's queue, which makes the data lane on the first download.
+    outbox: Outbox,
+    /// Where downloads send their data frames, once the first has started.
+    lane: Option<mpsc::Sender<Bytes>>,
     /// Cancelled when the session ends: every download stops.
     stop: CancellationToken,
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
@@ -93,9 +97,10 @@ fn end_frame(transfer: u32, status: TransferStatus, message: Option<String>) -> 
 }
 
 impl Transfers {
-    pub(crate) fn new(lane: mpsc::Sender<Bytes>) -> Self {
+    pub(crate) fn new(outbox: Outbox) -> Self {
         Self {
-            lane,
+            outbox,
+            lane: None,
             stop: CancellationToken::new(),
             downloads: HashMap::new(),
             uploads: HashMap::new(),
@@ -125,7 +130,10 @@ impl Transfers {
     /// Starts streaming `file` from `offset` as transfer `transfer`.
     pub(crate) fn start_download(&mut self, transfer: u32, file: OpenFile, offset: u64) {
         let cancel = self.stop.child_token();
-        let lane = self.lane.clone();
+        let lane = self
+            .lane
+            .get_or_insert_with(|| self.outbox.open_lane(LANE_FRAMES))
+            .clone();
         let task = tokio::spawn(send_file(file, transfer, offset, lane, cancel.clone()));
         self.downloads.insert(transfer, (cancel, task));
     }

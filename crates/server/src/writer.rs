@@ -21,35 +21,42 @@ const WRITE_BATCH: usize = 64;
 /// cancels `failed` if writing fails.
 pub(crate) async fn write_loop<W>(
     write_half: W,
-    mut queue: OutboxReader,
-    mut data: mpsc::Receiver<Bytes>,
+    queue: OutboxReader,
     abort: CancellationToken,
     failed: CancellationToken,
 ) where
     W: AsyncWrite + Send,
 {
     let mut write_half = pin!(write_half);
+    // Made by the first download; until then, waiting on it never resolves.
+    let mut lane: Option<mpsc::Receiver<Bytes>> = None;
     let written = abort
         .run_until_cancelled(async {
             loop {
-                // A fresh batch each time: kept, it would hold a kilobyte per idle connection.
+                // A fresh batch each time: kept, it would hold memory per idle connection.
                 let mut batch = Vec::new();
+                let open = queue.take(&mut batch, WRITE_BATCH);
+                if !batch.is_empty() {
+                    let bytes = batch.iter().map(Bytes::len).sum();
+                    if queue.overflowed() {
+                        // Too far behind: the backlog is dropped, only the bye still matters.
+                        batch.clear();
+                    } else {
+                        write_batch(&mut write_half, &mut batch).await?;
+                    }
+                    queue.release(bytes);
+                    continue;
+                }
+                if !open {
+                    break;
+                }
+                if lane.is_none() {
+                    lane = queue.take_lane();
+                }
                 tokio::select! {
                     biased;
-                    received = queue.recv_many(&mut batch, WRITE_BATCH) => {
-                        if received == 0 {
-                            break;
-                        }
-                        let bytes = batch.iter().map(Bytes::len).sum();
-                        if queue.overflowed() {
-                            // Too far behind: the backlog is dropped, only the bye still matters.
-                            batch.clear();
-                        } else {
-                            write_batch(&mut write_half, &mut batch).await?;
-                        }
-                        queue.release(bytes);
-                    }
-                    Some(frame) = data.recv() => write_half.write_all(&frame).await?,
+                    () = queue.ready() => {}
+                    Some(frame) = next_data(&mut lane) => write_half.write_all(&frame).await?,
                 }
             }
             if let Some(last) = queue.take_last() {
@@ -60,6 +67,14 @@ pub(crate) async fn write_loop<W>(
         .await;
     if let Some(Err(_)) = written {
         failed.cancel();
+    }
+}
+
+/// The next frame of the data lane, if there is one; pending while there is no lane.
+async fn next_data(lane: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match lane {
+        Some(lane) => lane.recv().await,
+        None => std::future::pending().await,
     }
 }
 
