@@ -28,6 +28,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         queued: AtomicUsize::new(0),
         limit,
         closed: AtomicBool::new(false),
+        shut: AtomicBool::new(false),
         last: Mutex::new(None),
         overflowed: CancellationToken::new(),
     });
@@ -58,6 +59,8 @@ struct Shared {
     limit: usize,
     /// Set once the last frame (a `bye`) is in: nothing may follow it.
     closed: AtomicBool,
+    /// Set once the queue is closed or overflowed: pushes are dropped.
+    shut: AtomicBool,
     /// The last frame, kept apart from the queue so that it is still delivered when the
     /// queue's backlog is thrown away.
     last: Mutex<Option<Bytes>>,
@@ -91,13 +94,16 @@ impl Outbox {
     /// Queues `frame` unless the queue is full or closed. A full queue marks the session as too
     /// slow; the caller need not react, the session itself ends.
     pub(crate) fn push(&self, frame: Bytes) {
-        if self.shared.closed.load(Ordering::Acquire) || self.shared.overflowed.is_cancelled() {
+        // One flag for both, beside the byte count: a broadcast pushes into every member's
+        // queue, and each cache line touched per recipient shows in fan-out.
+        if self.shared.shut.load(Ordering::Acquire) {
             return;
         }
         let len = frame.len();
         let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
         if queued > self.shared.limit {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
+            self.shared.shut.store(true, Ordering::Release);
             self.shared.overflowed.cancel();
             return;
         }
@@ -117,6 +123,7 @@ impl Outbox {
         if !self.shared.closed.swap(true, Ordering::AcqRel) {
             *self.shared.last.lock().unwrap() = Some(frame);
         }
+        self.shared.shut.store(true, Ordering::Release);
     }
 
     /// Resolves once a push has found the queue full.
