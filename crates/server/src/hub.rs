@@ -154,9 +154,9 @@ impl State {
     }
 
     /// Schedules an announcement of `room`'s presence changes, [`ARRIVALS_BATCH`] from now, or
-    /// [`LARGE_ROOM_BATCH`] for a room larger than the roster limit.
-    fn schedule(&self, room: &str, members: usize) {
-        let wait = if members > self.roster_limit {
+    /// [`LARGE_ROOM_BATCH`] for a `large` room (one announced by its size).
+    fn schedule(&self, room: &str, large: bool) {
+        let wait = if large {
             LARGE_ROOM_BATCH
         } else {
             ARRIVALS_BATCH
@@ -181,8 +181,8 @@ impl State {
         room.roster.insert(fold(&name), id);
         room.arrivals.push((id, name));
         if first {
-            let members = room.members.len();
-            self.schedule(room_name, members);
+            let large = room.members.len() > self.roster_limit;
+            self.schedule(room_name, large);
         }
     }
 
@@ -265,8 +265,7 @@ impl State {
             let first = !room.pending();
             room.departures += 1;
             if first {
-                let members = room.members.len() + 1;
-                self.schedule(room_name, members);
+                self.schedule(room_name, large);
             }
         } else if let (false, Some(reason)) = (empty, reason) {
             let event = Event::Part(Departure {
