@@ -11,9 +11,15 @@
 //! and unreachable by paths) and moved to their place by a hard link only once complete and
 //! verified: the same file system, so the move is atomic, and a link never replaces an existing
 //! file. Who uploaded what, and when, is appended to `.parley/uploads.jsonl`.
+//!
+//! The folder also remembers the BLAKE3 hash of files whose content it has seen whole (verified
+//! uploads, complete downloads), keyed by the file's identity, size and modification time, so a
+//! download can go from the page cache to the socket without the server reading the file only to
+//! hash it. A file changed behind the server's back gets a new key.
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,6 +34,10 @@ use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use crate::hub::Refusal;
+
+/// Most file hashes remembered; past this the memory starts again empty, which costs a re-hash
+/// per file and keeps the map bounded whatever the folder holds.
+const HASHES_KEPT: usize = 4096;
 
 /// Parley's own folder inside the shared folder: hidden from listings, refused in paths.
 const PRIVATE: &str = ".parley";
@@ -59,6 +69,29 @@ pub(crate) struct SharedFolder {
     /// Uploads by path, and the file they are appended to. A std mutex: held for a map update
     /// and one small append, never across an await.
     uploads: Mutex<(HashMap<String, UploadRecord>, std::fs::File)>,
+    /// Hashes of files seen whole; see the module's introduction.
+    hashes: Mutex<HashMap<Stamp, blake3::Hash>>,
+}
+
+/// What identifies one version of a file: which file (device and inode), its size and when its
+/// content last changed. Links and renames leave it as it is, a write changes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Stamp {
+    device: u64,
+    inode: u64,
+    size: u64,
+    modified: (i64, i64),
+}
+
+impl Stamp {
+    pub(crate) fn of(metadata: &std::fs::Metadata) -> Self {
+        Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            size: metadata.size(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+        }
+    }
 }
 
 impl SharedFolder {
@@ -94,7 +127,22 @@ impl SharedFolder {
             next_staged: AtomicU64::new(0),
             promised: AtomicU64::new(0),
             uploads: Mutex::new((records, log.into_std())),
+            hashes: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The hash of the file version `stamp`, if the server has seen it whole.
+    pub(crate) fn known_hash(&self, stamp: &Stamp) -> Option<blake3::Hash> {
+        self.hashes.lock().unwrap().get(stamp).copied()
+    }
+
+    /// Remembers that the file version `stamp` hashes to `hash`.
+    pub(crate) fn remember_hash(&self, stamp: Stamp, hash: blake3::Hash) {
+        let mut hashes = self.hashes.lock().unwrap();
+        if hashes.len() >= HASHES_KEPT {
+            hashes.clear();
+        }
+        hashes.insert(stamp, hash);
     }
 
     /// Promises `size` bytes of disk to a new upload if, after every upload in progress gets
@@ -274,6 +322,8 @@ pub(crate) struct OpenFile {
     pub(crate) path: String,
     pub(crate) name: String,
     pub(crate) size: u64,
+    /// The version opened, to look up or remember its hash.
+    pub(crate) stamp: Stamp,
 }
 
 impl SharedFolder {
@@ -321,6 +371,7 @@ impl SharedFolder {
             name: (*name).to_owned(),
             path: shown,
             size: metadata.len(),
+            stamp: Stamp::of(&metadata),
         })
     }
 }

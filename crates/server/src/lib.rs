@@ -197,7 +197,7 @@ async fn admit<S>(
     guard: Option<ActiveGuard>,
     accepted: tokio::time::Instant,
 ) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     match guard {
         Some(guard) => {

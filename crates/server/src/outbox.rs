@@ -19,6 +19,8 @@ use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
+use crate::transfer::Data;
+
 /// Creates a queue that holds at most `limit` bytes.
 pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
     let shared = Arc::new(Shared {
@@ -44,7 +46,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
 struct Queue {
     frames: VecDeque<Bytes>,
     /// The receiving end of the data lane, until the writer takes it.
-    lane: Option<mpsc::Receiver<Bytes>>,
+    lane: Option<mpsc::Receiver<Data>>,
 }
 
 struct Shared {
@@ -133,7 +135,7 @@ impl Outbox {
 
     /// Opens the data lane, a channel of `frames` file data frames that the writer drains
     /// whenever no control frame waits; returns its sending end.
-    pub(crate) fn open_lane(&self, frames: usize) -> mpsc::Sender<Bytes> {
+    pub(crate) fn open_lane(&self, frames: usize) -> mpsc::Sender<Data> {
         let (lane, receiver) = mpsc::channel(frames);
         self.shared.queue.lock().unwrap().lane = Some(receiver);
         self.shared.ready.notify_one();
@@ -166,7 +168,7 @@ impl OutboxReader {
     }
 
     /// The data lane, once [`Outbox::open_lane`] has made it.
-    pub(crate) fn take_lane(&self) -> Option<mpsc::Receiver<Bytes>> {
+    pub(crate) fn take_lane(&self) -> Option<mpsc::Receiver<Data>> {
         self.shared.queue.lock().unwrap().lane.take()
     }
 

@@ -28,8 +28,11 @@ use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, Messages, RoomList, Sent, Welcome};
 use parley_proto::{DEFAULT_ROOM, SUPPORTED_VERSIONS};
 use parley_proto::{ErrorCode, Frame, FrameCodec, FrameError, Request, RequestBody, RequestError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, ReadHalf, WriteHalf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
+use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -42,7 +45,7 @@ use crate::outbox::{self, Outbox};
 use crate::recorder::Receipt;
 use crate::store::{Store, StoreError, Stored, Thread};
 use crate::transfer::Transfers;
-use crate::writer;
+use crate::writer::{self, Sink};
 
 /// After a session ends, how long its writer may take to deliver what is queued (the reply to
 /// `quit`, a `bye`) before the socket is dropped anyway.
@@ -172,14 +175,41 @@ impl fmt::Display for End {
     }
 }
 
-/// Runs one connection to its end.
+/// A connection as the session needs it: a read half and a [`Sink`] to write to.
+pub(crate) trait Transport: Send + 'static {
+    type Reader: AsyncRead + Send + Unpin + 'static;
+    type Writer: Sink;
+
+    fn split(self) -> (Self::Reader, Self::Writer);
+}
+
+/// Plain TCP: the write half can send files from the page cache.
+impl Transport for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+
+    fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+/// TLS: both halves share the encryption state.
+impl Transport for Box<TlsStream<TcpStream>> {
+    type Reader = ReadHalf<Self>;
+    type Writer = WriteHalf<Self>;
+
+    fn split(self) -> (ReadHalf<Self>, WriteHalf<Self>) {
+        tokio::io::split(self)
+    }
+}
+
 /// Runs one connection to its end; `accepted` is when its TCP connection was accepted, so a
 /// TLS handshake and the sign-in share one handshake timeout.
 pub(crate) async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, accepted: Instant)
 where
-    S: AsyncRead + AsyncWrite + Send + 'static,
+    S: Transport,
 {
-    let (read_half, write_half) = tokio::io::split(stream);
+    let (read_half, write_half) = stream.split();
     // Until sign-in only control and keepalive frames are accepted: a data frame is refused
     // from its header, so an anonymous connection can make the server hold little.
     let anonymous = FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, 0);
@@ -207,7 +237,7 @@ where
         private_since: 0,
         registered: false,
         writer_failed,
-        transfers: Transfers::new(transfers_outbox),
+        transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
         unconfirmed: VecDeque::new(),
     };
     let end = session.read_loop(&mut frames).await;
@@ -509,7 +539,9 @@ impl Session<'_> {
                     self.outbox
                         .push(ok_frame::<request::Download>(id, &downloading));
                     let (transfer, offset) = (downloading.transfer, downloading.offset);
-                    self.transfers.start_download(transfer, file, offset);
+                    let shared = self.ctx.shared.clone();
+                    self.transfers
+                        .start_download(transfer, file, offset, shared);
                     return None;
                 }
                 Err(refusal) => Err(refusal),
@@ -754,7 +786,7 @@ impl Session<'_> {
 
     /// Verifies a complete upload, moves it into the shared folder and tells everyone.
     async fn finish(&mut self, finish: request::Finish) -> Result<request::Uploaded, Refusal> {
-        let mut upload = self
+        let (mut upload, hash) = self
             .transfers
             .take_verified(finish.transfer, &finish.blake3)?;
         let user = self.name.clone().unwrap_or_default();
@@ -779,7 +811,7 @@ impl Session<'_> {
                     })
                 })?;
         let size = upload.size;
-        upload.published();
+        upload.published(hash).await;
         info!("{user} shared {path:?} ({size} bytes)");
         self.ctx.hub.announce_shared(self.id, &user, &path, size);
         Ok(request::Uploaded { path, name, size })

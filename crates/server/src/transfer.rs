@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::files::{OpenFile, SharedFolder};
+use crate::files::{OpenFile, SharedFolder, Stamp};
 use crate::hub::Refusal;
 use crate::outbox::Outbox;
 
@@ -36,14 +36,46 @@ use crate::outbox::Outbox;
 const LANE_FRAMES: usize = 4;
 
 /// Bytes in a data frame before the file bytes: length, kind, transfer id.
-const DATA_HEADER: usize = 4 + 1 + 4;
+pub(crate) const DATA_HEADER: usize = 4 + 1 + 4;
+
+/// Bytes read at a time while hashing a file beside a zero-copy download.
+const HASH_BUFFER: usize = 1024 * 1024;
+
+/// What the data lane carries.
+pub(crate) enum Data {
+    /// A frame to write as it is: file data read into memory, or a `transfer_end`.
+    Frame(Bytes),
+    /// A data frame whose file bytes go from the page cache to the socket.
+    Span(Span),
+}
+
+/// A data frame the writer sends straight from a file: `header`, then `len` bytes of `file`
+/// from `offset`.
+pub(crate) struct Span {
+    pub(crate) header: [u8; DATA_HEADER],
+    pub(crate) file: Arc<std::fs::File>,
+    pub(crate) offset: u64,
+    pub(crate) len: usize,
+}
+
+/// The header of a data frame carrying `len` bytes of transfer `transfer`.
+fn data_header(transfer: u32, len: usize) -> [u8; DATA_HEADER] {
+    let mut header = [0; DATA_HEADER];
+    let frame_len = (DATA_HEADER - 4 + len) as u32;
+    header[..4].copy_from_slice(&frame_len.to_be_bytes());
+    header[4] = FrameKind::Data as u8;
+    header[5..].copy_from_slice(&transfer.to_be_bytes());
+    header
+}
 
 /// The transfers of one connection.
 pub(crate) struct Transfers {
     /// The session's queue, which makes the data lane on the first download.
     outbox: Outbox,
     /// Where downloads send their data frames, once the first has started.
-    lane: Option<mpsc::Sender<Bytes>>,
+    lane: Option<mpsc::Sender<Data>>,
+    /// The connection's writer can send file bytes from the page cache (plain TCP).
+    zero_copy: bool,
     /// Cancelled when the session ends: every download stops.
     stop: CancellationToken,
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
@@ -71,9 +103,13 @@ impl Upload {
         self.file.sync_all().await
     }
 
-    /// Marks the staged file as moved into the shared folder.
-    pub(crate) fn published(mut self) {
+    /// Marks the staged file as moved into the shared folder, and has the folder remember its
+    /// verified `hash`, so its first download need not read it to hash it.
+    pub(crate) async fn published(mut self, hash: blake3::Hash) {
         self.published = true;
+        if let Ok(metadata) = self.file.metadata().await {
+            self.shared.remember_hash(Stamp::of(&metadata), hash);
+        }
     }
 }
 
@@ -97,10 +133,11 @@ fn end_frame(transfer: u32, status: TransferStatus, message: Option<String>) -> 
 }
 
 impl Transfers {
-    pub(crate) fn new(outbox: Outbox) -> Self {
+    pub(crate) fn new(outbox: Outbox, zero_copy: bool) -> Self {
         Self {
             outbox,
             lane: None,
+            zero_copy,
             stop: CancellationToken::new(),
             downloads: HashMap::new(),
             uploads: HashMap::new(),
@@ -127,14 +164,28 @@ impl Transfers {
         Ok(())
     }
 
-    /// Starts streaming `file` from `offset` as transfer `transfer`.
-    pub(crate) fn start_download(&mut self, transfer: u32, file: OpenFile, offset: u64) {
+    /// Starts streaming `open` from `offset` as transfer `transfer`.
+    pub(crate) fn start_download(
+        &mut self,
+        transfer: u32,
+        open: OpenFile,
+        offset: u64,
+        shared: Arc<SharedFolder>,
+    ) {
         let cancel = self.stop.child_token();
         let lane = self
             .lane
             .get_or_insert_with(|| self.outbox.open_lane(LANE_FRAMES))
             .clone();
-        let task = tokio::spawn(send_file(file, transfer, offset, lane, cancel.clone()));
+        let task = tokio::spawn(send_file(Download {
+            open,
+            transfer,
+            offset,
+            lane,
+            cancel: cancel.clone(),
+            shared,
+            zero_copy: self.zero_copy,
+        }));
         self.downloads.insert(transfer, (cancel, task));
     }
 
@@ -188,8 +239,13 @@ impl Transfers {
         Some(end_frame(transfer, TransferStatus::Failed, Some(failure)))
     }
 
-    /// Takes a complete upload out, if its size and hash are right; a wrong one is discarded.
-    pub(crate) fn take_verified(&mut self, transfer: u32, blake3: &str) -> Result<Upload, Refusal> {
+    /// Takes a complete upload out with its hash, if its size and hash are right; a wrong one is
+    /// discarded.
+    pub(crate) fn take_verified(
+        &mut self,
+        transfer: u32,
+        blake3: &str,
+    ) -> Result<(Upload, blake3::Hash), Refusal> {
         let upload = self.uploads.remove(&transfer).ok_or_else(|| Refusal {
             code: ErrorCode::BadTransfer,
             message: format!("There is no upload {transfer} in progress."),
@@ -203,13 +259,14 @@ impl Transfers {
                 ),
             });
         }
-        if upload.hasher.finalize().to_hex().as_str() != blake3 {
+        let hash = upload.hasher.finalize();
+        if hash.to_hex().as_str() != blake3 {
             return Err(Refusal {
                 code: ErrorCode::ChecksumMismatch,
                 message: "The data does not match its checksum; the upload was discarded.".into(),
             });
         }
-        Ok(upload)
+        Ok((upload, hash))
     }
 
     /// Stops transfer `transfer`. A download's `transfer_end` follows its data in the lane; an
@@ -237,54 +294,60 @@ impl Drop for Transfers {
     }
 }
 
-/// Streams the file and ends with a `transfer_end` event; the hash covers the whole file, the
-/// part before `offset` included, so a resumed download is verified end to end.
-async fn send_file(
+/// A download to stream: what to send and where.
+struct Download {
     open: OpenFile,
     transfer: u32,
     offset: u64,
-    lane: mpsc::Sender<Bytes>,
+    lane: mpsc::Sender<Data>,
     cancel: CancellationToken,
-) {
+    shared: Arc<SharedFolder>,
+    /// The connection can send file bytes from the page cache (see [`Data::Span`]).
+    zero_copy: bool,
+}
+
+/// Streams the file and ends with a `transfer_end` event. The hash covers the whole file, the
+/// part before `offset` included, so a resumed download is verified end to end; a hash worked
+/// out here is remembered for the next download of the same version.
+async fn send_file(download: Download) {
+    let Download {
+        open,
+        transfer,
+        offset,
+        lane,
+        cancel,
+        shared,
+        zero_copy,
+    } = download;
     let OpenFile {
-        file, path, size, ..
+        file,
+        path,
+        size,
+        stamp,
+        ..
     } = open;
-    let mut file = tokio::fs::File::from_std(file);
-    let mut hasher = blake3::Hasher::new();
+    let known = shared.known_hash(&stamp);
+    let file = Arc::new(file);
     let outcome = cancel
         .run_until_cancelled(async {
-            if offset > 0 {
-                hash_prefix(&mut file, offset, &mut hasher).await?;
+            if zero_copy {
+                send_spans(&file, transfer, offset, size, &lane, known, &cancel).await
+            } else {
+                send_frames(&file, transfer, offset, size, &lane, known).await
             }
-            let mut left = size - offset;
-            while left > 0 {
-                let chunk = left.min(MAX_DATA_CHUNK as u64) as usize;
-                let mut frame = BytesMut::with_capacity(DATA_HEADER + chunk);
-                frame.put_u32(0);
-                frame.put_u8(FrameKind::Data as u8);
-                frame.put_u32(transfer);
-                let read = (&mut file).take(chunk as u64).read_buf(&mut frame).await?;
-                if read == 0 {
-                    return Err(std::io::Error::other("the file shrank while being sent"));
-                }
-                hasher.update(&frame[DATA_HEADER..]);
-                let len = (frame.len() - 4) as u32;
-                frame[..4].copy_from_slice(&len.to_be_bytes());
-                left -= read as u64;
-                if lane.send(frame.freeze()).await.is_err() {
-                    return Err(std::io::Error::other("the connection closed"));
-                }
-            }
-            Ok(())
         })
         .await;
     let end = match outcome {
-        Some(Ok(())) => {
+        Some(Ok(hash)) => {
             debug!("transfer {transfer} of {path:?} complete");
+            // Remembered only if the file is still the version whose stamp was taken.
+            if known.is_none() && file.metadata().is_ok_and(|now| Stamp::of(&now) == stamp) {
+                shared.remember_hash(stamp, hash);
+            }
             TransferEnd {
                 transfer,
                 status: TransferStatus::Complete,
-                blake3: Some(hasher.finalize().to_hex().to_string()),
+                blake3: Some(hash.to_hex().to_string()),
                 message: None,
             }
         }
@@ -304,7 +367,113 @@ async fn send_file(
             }
         }
     };
-    let _ = lane.send(event_frame(&Event::TransferEnd(end))).await;
+    let _ = lane
+        .send(Data::Frame(event_frame(&Event::TransferEnd(end))))
+        .await;
+}
+
+/// Queues the file from `offset` as spans the writer sends from the page cache. Unless the hash
+/// is `known`, a blocking thread works it out meanwhile, reading the file beside the transfer.
+async fn send_spans(
+    file: &Arc<std::fs::File>,
+    transfer: u32,
+    offset: u64,
+    size: u64,
+    lane: &mpsc::Sender<Data>,
+    known: Option<blake3::Hash>,
+    cancel: &CancellationToken,
+) -> std::io::Result<blake3::Hash> {
+    let hashing = known.is_none().then(|| {
+        let (file, cancel) = (file.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || hash_file(&file, size, &cancel))
+    });
+    let mut at = offset;
+    while at < size {
+        let len = (size - at).min(MAX_DATA_CHUNK as u64) as usize;
+        let span = Span {
+            header: data_header(transfer, len),
+            file: file.clone(),
+            offset: at,
+            len,
+        };
+        if lane.send(Data::Span(span)).await.is_err() {
+            return Err(std::io::Error::other("the connection closed"));
+        }
+        at += len as u64;
+    }
+    match (known, hashing) {
+        (Some(hash), _) => Ok(hash),
+        (None, Some(hashing)) => hashing.await.map_err(std::io::Error::other)?,
+        (None, None) => unreachable!("a hash is either known or being worked out"),
+    }
+}
+
+/// Reads the file from `offset` into data frames, hashing it on the way unless the hash is
+/// `known`: for connections whose bytes must pass through the server (TLS encrypts them).
+async fn send_frames(
+    file: &std::fs::File,
+    transfer: u32,
+    offset: u64,
+    size: u64,
+    lane: &mpsc::Sender<Data>,
+    known: Option<blake3::Hash>,
+) -> std::io::Result<blake3::Hash> {
+    let mut file = tokio::fs::File::from_std(file.try_clone()?);
+    let mut hasher = known.is_none().then(blake3::Hasher::new);
+    match &mut hasher {
+        Some(hasher) if offset > 0 => hash_prefix(&mut file, offset, hasher).await?,
+        _ => {
+            file.seek(std::io::SeekFrom::Start(offset)).await?;
+        }
+    }
+    let mut left = size - offset;
+    while left > 0 {
+        let chunk = left.min(MAX_DATA_CHUNK as u64) as usize;
+        let mut frame = BytesMut::with_capacity(DATA_HEADER + chunk);
+        frame.put_slice(&data_header(transfer, chunk));
+        let read = (&mut file).take(chunk as u64).read_buf(&mut frame).await?;
+        if read < chunk {
+            return Err(std::io::Error::other("the file shrank while being sent"));
+        }
+        if let Some(hasher) = &mut hasher {
+            hasher.update(&frame[DATA_HEADER..]);
+        }
+        left -= read as u64;
+        if lane.send(Data::Frame(frame.freeze())).await.is_err() {
+            return Err(std::io::Error::other("the connection closed"));
+        }
+    }
+    Ok(match (known, hasher) {
+        (Some(hash), _) => hash,
+        (None, Some(hasher)) => hasher.finalize(),
+        (None, None) => unreachable!("a hash is either known or being worked out"),
+    })
+}
+
+/// Hashes the first `size` bytes of `file` with positioned reads, which leave the file's
+/// position alone for whoever else reads it. Stops early if `cancel` fires.
+fn hash_file(
+    file: &std::fs::File,
+    size: u64,
+    cancel: &CancellationToken,
+) -> std::io::Result<blake3::Hash> {
+    use std::os::unix::fs::FileExt;
+    let mut hasher = blake3::Hasher::new();
+    let mut buf = vec![0; HASH_BUFFER];
+    let mut at = 0;
+    while at < size {
+        if cancel.is_cancelled() {
+            return Err(std::io::Error::other("cancelled"));
+        }
+        let want = (size - at).min(buf.len() as u64) as usize;
+        let read = file.read_at(&mut buf[..want], at)?;
+        if read == 0 {
+            return Err(std::io::Error::other("the file shrank while being sent"));
+        }
+        hasher.update(&buf[..read]);
+        at += read as u64;
+    }
+    Ok(hasher.finalize())
 }
 
 /// Feeds the file's first `len` bytes to `hasher`, then leaves the file positioned after them.

@@ -1,16 +1,70 @@
 //! The writing half of a connection: one task per connection drains the session's queues into
 //! the socket. Control frames (replies and events) always go before file data, so chat stays
 //! prompt while a download streams on the same connection.
+//!
+//! On plain TCP a file's bytes go from the page cache to the socket with `sendfile`, never
+//! through this process; with TLS they must be read in to be encrypted.
 
-use std::io::IoSlice;
-use std::pin::pin;
+use std::fs::File;
+use std::future::Future;
+use std::io::{self, IoSlice};
 
 use bytes::{Buf, Bytes};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, WriteHalf};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::warn;
 
 use crate::outbox::OutboxReader;
+use crate::transfer::{Data, Span};
+
+/// A connection's write half, which may send file bytes itself.
+pub(crate) trait Sink: AsyncWrite + Send + Unpin + 'static {
+    /// Whether [`Sink::send_file`] works: true where the kernel can copy file bytes to the
+    /// socket (plain TCP), false where they must pass through this process (TLS encrypts them).
+    const ZERO_COPY: bool;
+
+    /// Sends up to `len` bytes of `file` from `offset` without copying them through this
+    /// process; returns how many went, 0 if the file ends before `offset`.
+    fn send_file(
+        &mut self,
+        file: &File,
+        offset: u64,
+        len: usize,
+    ) -> impl Future<Output = io::Result<usize>> + Send;
+}
+
+impl Sink for OwnedWriteHalf {
+    const ZERO_COPY: bool = true;
+
+    async fn send_file(&mut self, file: &File, offset: u64, len: usize) -> io::Result<usize> {
+        let socket: &tokio::net::TcpStream = self.as_ref();
+        let mut at = offset as i64;
+        loop {
+            socket.writable().await?;
+            let sent = socket.try_io(Interest::WRITABLE, || {
+                nix::sys::sendfile::sendfile64(socket, file, Some(&mut at), len)
+                    .map_err(io::Error::from)
+            });
+            match sent {
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return sent,
+            }
+        }
+    }
+}
+
+impl<S: AsyncWrite + Send + 'static> Sink for WriteHalf<S> {
+    const ZERO_COPY: bool = false;
+
+    async fn send_file(&mut self, _: &File, _: u64, _: usize) -> io::Result<usize> {
+        Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "this connection cannot send from a file",
+        ))
+    }
+}
 
 /// Most frames the writer takes from the control queue for one vectored write.
 const WRITE_BATCH: usize = 64;
@@ -19,17 +73,14 @@ const WRITE_BATCH: usize = 64;
 /// [`Outbox`](crate::outbox::Outbox) is gone, then writes the last frame and closes the write
 /// side. Control frames go first whenever both have something. Stops early if `abort` fires;
 /// cancels `failed` if writing fails.
-pub(crate) async fn write_loop<W>(
-    write_half: W,
+pub(crate) async fn write_loop<W: Sink>(
+    mut write_half: W,
     queue: OutboxReader,
     abort: CancellationToken,
     failed: CancellationToken,
-) where
-    W: AsyncWrite + Send,
-{
-    let mut write_half = pin!(write_half);
+) {
     // Made by the first download; until then, waiting on it never resolves.
-    let mut lane: Option<mpsc::Receiver<Bytes>> = None;
+    let mut lane: Option<mpsc::Receiver<Data>> = None;
     let written = abort
         .run_until_cancelled(async {
             loop {
@@ -56,7 +107,10 @@ pub(crate) async fn write_loop<W>(
                 tokio::select! {
                     biased;
                     () = queue.ready() => {}
-                    Some(frame) = next_data(&mut lane) => write_half.write_all(&frame).await?,
+                    Some(data) = next_data(&mut lane) => match data {
+                        Data::Frame(frame) => write_half.write_all(&frame).await?,
+                        Data::Span(span) => write_span(&mut write_half, &span).await?,
+                    },
                 }
             }
             if let Some(last) = queue.take_last() {
@@ -70,8 +124,37 @@ pub(crate) async fn write_loop<W>(
     }
 }
 
-/// The next frame of the data lane, if there is one; pending while there is no lane.
-async fn next_data(lane: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+/// What pads a data frame whose file shrank.
+const ZEROS: [u8; 4096] = [0; 4096];
+
+/// Writes a data frame straight from its file. If the file shrank since the header promised
+/// its length, zeros make up the rest: the framing stays whole, and the transfer's hash tells
+/// the client the data is wrong.
+async fn write_span<W: Sink>(w: &mut W, span: &Span) -> io::Result<()> {
+    w.write_all(&span.header).await?;
+    let mut sent = 0;
+    while sent < span.len {
+        let n = w
+            .send_file(&span.file, span.offset + sent as u64, span.len - sent)
+            .await?;
+        if n == 0 {
+            break;
+        }
+        sent += n;
+    }
+    if sent < span.len {
+        warn!("a shared file shrank while being sent; the transfer will fail its check");
+    }
+    while sent < span.len {
+        let n = (span.len - sent).min(ZEROS.len());
+        w.write_all(&ZEROS[..n]).await?;
+        sent += n;
+    }
+    Ok(())
+}
+
+/// The next item of the data lane, if there is one; pending while there is no lane.
+async fn next_data(lane: &mut Option<mpsc::Receiver<Data>>) -> Option<Data> {
     match lane {
         Some(lane) => lane.recv().await,
         None => std::future::pending().await,
@@ -79,20 +162,14 @@ async fn next_data(lane: &mut Option<mpsc::Receiver<Bytes>>) -> Option<Bytes> {
 }
 
 /// Writes every frame of `batch` with as few system calls as the transport allows.
-async fn write_batch<W>(
-    w: &mut std::pin::Pin<&mut W>,
-    batch: &mut Vec<Bytes>,
-) -> std::io::Result<()>
-where
-    W: AsyncWrite,
-{
+async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < batch.len() {
         let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
         let mut written = w.write_vectored(&slices).await?;
         drop(slices);
         if written == 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Err(io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
             let frame = &mut batch[first];

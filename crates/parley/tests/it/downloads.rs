@@ -348,3 +348,79 @@ async fn a_killed_download_resumes_and_memory_stays_flat() {
     );
     assert!(worst < 100, "a process grew to {worst} MiB while streaming");
 }
+
+#[tokio::test]
+async fn a_file_changed_in_place_is_hashed_anew() {
+    // The server remembers the hash of a file it has sent whole; a file rewritten behind its
+    // back (same name, same size) must not be checked against the old hash.
+    let server = TestServer::start().await;
+    let shared = server.shared.path().join("notes.bin");
+    let first = patterned(&shared, 1 << 20);
+    let (alice, _events) = server.join("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+    let saved = save(&alice, "notes.bin", dir.path()).await.unwrap();
+    assert_eq!(fs::read(&saved.path).unwrap(), first);
+
+    let second: Vec<u8> = first.iter().map(|b| b ^ 0x5a).collect();
+    fs::write(&shared, &second).unwrap();
+    // A distinct modification time even where the clock is coarse.
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    fs::File::options()
+        .write(true)
+        .open(&shared)
+        .unwrap()
+        .set_modified(later)
+        .unwrap();
+    let again = save(&alice, "notes.bin", dir.path()).await.unwrap();
+    assert_eq!(fs::read(&again.path).unwrap(), second);
+}
+
+#[tokio::test]
+async fn a_file_shrinking_during_a_download_fails_it_and_the_connection_lives_on() {
+    let server = TestServer::start().await;
+    let shared = server.shared.path().join("shrinking.bin");
+    sparse(&shared, 1 << 30);
+    let (alice, _events) = server.join("alice").await;
+    let dir = tempfile::tempdir().unwrap();
+
+    let mut cut = false;
+    let outcome = download::download(
+        &alice,
+        "shrinking.bin",
+        dir.path(),
+        |_| {},
+        |_| {
+            // A gigabyte is far from sent when the first data arrives.
+            if !cut {
+                fs::File::options()
+                    .write(true)
+                    .open(&shared)
+                    .unwrap()
+                    .set_len(1 << 20)
+                    .unwrap();
+                cut = true;
+            }
+        },
+    )
+    .await;
+    assert!(
+        matches!(
+            outcome,
+            Err(DownloadError::Failed(_) | DownloadError::Mismatch)
+        ),
+        "{outcome:?}"
+    );
+    assert!(!dir.path().join("shrinking.bin").exists());
+
+    // The framing survived: the same connection still chats and downloads.
+    let sent = alice
+        .call(parley_proto::request::Say {
+            room: "lobby".into(),
+            text: "still here".into(),
+        })
+        .await
+        .unwrap();
+    assert!(sent.id > 0);
+    let saved = save(&alice, "shrinking.bin", dir.path()).await.unwrap();
+    assert_eq!(fs::metadata(&saved.path).unwrap().len(), 1 << 20);
+}

@@ -317,3 +317,47 @@ async fn a_real_certificate_is_verified_against_the_roots() {
         "nothing to pin for a certificate an authority vouches for"
     );
 }
+
+#[tokio::test]
+async fn files_cross_tls_byte_identical_both_ways() {
+    // With TLS the server reads file bytes in to encrypt them: a file it has never hashed, a
+    // resumed download, and an upload whose hash it already knows each take their own path.
+    let (server, _data) = tls_server(TlsMode::SelfSigned).await;
+    let known = tempfile::tempdir().unwrap();
+    let (alice, _events) = Client::connect(&pinned(&server, &known.path().join("k"), "alice"))
+        .await
+        .unwrap();
+    let original: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i * 31 + i / 997) as u8)
+        .collect();
+    std::fs::write(server.shared.path().join("by-hand.bin"), &original).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let save = |path: &'static str| {
+        parley_client::download::download(&alice, path, dir.path(), |_| {}, |_| {})
+    };
+
+    let saved = save("by-hand.bin").await.unwrap();
+    assert_eq!(std::fs::read(&saved.path).unwrap(), original);
+
+    std::fs::write(dir.path().join("by-hand.bin.part"), &original[..1_234_567]).unwrap();
+    std::fs::remove_file(&saved.path).unwrap();
+    let resumed = save("by-hand.bin").await.unwrap();
+    assert_eq!(resumed.resumed_from, 1_234_567);
+    assert_eq!(std::fs::read(&resumed.path).unwrap(), original);
+
+    let local = tempfile::tempdir().unwrap();
+    let sent: Vec<u8> = original.iter().rev().copied().collect();
+    std::fs::write(local.path().join("sent.bin"), &sent).unwrap();
+    let shared = parley_client::upload::upload(
+        &alice,
+        &local.path().join("sent.bin"),
+        "",
+        |_, _, _| {},
+        |_| {},
+    )
+    .await
+    .unwrap();
+    let back = save("sent.bin").await.unwrap();
+    assert_eq!(shared.uploaded.path, "sent.bin");
+    assert_eq!(std::fs::read(&back.path).unwrap(), sent);
+}
