@@ -788,7 +788,8 @@ impl Session<'_> {
     async fn finish(&mut self, finish: request::Finish) -> Result<request::Uploaded, Refusal> {
         let (mut upload, hash) = self
             .transfers
-            .take_verified(finish.transfer, &finish.blake3)?;
+            .take_verified(finish.transfer, &finish.blake3)
+            .await?;
         let user = self.name.clone().unwrap_or_default();
         upload.sync().await.map_err(|err| Refusal {
             code: ErrorCode::NoSpace,
@@ -811,7 +812,7 @@ impl Session<'_> {
                     })
                 })?;
         let size = upload.size;
-        upload.published(hash).await;
+        upload.published(hash);
         info!("{user} shared {path:?} ({size} bytes)");
         self.ctx.hub.announce_shared(self.id, &user, &path, size);
         Ok(request::Uploaded { path, name, size })

@@ -7,12 +7,14 @@
 //! `transfer_end` event travels the same lane, behind the last data frame, so it can never
 //! overtake the data it concludes.
 //!
-//! Uploads: the session's reader writes each data frame to the upload's staged file as it
-//! arrives (so TCP, not memory, holds back a fast sender) and hashes it; `finish` checks size
-//! and hash before the file is published. An upload dropped unfinished (cancelled, failed, or
+//! Uploads: the session's reader hands each data frame to a blocking thread that writes it to
+//! the upload's staged file and hashes it, while the reader reads the next one. One write is in
+//! flight at a time, so TCP, not memory, holds back a fast sender. `finish` checks size and
+//! hash before the file is published. An upload dropped unfinished (cancelled, failed, or
 //! its connection gone) removes its staged file.
 
 use std::collections::HashMap;
+use std::io::Write;
 use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -21,7 +23,7 @@ use parley_proto::event::{Event, TransferEnd, TransferStatus};
 use parley_proto::frame::FrameKind;
 use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
 use parley_proto::reply::event_frame;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,29 +87,64 @@ pub(crate) struct Transfers {
 /// An upload being received.
 pub(crate) struct Upload {
     pub(crate) staged: String,
-    file: tokio::fs::File,
+    /// The staged file and the hash so far, while no write is in flight.
+    file: Option<Box<Staged>>,
+    /// The write in flight, which gives the staged file back when done.
+    writing: Option<JoinHandle<std::io::Result<Box<Staged>>>>,
     pub(crate) folder: String,
     pub(crate) name: String,
     pub(crate) size: u64,
     received: u64,
-    hasher: blake3::Hasher,
     shared: Arc<SharedFolder>,
     /// Set once the file is in the shared folder: nothing left to clean up.
     published: bool,
 }
 
+/// An upload's staged file and the hash of what has been written to it.
+struct Staged {
+    file: std::fs::File,
+    hasher: blake3::Hasher,
+}
+
 impl Upload {
+    /// Waits for the write in flight, if any, and gives the staged file.
+    async fn settle(&mut self) -> std::io::Result<&mut Staged> {
+        if let Some(writing) = self.writing.take() {
+            self.file = Some(writing.await.map_err(std::io::Error::other)??);
+        }
+        self.file
+            .as_deref_mut()
+            .ok_or_else(|| std::io::Error::other("an earlier write failed"))
+    }
+
+    /// Writes `bytes` and hashes them on a blocking thread, after the write before: the frame
+    /// moves there without a copy, and the next frame is read meanwhile.
+    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+        self.settle().await?;
+        let mut staged = self.file.take().expect("settled");
+        self.writing = Some(tokio::task::spawn_blocking(move || {
+            staged.file.write_all(&bytes)?;
+            staged.hasher.update(&bytes);
+            Ok(staged)
+        }));
+        Ok(())
+    }
+
     /// Flushes the staged file to disk before it is published.
     pub(crate) async fn sync(&mut self) -> std::io::Result<()> {
-        self.file.flush().await?;
-        self.file.sync_all().await
+        let file = self.settle().await?.file.try_clone()?;
+        tokio::task::spawn_blocking(move || file.sync_all())
+            .await
+            .map_err(std::io::Error::other)?
     }
 
     /// Marks the staged file as moved into the shared folder, and has the folder remember its
     /// verified `hash`, so its first download need not read it to hash it.
-    pub(crate) async fn published(mut self, hash: blake3::Hash) {
+    pub(crate) fn published(mut self, hash: blake3::Hash) {
         self.published = true;
-        if let Ok(metadata) = self.file.metadata().await {
+        if let Some(staged) = &self.file
+            && let Ok(metadata) = staged.file.metadata()
+        {
             self.shared.remember_hash(Stamp::of(&metadata), hash);
         }
     }
@@ -201,12 +238,15 @@ impl Transfers {
     ) {
         let upload = Upload {
             staged,
-            file: tokio::fs::File::from_std(file),
+            file: Some(Box::new(Staged {
+                file,
+                hasher: blake3::Hasher::new(),
+            })),
+            writing: None,
             folder,
             name,
             size,
             received: 0,
-            hasher: blake3::Hasher::new(),
             shared,
             published: false,
         };
@@ -223,10 +263,10 @@ impl Transfers {
                 upload.size
             )
         } else {
-            match upload.file.write_all(&bytes).await {
+            let len = bytes.len() as u64;
+            match upload.write(bytes).await {
                 Ok(()) => {
-                    upload.hasher.update(&bytes);
-                    upload.received += bytes.len() as u64;
+                    upload.received += len;
                     return None;
                 }
                 Err(err) => {
@@ -241,12 +281,12 @@ impl Transfers {
 
     /// Takes a complete upload out with its hash, if its size and hash are right; a wrong one is
     /// discarded.
-    pub(crate) fn take_verified(
+    pub(crate) async fn take_verified(
         &mut self,
         transfer: u32,
         blake3: &str,
     ) -> Result<(Upload, blake3::Hash), Refusal> {
-        let upload = self.uploads.remove(&transfer).ok_or_else(|| Refusal {
+        let mut upload = self.uploads.remove(&transfer).ok_or_else(|| Refusal {
             code: ErrorCode::BadTransfer,
             message: format!("There is no upload {transfer} in progress."),
         })?;
@@ -259,7 +299,16 @@ impl Transfers {
                 ),
             });
         }
-        let hash = upload.hasher.finalize();
+        let hash = match upload.settle().await {
+            Ok(staged) => staged.hasher.finalize(),
+            Err(err) => {
+                warn!("writing upload {transfer} failed: {err}");
+                return Err(Refusal {
+                    code: ErrorCode::NoSpace,
+                    message: format!("The server could not store the file: {err}."),
+                });
+            }
+        };
         if hash.to_hex().as_str() != blake3 {
             return Err(Refusal {
                 code: ErrorCode::ChecksumMismatch,
