@@ -62,6 +62,11 @@ const MAX_UNCONFIRMED: usize = 256;
 /// connections sit idle; it grows to the largest frame read, and is given back when silent.
 const READ_BUFFER: usize = 512;
 
+/// The read buffer of a client sending faster than it is read, in bytes. The buffer otherwise
+/// stays the size of the largest frame, so a sender streaming small messages would be read two
+/// or three at a time, and each small read makes a small burst for every receiver's writer.
+const BUSY_READ_BUFFER: usize = 16 * 1024;
+
 /// What every session shares.
 pub(crate) struct Context {
     pub(crate) hub: Hub,
@@ -335,7 +340,14 @@ impl Session<'_> {
             self.ping_sent = false;
             let frame = match next {
                 None => return End::Closed,
-                Some(Ok(frame)) => frame,
+                Some(Ok(frame)) => {
+                    // More is already waiting behind this frame: the client is streaming.
+                    let buffer = frames.read_buffer_mut();
+                    if !buffer.is_empty() && buffer.capacity() < BUSY_READ_BUFFER {
+                        buffer.reserve(BUSY_READ_BUFFER - buffer.len());
+                    }
+                    frame
+                }
                 Some(Err(FrameError::Io(err))) => return End::Broken(err),
                 Some(Err(err @ FrameError::TooLarge { .. })) => {
                     return End::Violation(ErrorCode::FrameTooLarge, format!("{err}; closing."));
