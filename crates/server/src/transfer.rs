@@ -38,7 +38,7 @@ use crate::outbox::Outbox;
 const LANE_FRAMES: usize = 4;
 
 /// Bytes in a data frame before the file bytes: length, kind, transfer id.
-pub(crate) const DATA_HEADER: usize = 4 + 1 + 4;
+const DATA_HEADER: usize = 4 + 1 + 4;
 
 /// Bytes read at a time while hashing a file beside a zero-copy download.
 const HASH_BUFFER: usize = 1024 * 1024;
@@ -377,22 +377,26 @@ async fn send_file(download: Download) {
     } = open;
     let known = shared.known_hash(&stamp);
     let file = Arc::new(file);
+    let hash = known.is_none();
     let outcome = cancel
         .run_until_cancelled(async {
-            if zero_copy {
-                send_spans(&file, transfer, offset, size, &lane, known, &cancel).await
+            let worked_out = if zero_copy {
+                send_spans(&file, transfer, offset, size, &lane, hash, &cancel).await?
             } else {
-                send_frames(&file, transfer, offset, size, &lane, known).await
+                send_frames(&file, transfer, offset, size, &lane, hash).await?
+            };
+            if let Some(hash) = worked_out
+                // Remembered only if the file is still the version whose stamp was taken.
+                && file.metadata().is_ok_and(|now| Stamp::of(&now) == stamp)
+            {
+                shared.remember_hash(stamp, hash);
             }
+            Ok::<_, std::io::Error>(known.or(worked_out).expect("known or worked out"))
         })
         .await;
     let end = match outcome {
         Some(Ok(hash)) => {
             debug!("transfer {transfer} of {path:?} complete");
-            // Remembered only if the file is still the version whose stamp was taken.
-            if known.is_none() && file.metadata().is_ok_and(|now| Stamp::of(&now) == stamp) {
-                shared.remember_hash(stamp, hash);
-            }
             TransferEnd {
                 transfer,
                 status: TransferStatus::Complete,
@@ -421,18 +425,18 @@ async fn send_file(download: Download) {
         .await;
 }
 
-/// Queues the file from `offset` as spans the writer sends from the page cache. Unless the hash
-/// is `known`, a blocking thread works it out meanwhile, reading the file beside the transfer.
+/// Queues the file from `offset` as spans the writer sends from the page cache. If asked to
+/// `hash` the file, a blocking thread works the hash out meanwhile, reading beside the transfer.
 async fn send_spans(
     file: &Arc<std::fs::File>,
     transfer: u32,
     offset: u64,
     size: u64,
     lane: &mpsc::Sender<Data>,
-    known: Option<blake3::Hash>,
+    hash: bool,
     cancel: &CancellationToken,
-) -> std::io::Result<blake3::Hash> {
-    let hashing = known.is_none().then(|| {
+) -> std::io::Result<Option<blake3::Hash>> {
+    let hashing = hash.then(|| {
         let (file, cancel) = (file.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || hash_file(&file, size, &cancel))
     });
@@ -450,25 +454,24 @@ async fn send_spans(
         }
         at += len as u64;
     }
-    match (known, hashing) {
-        (Some(hash), _) => Ok(hash),
-        (None, Some(hashing)) => hashing.await.map_err(std::io::Error::other)?,
-        (None, None) => unreachable!("a hash is either known or being worked out"),
+    match hashing {
+        Some(hashing) => hashing.await.map_err(std::io::Error::other)?.map(Some),
+        None => Ok(None),
     }
 }
 
-/// Reads the file from `offset` into data frames, hashing it on the way unless the hash is
-/// `known`: for connections whose bytes must pass through the server (TLS encrypts them).
+/// Reads the file from `offset` into data frames, hashing the whole file on the way if asked
+/// to: for connections whose bytes must pass through the server (TLS encrypts them).
 async fn send_frames(
     file: &std::fs::File,
     transfer: u32,
     offset: u64,
     size: u64,
     lane: &mpsc::Sender<Data>,
-    known: Option<blake3::Hash>,
-) -> std::io::Result<blake3::Hash> {
+    hash: bool,
+) -> std::io::Result<Option<blake3::Hash>> {
     let mut file = tokio::fs::File::from_std(file.try_clone()?);
-    let mut hasher = known.is_none().then(blake3::Hasher::new);
+    let mut hasher = hash.then(blake3::Hasher::new);
     match &mut hasher {
         Some(hasher) if offset > 0 => hash_prefix(&mut file, offset, hasher).await?,
         _ => {
@@ -480,23 +483,22 @@ async fn send_frames(
         let chunk = left.min(MAX_DATA_CHUNK as u64) as usize;
         let mut frame = BytesMut::with_capacity(DATA_HEADER + chunk);
         frame.put_slice(&data_header(transfer, chunk));
-        let read = (&mut file).take(chunk as u64).read_buf(&mut frame).await?;
-        if read < chunk {
-            return Err(std::io::Error::other("the file shrank while being sent"));
+        // The header promised `chunk` bytes; a read may return fewer without the file ending.
+        while frame.len() < DATA_HEADER + chunk {
+            let want = (DATA_HEADER + chunk - frame.len()) as u64;
+            if (&mut file).take(want).read_buf(&mut frame).await? == 0 {
+                return Err(std::io::Error::other("the file shrank while being sent"));
+            }
         }
         if let Some(hasher) = &mut hasher {
             hasher.update(&frame[DATA_HEADER..]);
         }
-        left -= read as u64;
+        left -= chunk as u64;
         if lane.send(Data::Frame(frame.freeze())).await.is_err() {
             return Err(std::io::Error::other("the connection closed"));
         }
     }
-    Ok(match (known, hasher) {
-        (Some(hash), _) => hash,
-        (None, Some(hasher)) => hasher.finalize(),
-        (None, None) => unreachable!("a hash is either known or being worked out"),
-    })
+    Ok(hasher.map(|hasher| hasher.finalize()))
 }
 
 /// Hashes the first `size` bytes of `file` with positioned reads, which leave the file's
