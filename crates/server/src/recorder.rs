@@ -4,11 +4,17 @@
 //! gets a receipt. Delivery to the people online never waits for the disk; only the sender's
 //! confirmation does, and it waits for one commit shared by every message that arrived
 //! meanwhile, so the cost of syncing is paid once per batch, not once per message.
+//!
+//! Under load the thread lets each batch gather for up to [`GATHER`] after the last commit:
+//! taking whatever had arrived made batches of five messages at 15,000 a second, and a commit
+//! costs as much as dozens of rows. While the thread sleeps, handing a message over wakes
+//! nobody. A message arriving after a quiet spell is stored at once.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{debug, error};
@@ -17,6 +23,10 @@ use crate::store::{Store, Stored};
 
 /// Most messages in one transaction.
 const MAX_BATCH: usize = 512;
+
+/// How long a batch may gather after the previous commit: what a sender's confirmation may
+/// wait on top of the commit when messages arrive faster than this.
+const GATHER: Duration = Duration::from_millis(2);
 
 /// Resolves once the message is stored (`Ok`) or could not be (`Err`, with the reason).
 pub(crate) type Receipt = oneshot::Receiver<Result<(), String>>;
@@ -90,7 +100,12 @@ impl Recorder {
 }
 
 fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &AtomicU64) {
+    let mut committed = Instant::now();
     while let Ok(first) = incoming.recv() {
+        if let Some(rest) = GATHER.checked_sub(committed.elapsed()) {
+            // The last commit was moments ago: more messages are coming.
+            std::thread::sleep(rest);
+        }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match incoming.try_recv() {
@@ -116,6 +131,7 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &
         // Ids are handed over in increasing order, so the batch's last is its highest.
         let last = messages.last().map_or(0, |m| m.id);
         stored_through.fetch_max(last, Ordering::Release);
+        committed = Instant::now();
         for receipt in receipts {
             let _ = receipt.send(result.clone());
         }
