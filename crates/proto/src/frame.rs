@@ -134,6 +134,15 @@ impl FrameCodec {
     }
 }
 
+/// Whether `buf` starts with a whole frame, so that decoding it needs no more bytes: a reader
+/// can tell whether its next frame is already here or must be waited for.
+pub fn starts_with_frame(buf: &[u8]) -> bool {
+    match buf.first_chunk::<4>() {
+        Some(len) => buf.len() - 4 >= u32::from_be_bytes(*len) as usize,
+        None => false,
+    }
+}
+
 impl Decoder for FrameCodec {
     type Item = Frame;
     type Error = FrameError;
@@ -245,6 +254,16 @@ fn put_header(dst: &mut BytesMut, kind: FrameKind, payload_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_whole_frame_is_told_from_a_partial_one() {
+        let frame = Frame::Control(Bytes::from_static(b"{}")).to_bytes();
+        assert!(starts_with_frame(&frame));
+        assert!(starts_with_frame(&[&frame[..], &frame[..3]].concat()));
+        assert!(!starts_with_frame(&frame[..frame.len() - 1]));
+        assert!(!starts_with_frame(&frame[..3]));
+        assert!(!starts_with_frame(&[]));
+    }
 
     fn decode_all(codec: &mut FrameCodec, bytes: &[u8]) -> Result<Vec<Frame>, FrameError> {
         let mut src = BytesMut::from(bytes);

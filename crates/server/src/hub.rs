@@ -36,7 +36,7 @@ use parley_proto::{DEFAULT_ROOM, ErrorCode};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Wakes};
 use crate::recorder::{Receipt, Recorder};
 use crate::store::Stored;
 
@@ -231,12 +231,12 @@ impl State {
         }
     }
 
-    /// Sends `frame` to everyone in `room` but `except`.
-    fn broadcast(&self, room: &str, frame: &Bytes, except: SessionId) {
+    /// Sends `frame` to everyone in `room` but `except`; their writers are woken by `wakes`.
+    fn broadcast(&self, room: &str, frame: &Bytes, except: SessionId, wakes: &mut Wakes) {
         if let Some(room) = self.rooms.get(room) {
             for (id, outbox) in &room.members {
                 if *id != except {
-                    outbox.push(frame.clone());
+                    outbox.push_deferred(frame.clone(), wakes);
                 }
             }
         }
@@ -273,7 +273,8 @@ impl State {
                 users: vec![self.members[&id].name.clone()],
                 reason,
             });
-            self.broadcast(room_name, &event_frame(&event), id);
+            // Woken as this returns: a departure is not part of a burst.
+            self.broadcast(room_name, &event_frame(&event), id, &mut Wakes::default());
         }
     }
 }
@@ -357,12 +358,14 @@ impl Hub {
     }
 
     /// Sends `text` from `id` to everyone else in `room`, and hands it to the recorder: the
-    /// receipt says when it is stored.
+    /// receipt says when it is stored. The recipients' writers are left for `wakes` to wake,
+    /// so that a burst of messages wakes each once.
     pub(crate) fn say(
         &self,
         id: SessionId,
         room: &str,
         text: String,
+        wakes: &mut Wakes,
     ) -> Result<(Sent, Receipt), Refusal> {
         check_text(&text)?;
         let room = checked_room(room)?;
@@ -392,7 +395,8 @@ impl Hub {
             from: member.name.clone(),
             text,
         };
-        state.broadcast(&room, &event_frame(&Event::Message(message.clone())), id);
+        let frame = event_frame(&Event::Message(message.clone()));
+        state.broadcast(&room, &frame, id, wakes);
         // Recorded under the lock too, so messages reach the store in id order.
         let receipt = self.recorder.record(Stored {
             id: message_id,

@@ -10,6 +10,13 @@
 //! an empty `VecDeque` holds nothing. A push wakes the writer only when the queue was empty, so
 //! a burst costs one wake-up. File data has its own small channel, the lane, made by the first
 //! download: most connections never download.
+//!
+//! A sender's burst of messages can go further and wake each recipient's writer once for the
+//! whole burst: [`Outbox::push_deferred`] leaves the wake-up in a [`Wakes`] that the sending
+//! session fires when it has read all that had arrived. Woken per message, writers ran while
+//! the burst was still being read and wrote a few frames each; woken per burst, each writes
+//! the burst in one system call, as Redis does by writing replies only at the end of its event
+//! loop's turn.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -96,10 +103,27 @@ impl Outbox {
     /// Queues `frame` unless the queue is full or closed. A full queue marks the session as too
     /// slow; the caller need not react, the session itself ends.
     pub(crate) fn push(&self, frame: Bytes) {
+        // A writer that has not yet taken the earlier frames needs no second wake-up.
+        if self.enqueue(frame) {
+            self.shared.ready.notify_one();
+        }
+    }
+
+    /// Queues `frame` like [`Outbox::push`], but leaves waking the writer to `wakes`.
+    pub(crate) fn push_deferred(&self, frame: Bytes, wakes: &mut Wakes) {
+        wakes.pushed += 1;
+        if self.enqueue(frame) {
+            wakes.writers.push(self.shared.clone());
+        }
+    }
+
+    /// Queues `frame` unless the queue is full or closed; true if it is the only frame queued,
+    /// so the writer may be waiting for it.
+    fn enqueue(&self, frame: Bytes) -> bool {
         // One flag for both, beside the byte count: a broadcast pushes into every member's
         // queue, and each cache line touched per recipient shows in fan-out.
         if self.shared.shut.load(Ordering::Acquire) {
-            return;
+            return false;
         }
         let len = frame.len();
         let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
@@ -107,16 +131,11 @@ impl Outbox {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             self.shared.shut.store(true, Ordering::Release);
             self.shared.overflowed.cancel();
-            return;
+            return false;
         }
         let mut queue = self.shared.queue.lock().unwrap();
         queue.frames.push_back(frame);
-        let first = queue.frames.len() == 1;
-        drop(queue);
-        // A writer that has not yet taken the earlier frames needs no second wake-up.
-        if first {
-            self.shared.ready.notify_one();
-        }
+        queue.frames.len() == 1
     }
 
     /// Sets `frame` to be written after everything queued, whatever the limit; later pushes
@@ -140,6 +159,45 @@ impl Outbox {
         self.shared.queue.lock().unwrap().lane = Some(receiver);
         self.shared.ready.notify_one();
         lane
+    }
+}
+
+/// Writers to wake once a burst of pushes is over; any left are woken when this is dropped, so
+/// no push is ever left waiting.
+#[derive(Default)]
+pub(crate) struct Wakes {
+    writers: Vec<Arc<Shared>>,
+    /// Frames pushed since the last wake: what the recipients wait on.
+    pushed: usize,
+}
+
+impl Wakes {
+    /// Whether no writer waits to be woken.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.writers.is_empty()
+    }
+
+    /// How many frames were pushed since the last wake.
+    pub(crate) fn pushed(&self) -> usize {
+        self.pushed
+    }
+
+    /// Wakes every writer given a frame since the last call.
+    pub(crate) fn wake(&mut self) {
+        self.pushed = 0;
+        for writer in self.writers.drain(..) {
+            writer.ready.notify_one();
+        }
+        if self.writers.capacity() > IDLE_CAPACITY {
+            // A burst to a large room: the room for it is not kept while the sender is idle.
+            self.writers = Vec::new();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        self.wake();
     }
 }
 
@@ -188,7 +246,7 @@ impl OutboxReader {
     }
 }
 
-/// Slots a drained queue may keep; beyond this it starts again from nothing.
+/// Slots a drained queue (or a [`Wakes`]) may keep; beyond this it starts again from nothing.
 const IDLE_CAPACITY: usize = 8;
 
 #[cfg(test)]
@@ -242,6 +300,49 @@ mod tests {
         reader.release(4);
         outbox.push(Bytes::from_static(b"efgh"));
         assert!(!outbox.shared.overflowed.is_cancelled());
+    }
+
+    #[tokio::test]
+    async fn a_deferred_push_wakes_the_writer_only_when_the_wakes_fire() {
+        let (outbox, reader) = channel(1024);
+        let (taken, mut took) = mpsc::unbounded_channel();
+        let writer = tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while reader.take(&mut batch, 10) {
+                if !batch.is_empty() {
+                    let _ = taken.send(std::mem::take(&mut batch));
+                }
+                reader.ready().await;
+            }
+        });
+        // Let the writer find the queue empty and wait.
+        tokio::task::yield_now().await;
+        let mut wakes = Wakes::default();
+        outbox.push_deferred(Bytes::from_static(b"one"), &mut wakes);
+        outbox.push_deferred(Bytes::from_static(b"two"), &mut wakes);
+        // One thread: a woken writer would run during these yields.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            took.try_recv().is_err(),
+            "the writer sleeps until the wakes fire"
+        );
+        wakes.wake();
+        assert!(wakes.is_empty());
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(5), took.recv());
+        assert_eq!(batch.await.unwrap().unwrap(), ["one", "two"]);
+
+        outbox.push_deferred(Bytes::from_static(b"three"), &mut wakes);
+        drop(wakes);
+        let batch = tokio::time::timeout(std::time::Duration::from_secs(5), took.recv());
+        assert_eq!(
+            batch.await.unwrap().unwrap(),
+            ["three"],
+            "dropping the wakes fires them"
+        );
+        drop(outbox);
+        writer.await.unwrap();
     }
 
     #[tokio::test]

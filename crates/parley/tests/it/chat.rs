@@ -1,5 +1,7 @@
 //! Signing in, the welcome, join notices and broadcast.
 
+use std::time::Duration;
+
 use parley_client::ClientEvent;
 use parley_proto::ErrorCode;
 use parley_proto::event::{Event, Presence, RoomMessage};
@@ -168,6 +170,44 @@ async fn pipelined_messages_are_confirmed_in_order() {
         .await;
         assert_eq!(text, format!("m{id}"));
     }
+}
+
+/// Messages read together wake their recipients once, after the last is read: a burst that
+/// ends with a message, and nothing after it, still reaches everyone in full.
+#[tokio::test]
+async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
+    let server = TestServer::start().await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    let (_carol, mut carol_events) = server.join("carol").await;
+    let mut alice = server.raw().await;
+    alice.hello("alice").await;
+    let mut burst = Vec::new();
+    for id in 1..=500u64 {
+        let say =
+            serde_json::json!({"id": id, "type": "say", "room": "lobby", "text": format!("m{id}")});
+        let frame = parley_proto::Frame::Control(serde_json::to_vec(&say).unwrap().into());
+        burst.extend_from_slice(&frame.to_bytes());
+    }
+    alice.send_bytes(&burst).await;
+    // Well inside the keepalive interval: a ping to a recipient would wake its writer too,
+    // and hide writers left asleep.
+    let delivered = tokio::time::timeout(Duration::from_secs(2), async {
+        for events in [&mut bob_events, &mut carol_events] {
+            for id in 1..=500 {
+                let text = wait_for(events, |event| match event {
+                    ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => {
+                        Some(text.clone())
+                    }
+                    _ => None,
+                })
+                .await;
+                assert_eq!(text, format!("m{id}"));
+            }
+        }
+    });
+    delivered
+        .await
+        .expect("every message delivered without anything more from anyone");
 }
 
 /// People arriving together are announced together: whoever is in the room hears of 40
