@@ -24,7 +24,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use tokio::sync::{Notify, mpsc};
-use tokio_util::sync::{CancellationToken, WaitForCancellationFuture};
 
 use crate::transfer::Data;
 
@@ -39,7 +38,9 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         closed: AtomicBool::new(false),
         shut: AtomicBool::new(false),
         last: Mutex::new(None),
-        overflowed: CancellationToken::new(),
+        overflowed: AtomicBool::new(false),
+        write_failed: AtomicBool::new(false),
+        halt: Notify::new(),
     });
     (
         Outbox {
@@ -73,8 +74,22 @@ struct Shared {
     /// The last frame, kept apart from the queue so that it is still delivered when the
     /// queue's backlog is thrown away.
     last: Mutex<Option<Bytes>>,
-    /// Cancelled when a push found the queue full.
-    overflowed: CancellationToken,
+    /// Set when a push found the queue full.
+    overflowed: AtomicBool,
+    /// Set when the writer could not write to the socket.
+    write_failed: AtomicBool,
+    /// Wakes the session once either flag is set. A `Notify` lives inline here, where a
+    /// cancellation token would be one more allocation per connection.
+    halt: Notify,
+}
+
+/// Why a session's queue can take no more: the session must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Halt {
+    /// The client reads too slowly: a push found the queue full.
+    TooSlow,
+    /// The socket could not be written: the peer is gone.
+    WriteFailed,
 }
 
 /// The pushing end; cheap to clone, one clone per room the session is in.
@@ -130,7 +145,8 @@ impl Outbox {
         if queued > self.shared.limit {
             self.shared.queued.fetch_sub(len, Ordering::AcqRel);
             self.shared.shut.store(true, Ordering::Release);
-            self.shared.overflowed.cancel();
+            self.shared.overflowed.store(true, Ordering::Release);
+            self.shared.halt.notify_one();
             return false;
         }
         let mut queue = self.shared.queue.lock().unwrap();
@@ -147,9 +163,28 @@ impl Outbox {
         self.shared.shut.store(true, Ordering::Release);
     }
 
-    /// Resolves once a push has found the queue full.
-    pub(crate) fn overflowed(&self) -> WaitForCancellationFuture<'_> {
-        self.shared.overflowed.cancelled()
+    /// Resolves once a push has found the queue full or the writer failed: the session must
+    /// end, for the reason given. Only the session waits here.
+    pub(crate) async fn halted(&self) -> Halt {
+        loop {
+            if self.shared.write_failed.load(Ordering::Acquire) {
+                return Halt::WriteFailed;
+            }
+            if self.shared.overflowed.load(Ordering::Acquire) {
+                return Halt::TooSlow;
+            }
+            // A halt signalled before this wait left a permit: no wake-up is lost.
+            self.shared.halt.notified().await;
+        }
+    }
+
+    /// Gives back the queue's room for frames if it is empty: called when the connection has
+    /// been silent a while, so an idle connection holds none.
+    pub(crate) fn shrink(&self) {
+        let mut queue = self.shared.queue.lock().unwrap();
+        if queue.frames.is_empty() {
+            queue.frames = VecDeque::new();
+        }
     }
 
     /// Opens the data lane, a channel of `frames` file data frames that the writer drains
@@ -237,7 +272,13 @@ impl OutboxReader {
 
     /// Whether the queue overflowed: its backlog is then worth nothing but the last frame.
     pub(crate) fn overflowed(&self) -> bool {
-        self.shared.overflowed.is_cancelled()
+        self.shared.overflowed.load(Ordering::Acquire)
+    }
+
+    /// Tells the session that writing failed: it ends.
+    pub(crate) fn fail(&self) {
+        self.shared.write_failed.store(true, Ordering::Release);
+        self.shared.halt.notify_one();
     }
 
     /// The frame set by [`Outbox::push_last`], once every [`Outbox`] is gone.
@@ -272,12 +313,25 @@ mod tests {
         let (outbox, reader) = channel(10);
         outbox.push(Bytes::from_static(b"123456"));
         outbox.push(Bytes::from_static(b"7890"));
-        assert!(!outbox.shared.overflowed.is_cancelled());
+        assert!(!outbox.shared.overflowed.load(Ordering::Acquire));
         outbox.push(Bytes::from_static(b"x"));
-        assert!(outbox.shared.overflowed.is_cancelled());
+        assert_eq!(outbox.halted().await, Halt::TooSlow);
         outbox.push(Bytes::from_static(b"y"));
         drop(outbox);
         assert_eq!(drain(&reader).await.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_failed_writer_halts_the_session_even_if_it_waits_only_later() {
+        let (outbox, reader) = channel(10);
+        let session = tokio::spawn(async move { outbox.halted().await });
+        tokio::task::yield_now().await;
+        reader.fail();
+        assert_eq!(session.await.unwrap(), Halt::WriteFailed);
+
+        let (outbox, reader) = channel(10);
+        reader.fail();
+        assert_eq!(outbox.halted().await, Halt::WriteFailed);
     }
 
     #[tokio::test]
@@ -299,7 +353,7 @@ mod tests {
         reader.take(&mut batch, 10);
         reader.release(4);
         outbox.push(Bytes::from_static(b"efgh"));
-        assert!(!outbox.shared.overflowed.is_cancelled());
+        assert!(!outbox.shared.overflowed.load(Ordering::Acquire));
     }
 
     #[tokio::test]

@@ -41,7 +41,7 @@ use crate::accounts::{self, Throttle};
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
-use crate::outbox::{self, Outbox, Wakes};
+use crate::outbox::{self, Halt, Outbox, Wakes};
 use crate::recorder::Receipt;
 use crate::store::{Store, StoreError, Stored, Thread};
 use crate::transfer::Transfers;
@@ -227,14 +227,7 @@ where
     let mut frames = FramedRead::with_capacity(read_half, anonymous, READ_BUFFER);
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let transfers_outbox = outbox.clone();
-    let abort_writer = CancellationToken::new();
-    let writer_failed = CancellationToken::new();
-    let mut writer = tokio::spawn(writer::write_loop(
-        write_half,
-        queue,
-        abort_writer.clone(),
-        writer_failed.clone(),
-    ));
+    let mut writer = tokio::spawn(writer::write_loop(write_half, queue));
 
     let mut session = Session {
         id: ctx.next_session.fetch_add(1, Ordering::Relaxed),
@@ -246,7 +239,6 @@ where
         peer,
         private_since: 0,
         registered: false,
-        writer_failed,
         transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
         unconfirmed: VecDeque::new(),
         wakes: Wakes::default(),
@@ -266,7 +258,7 @@ where
     drop(session);
     // A client too slow to read gets its bye only if it reads within the flush timeout.
     if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
-        abort_writer.cancel();
+        writer.abort();
         let _ = writer.await;
     }
     if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
@@ -299,8 +291,6 @@ struct Session<'a> {
     private_since: u64,
     /// Signed in with a registered name: only those have messages kept while offline.
     registered: bool,
-    /// Cancelled by the writer when the socket cannot be written.
-    writer_failed: CancellationToken,
     /// Downloads in progress; dropped (and so stopped) with the session.
     transfers: Transfers,
     /// Messages delivered and not yet stored, oldest first: the request id, the receipt, and
@@ -334,17 +324,21 @@ impl Session<'_> {
             let next = tokio::select! {
                 biased;
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                _ = self.outbox.overflowed() => return End::TooSlow,
-                _ = self.writer_failed.cancelled() => return End::WriteFailed,
+                halt = self.outbox.halted() => return match halt {
+                    Halt::TooSlow => End::TooSlow,
+                    Halt::WriteFailed => End::WriteFailed,
+                },
                 _ = &mut alarm => {
                     match self.keepalive(config) {
                         Ok(wake_at) => alarm.as_mut().reset(wake_at),
                         Err(end) => return end,
                     }
                     // Silent for a while: give back the read buffer, which grew to hold the
-                    // largest frame read. It grows again, from nothing, when frames come.
-                    if self.ping_sent && frames.read_buffer().is_empty() {
-                        *frames.read_buffer_mut() = BytesMut::new();
+                    // largest frame read, and the outgoing queue's room. Each grows again,
+                    // from nothing, when frames come.
+                    if self.ping_sent {
+                        release_read_buffer(frames);
+                        self.outbox.shrink();
                     }
                     continue;
                 }
@@ -395,6 +389,8 @@ impl Session<'_> {
             }
             if !signed_in && self.name.is_some() {
                 *frames.decoder_mut() = FrameCodec::server();
+                // Most connections go quiet once signed in: the hello's buffer is not kept.
+                release_read_buffer(frames);
                 alarm
                     .as_mut()
                     .reset(self.last_heard + config.keepalive_interval);
@@ -1118,6 +1114,13 @@ async fn hash_password(password: String) -> Result<String, Refusal> {
         Ok(Ok(hash)) => Ok(hash),
         Ok(Err(err)) => Err(storage_failed(err)),
         Err(err) => Err(storage_failed(err.to_string())),
+    }
+}
+
+/// Gives back `frames`' read buffer if it holds nothing; reading grows it again as needed.
+fn release_read_buffer<R>(frames: &mut FramedRead<R, FrameCodec>) {
+    if frames.read_buffer().is_empty() {
+        *frames.read_buffer_mut() = BytesMut::new();
     }
 }
 

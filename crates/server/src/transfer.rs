@@ -78,8 +78,6 @@ pub(crate) struct Transfers {
     lane: Option<mpsc::Sender<Data>>,
     /// The connection's writer can send file bytes from the page cache (plain TCP).
     zero_copy: bool,
-    /// Cancelled when the session ends: every download stops.
-    stop: CancellationToken,
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
     uploads: HashMap<u32, Upload>,
 }
@@ -175,7 +173,6 @@ impl Transfers {
             outbox,
             lane: None,
             zero_copy,
-            stop: CancellationToken::new(),
             downloads: HashMap::new(),
             uploads: HashMap::new(),
         }
@@ -209,7 +206,7 @@ impl Transfers {
         offset: u64,
         shared: Arc<SharedFolder>,
     ) {
-        let cancel = self.stop.child_token();
+        let cancel = CancellationToken::new();
         let lane = self
             .lane
             .get_or_insert_with(|| self.outbox.open_lane(LANE_FRAMES))
@@ -338,8 +335,11 @@ impl Transfers {
 }
 
 impl Drop for Transfers {
+    /// The session ended: every download stops.
     fn drop(&mut self) {
-        self.stop.cancel();
+        for (cancel, _) in self.downloads.values() {
+            cancel.cancel();
+        }
     }
 }
 

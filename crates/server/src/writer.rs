@@ -13,7 +13,6 @@ use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, WriteHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::outbox::OutboxReader;
@@ -71,57 +70,53 @@ const WRITE_BATCH: usize = 64;
 
 /// Drains the control queue and the data lane into the socket until every
 /// [`Outbox`](crate::outbox::Outbox) is gone, then writes the last frame and closes the write
-/// side. Control frames go first whenever both have something. Stops early if `abort` fires;
-/// cancels `failed` if writing fails.
-pub(crate) async fn write_loop<W: Sink>(
-    mut write_half: W,
-    queue: OutboxReader,
-    abort: CancellationToken,
-    failed: CancellationToken,
-) {
+/// side. Control frames go first whenever both have something. If writing fails, tells the
+/// session through the queue. The session aborts this task if it takes too long to finish.
+pub(crate) async fn write_loop<W: Sink>(mut write_half: W, queue: OutboxReader) {
+    if drain(&mut write_half, &queue).await.is_err() {
+        queue.fail();
+    }
+}
+
+/// The body of [`write_loop`]. An idle connection's writer waits here, so the future is kept
+/// small: what is large and rare (sending from a file) is boxed.
+async fn drain<W: Sink>(write_half: &mut W, queue: &OutboxReader) -> io::Result<()> {
     // Made by the first download; until then, waiting on it never resolves.
     let mut lane: Option<mpsc::Receiver<Data>> = None;
-    let written = abort
-        .run_until_cancelled(async {
-            loop {
-                // A fresh batch each time: kept, it would hold memory per idle connection.
-                let mut batch = Vec::new();
-                let open = queue.take(&mut batch, WRITE_BATCH);
-                if !batch.is_empty() {
-                    let bytes = batch.iter().map(Bytes::len).sum();
-                    if queue.overflowed() {
-                        // Too far behind: the backlog is dropped, only the bye still matters.
-                        batch.clear();
-                    } else {
-                        write_batch(&mut write_half, &mut batch).await?;
-                    }
-                    queue.release(bytes);
-                    continue;
-                }
-                if !open {
-                    break;
-                }
-                if lane.is_none() {
-                    lane = queue.take_lane();
-                }
-                tokio::select! {
-                    biased;
-                    () = queue.ready() => {}
-                    Some(data) = next_data(&mut lane) => match data {
-                        Data::Frame(frame) => write_half.write_all(&frame).await?,
-                        Data::Span(span) => write_span(&mut write_half, &span).await?,
-                    },
-                }
+    loop {
+        // A fresh batch each time: kept, it would hold memory per idle connection.
+        let mut batch = Vec::new();
+        let open = queue.take(&mut batch, WRITE_BATCH);
+        if !batch.is_empty() {
+            let bytes = batch.iter().map(Bytes::len).sum();
+            if queue.overflowed() {
+                // Too far behind: the backlog is dropped, only the bye still matters.
+                batch.clear();
+            } else {
+                write_batch(write_half, &mut batch).await?;
             }
-            if let Some(last) = queue.take_last() {
-                write_half.write_all(&last).await?;
-            }
-            write_half.shutdown().await
-        })
-        .await;
-    if let Some(Err(_)) = written {
-        failed.cancel();
+            queue.release(bytes);
+            continue;
+        }
+        if !open {
+            break;
+        }
+        if lane.is_none() {
+            lane = queue.take_lane();
+        }
+        tokio::select! {
+            biased;
+            () = queue.ready() => {}
+            Some(data) = next_data(&mut lane) => match data {
+                Data::Frame(frame) => write_half.write_all(&frame).await?,
+                Data::Span(span) => Box::pin(write_span(write_half, &span)).await?,
+            },
+        }
     }
+    if let Some(last) = queue.take_last() {
+        write_half.write_all(&last).await?;
+    }
+    write_half.shutdown().await
 }
 
 /// What pads a data frame whose file shrank.
