@@ -78,6 +78,14 @@ pub(crate) struct Transfers {
     lane: Option<mpsc::Sender<Data>>,
     /// The connection's writer can send file bytes from the page cache (plain TCP).
     zero_copy: bool,
+    /// Made by the first transfer: most connections never start one, and the maps would be
+    /// a hundred bytes of every idle connection.
+    running: Option<Box<Running>>,
+}
+
+/// The transfers in progress.
+#[derive(Default)]
+struct Running {
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
     uploads: HashMap<u32, Upload>,
 }
@@ -173,21 +181,25 @@ impl Transfers {
             outbox,
             lane: None,
             zero_copy,
-            downloads: HashMap::new(),
-            uploads: HashMap::new(),
+            running: None,
         }
+    }
+
+    fn running(&mut self) -> &mut Running {
+        self.running.get_or_insert_default()
     }
 
     /// Checks that `transfer` may start now: a free id, and room for one more.
     pub(crate) fn check_new(&mut self, transfer: u32) -> Result<(), Refusal> {
-        self.downloads.retain(|_, (_, task)| !task.is_finished());
-        if self.downloads.contains_key(&transfer) || self.uploads.contains_key(&transfer) {
+        let running = self.running();
+        running.downloads.retain(|_, (_, task)| !task.is_finished());
+        if running.downloads.contains_key(&transfer) || running.uploads.contains_key(&transfer) {
             return Err(Refusal {
                 code: ErrorCode::BadTransfer,
                 message: format!("Transfer {transfer} is already running; pick another id."),
             });
         }
-        if self.downloads.len() + self.uploads.len() >= MAX_TRANSFERS {
+        if running.downloads.len() + running.uploads.len() >= MAX_TRANSFERS {
             return Err(Refusal {
                 code: ErrorCode::TooManyTransfers,
                 message: format!(
@@ -220,7 +232,7 @@ impl Transfers {
             shared,
             zero_copy: self.zero_copy,
         }));
-        self.downloads.insert(transfer, (cancel, task));
+        self.running().downloads.insert(transfer, (cancel, task));
     }
 
     /// Starts receiving an upload of `size` bytes into the staged file `staged`.
@@ -247,13 +259,13 @@ impl Transfers {
             shared,
             published: false,
         };
-        self.uploads.insert(transfer, upload);
+        self.running().uploads.insert(transfer, upload);
     }
 
     /// Stores one data frame of an upload. Data for no upload in progress (one just cancelled,
     /// say) is dropped. Returns a `transfer_end` to send if the upload failed.
     pub(crate) async fn receive(&mut self, transfer: u32, bytes: Bytes) -> Option<Bytes> {
-        let upload = self.uploads.get_mut(&transfer)?;
+        let upload = self.running().uploads.get_mut(&transfer)?;
         let failure = if upload.received + bytes.len() as u64 > upload.size {
             format!(
                 "More data arrived than the {} bytes announced.",
@@ -272,7 +284,7 @@ impl Transfers {
                 }
             }
         };
-        self.uploads.remove(&transfer);
+        self.running().uploads.remove(&transfer);
         Some(end_frame(transfer, TransferStatus::Failed, Some(failure)))
     }
 
@@ -283,10 +295,14 @@ impl Transfers {
         transfer: u32,
         blake3: &str,
     ) -> Result<(Upload, blake3::Hash), Refusal> {
-        let mut upload = self.uploads.remove(&transfer).ok_or_else(|| Refusal {
-            code: ErrorCode::BadTransfer,
-            message: format!("There is no upload {transfer} in progress."),
-        })?;
+        let mut upload = self
+            .running()
+            .uploads
+            .remove(&transfer)
+            .ok_or_else(|| Refusal {
+                code: ErrorCode::BadTransfer,
+                message: format!("There is no upload {transfer} in progress."),
+            })?;
         if upload.received != upload.size {
             return Err(Refusal {
                 code: ErrorCode::ChecksumMismatch,
@@ -318,10 +334,10 @@ impl Transfers {
     /// Stops transfer `transfer`. A download's `transfer_end` follows its data in the lane; an
     /// upload's is returned, to be sent at once.
     pub(crate) fn cancel(&mut self, transfer: u32) -> Result<Option<Bytes>, Refusal> {
-        if self.uploads.remove(&transfer).is_some() {
+        if self.running().uploads.remove(&transfer).is_some() {
             return Ok(Some(end_frame(transfer, TransferStatus::Cancelled, None)));
         }
-        match self.downloads.get(&transfer) {
+        match self.running().downloads.get(&transfer) {
             Some((cancel, task)) if !task.is_finished() => {
                 cancel.cancel();
                 Ok(None)
@@ -337,7 +353,7 @@ impl Transfers {
 impl Drop for Transfers {
     /// The session ended: every download stops.
     fn drop(&mut self) {
-        for (cancel, _) in self.downloads.values() {
+        for (cancel, _) in self.running.iter().flat_map(|r| r.downloads.values()) {
             cancel.cancel();
         }
     }
