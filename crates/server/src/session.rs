@@ -334,11 +334,12 @@ impl Session<'_> {
                         Err(end) => return end,
                     }
                     // Silent for a while: give back the read buffer, which grew to hold the
-                    // largest frame read, and the outgoing queue's room. Each grows again,
-                    // from nothing, when frames come.
+                    // largest frame read, the outgoing queue's room and the room for a
+                    // burst's wake-ups. Each grows again, from nothing, when frames come.
                     if self.ping_sent {
                         release_read_buffer(frames);
                         self.outbox.shrink();
+                        self.wakes = Wakes::default();
                     }
                     continue;
                 }
