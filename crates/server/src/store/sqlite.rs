@@ -56,6 +56,11 @@ const MIGRATIONS: &[&str] = &[
     "DROP TRIGGER messages_indexed;
     CREATE TABLE search_index (through INTEGER NOT NULL);
     INSERT INTO search_index (through) SELECT coalesce(max(id), 0) FROM messages;",
+    // 5: only private messages are looked up by sender and recipient, so only they are in that
+    // index: a room message, most of what is stored, updates one index fewer (~0.8 of ~4 µs).
+    "DROP INDEX messages_by_pair;
+    CREATE INDEX messages_by_pair ON messages (sender_key, recipient_key, id)
+        WHERE recipient_key IS NOT NULL;",
 ];
 
 /// How many stored messages may wait to be indexed for search before the recorder indexes
@@ -154,6 +159,13 @@ fn index_waiting(db: &Connection) -> Result<(), StoreError> {
 }
 
 const COLUMNS: &str = "id, ts, room, sender, recipient, text";
+
+/// A page of private messages between ?1 and ?2 (folded names), ids between ?5 and ?3, the
+/// latest ?4, newest first; the columns are [`COLUMNS`].
+const PRIVATE_HISTORY: &str = "SELECT id, ts, room, sender, recipient, text FROM messages \
+     WHERE id < ?3 AND id > ?5 AND \
+     ((sender_key = ?1 AND recipient_key = ?2) OR (sender_key = ?2 AND recipient_key = ?1)) \
+     ORDER BY id DESC LIMIT ?4";
 
 impl Store for SqliteStore {
     fn last_id(&self) -> Result<u64, StoreError> {
@@ -330,12 +342,7 @@ impl Store for SqliteStore {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
                 let since = (*since).min(i64::MAX as u64) as i64;
                 let mut query = db
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM messages WHERE id < ?3 AND id > ?5 AND \
-                         ((sender_key = ?1 AND recipient_key = ?2) OR \
-                          (sender_key = ?2 AND recipient_key = ?1)) \
-                         ORDER BY id DESC LIMIT ?4"
-                    ))
+                    .prepare_cached(PRIVATE_HISTORY)
                     .map_err(StoreError::new)?;
                 query
                     .query_map(params![a, b, before, limit, since], stored)
@@ -457,6 +464,27 @@ mod tests {
             .map(|m| m.text)
             .collect();
         assert_eq!(texts, ["hi bob", "hi alice"]);
+    }
+
+    #[test]
+    fn private_history_is_read_through_the_index_of_private_messages() {
+        let (_dir, store) = store();
+        let db = store.db.lock().unwrap();
+        let plan: Vec<String> = db
+            .prepare(&format!("EXPLAIN QUERY PLAN {PRIVATE_HISTORY}"))
+            .unwrap()
+            .query_map(params!["alice", "bob", 100, 10, 0], |row| row.get(3))
+            .unwrap()
+            .collect::<rusqlite::Result<_>>()
+            .unwrap();
+        assert!(
+            plan.iter().any(|step| step.contains("messages_by_pair")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "{plan:?}"
+        );
     }
 
     #[test]
