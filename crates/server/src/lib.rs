@@ -72,7 +72,7 @@ pub async fn serve(
     let (hub, presence) = Hub::new(last_id, recorder, config.roster_limit);
     info!("sharing the folder {}", config.shared_dir.display());
     info!("keeping data in {}", config.data_dir.display());
-    let ctx = Arc::new(Context::new(config, hub, store, shared, shutdown.clone()));
+    let ctx = Arc::new(Context::new(config, hub, store, shared));
     tokio::spawn(announce_presence(Arc::downgrade(&ctx), presence));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
@@ -109,6 +109,7 @@ pub async fn serve(
         };
     }
     drop(listener);
+    ctx.shut_down();
     tracker.close();
     if timeout(grace, tracker.wait()).await.is_err() {
         warn!("some connections did not close within {grace:?}; exiting anyway");

@@ -40,6 +40,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         last: Mutex::new(None),
         overflowed: AtomicBool::new(false),
         write_failed: AtomicBool::new(false),
+        shutting_down: AtomicBool::new(false),
         halt: Notify::new(),
     });
     (
@@ -78,14 +79,20 @@ struct Shared {
     overflowed: AtomicBool,
     /// Set when the writer could not write to the socket.
     write_failed: AtomicBool,
-    /// Wakes the session once either flag is set. A `Notify` lives inline here, where a
-    /// cancellation token would be one more allocation per connection.
+    /// Set when the server is shutting down.
+    shutting_down: AtomicBool,
+    /// Wakes the session once any of the three flags is set. A `Notify` lives inline here,
+    /// where a cancellation token would be one more allocation per connection; and each
+    /// session waits on its own, where waiting on the server's shutdown token made every
+    /// session's every wake-up take that token's one lock.
     halt: Notify,
 }
 
 /// Why a session's queue can take no more: the session must end.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Halt {
+    /// The server is shutting down.
+    Shutdown,
     /// The client reads too slowly: a push found the queue full.
     TooSlow,
     /// The socket could not be written: the peer is gone.
@@ -167,6 +174,9 @@ impl Outbox {
     /// end, for the reason given. Only the session waits here.
     pub(crate) async fn halted(&self) -> Halt {
         loop {
+            if self.shared.shutting_down.load(Ordering::Acquire) {
+                return Halt::Shutdown;
+            }
             if self.shared.write_failed.load(Ordering::Acquire) {
                 return Halt::WriteFailed;
             }
@@ -176,6 +186,11 @@ impl Outbox {
             // A halt signalled before this wait left a permit: no wake-up is lost.
             self.shared.halt.notified().await;
         }
+    }
+
+    /// A handle that can halt the session for a shutdown, without keeping its writer going.
+    pub(crate) fn halter(&self) -> Halter {
+        Halter(self.shared.clone())
     }
 
     /// Gives back the queue's room for frames if it is empty: called when the connection has
@@ -194,6 +209,16 @@ impl Outbox {
         self.shared.queue.lock().unwrap().lane = Some(receiver);
         self.shared.ready.notify_one();
         lane
+    }
+}
+
+/// Halts a session for a shutdown: see [`Outbox::halted`].
+pub(crate) struct Halter(Arc<Shared>);
+
+impl Halter {
+    pub(crate) fn shut_down(&self) {
+        self.0.shutting_down.store(true, Ordering::Release);
+        self.0.halt.notify_one();
     }
 }
 
@@ -336,6 +361,12 @@ mod tests {
         let (outbox, reader) = channel(10);
         reader.fail();
         assert_eq!(outbox.halted().await, Halt::WriteFailed);
+        outbox.halter().shut_down();
+        assert_eq!(
+            outbox.halted().await,
+            Halt::Shutdown,
+            "a shutdown comes first"
+        );
     }
 
     #[tokio::test]
