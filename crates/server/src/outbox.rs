@@ -33,11 +33,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         queue: Mutex::new(Queue::default()),
         ready: Notify::new(),
         senders: AtomicUsize::new(1),
-        queued: AtomicUsize::new(0),
         limit,
-        closed: AtomicBool::new(false),
-        shut: AtomicBool::new(false),
-        last: Mutex::new(None),
         overflowed: AtomicBool::new(false),
         write_failed: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
@@ -51,9 +47,21 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
     )
 }
 
+/// What a push and the writer share, all behind one lock: a broadcast pushes into every
+/// member's queue, and each cache line touched per recipient shows in fan-out, so the byte
+/// count and the flags live beside the frames rather than in atomics of their own.
 #[derive(Default)]
 struct Queue {
     frames: VecDeque<Bytes>,
+    /// Bytes pushed and not yet written to the socket.
+    queued: usize,
+    /// Set once the last frame (a `bye`) is in, or the queue overflowed: pushes are dropped.
+    shut: bool,
+    /// Set once the last frame is in: nothing may follow it, not even another last frame.
+    closed: bool,
+    /// The last frame, kept apart from the frames so that it is still delivered when the
+    /// backlog is thrown away.
+    last: Option<Bytes>,
     /// The receiving end of the data lane, until the writer takes it.
     lane: Option<mpsc::Receiver<Data>>,
 }
@@ -65,16 +73,8 @@ struct Shared {
     ready: Notify,
     /// Live [`Outbox`] handles; the writer finishes once none is left and the queue is empty.
     senders: AtomicUsize,
-    /// Bytes pushed and not yet written to the socket.
-    queued: AtomicUsize,
+    /// The most bytes the queue may hold.
     limit: usize,
-    /// Set once the last frame (a `bye`) is in: nothing may follow it.
-    closed: AtomicBool,
-    /// Set once the queue is closed or overflowed: pushes are dropped.
-    shut: AtomicBool,
-    /// The last frame, kept apart from the queue so that it is still delivered when the
-    /// queue's backlog is thrown away.
-    last: Mutex<Option<Bytes>>,
     /// Set when a push found the queue full.
     overflowed: AtomicBool,
     /// Set when the writer could not write to the socket.
@@ -142,32 +142,31 @@ impl Outbox {
     /// Queues `frame` unless the queue is full or closed; true if it is the only frame queued,
     /// so the writer may be waiting for it.
     fn enqueue(&self, frame: Bytes) -> bool {
-        // One flag for both, beside the byte count: a broadcast pushes into every member's
-        // queue, and each cache line touched per recipient shows in fan-out.
-        if self.shared.shut.load(Ordering::Acquire) {
+        let mut queue = self.shared.queue.lock().unwrap();
+        if queue.shut {
             return false;
         }
-        let len = frame.len();
-        let queued = self.shared.queued.fetch_add(len, Ordering::AcqRel) + len;
-        if queued > self.shared.limit {
-            self.shared.queued.fetch_sub(len, Ordering::AcqRel);
-            self.shared.shut.store(true, Ordering::Release);
+        if queue.queued + frame.len() > self.shared.limit {
+            queue.shut = true;
+            drop(queue);
             self.shared.overflowed.store(true, Ordering::Release);
             self.shared.halt.notify_one();
             return false;
         }
-        let mut queue = self.shared.queue.lock().unwrap();
+        queue.queued += frame.len();
         queue.frames.push_back(frame);
         queue.frames.len() == 1
     }
 
     /// Sets `frame` to be written after everything queued, whatever the limit; later pushes
-    /// are dropped.
+    /// are dropped, and so is a second last frame.
     pub(crate) fn push_last(&self, frame: Bytes) {
-        if !self.shared.closed.swap(true, Ordering::AcqRel) {
-            *self.shared.last.lock().unwrap() = Some(frame);
+        let mut queue = self.shared.queue.lock().unwrap();
+        if !queue.closed {
+            queue.closed = true;
+            queue.last = Some(frame);
         }
-        self.shared.shut.store(true, Ordering::Release);
+        queue.shut = true;
     }
 
     /// Resolves once a push has found the queue full or the writer failed: the session must
@@ -295,7 +294,7 @@ impl OutboxReader {
 
     /// Records that `bytes` left the queue (written, or thrown away).
     pub(crate) fn release(&self, bytes: usize) {
-        self.shared.queued.fetch_sub(bytes, Ordering::AcqRel);
+        self.shared.queue.lock().unwrap().queued -= bytes;
     }
 
     /// Whether the queue overflowed: its backlog is then worth nothing but the last frame.
@@ -311,7 +310,7 @@ impl OutboxReader {
 
     /// The frame set by [`Outbox::push_last`], once every [`Outbox`] is gone.
     pub(crate) fn take_last(&self) -> Option<Bytes> {
-        self.shared.last.lock().unwrap().take()
+        self.shared.queue.lock().unwrap().last.take()
     }
 }
 
