@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::Either;
 use parley_proto::ErrorCode;
 use parley_proto::event::{Bye, Event};
 use parley_proto::reply::event_frame;
@@ -190,22 +191,22 @@ async fn secure(
     }
 }
 
-/// Runs a session, or refuses the connection when the server is full (no `guard`).
-async fn admit<S>(
+/// Runs a session, or refuses the connection when the server is full (no `guard`). Not an
+/// async function: one would keep its own copy of every argument for as long as the session
+/// runs, in every connection's task.
+fn admit<S>(
     stream: S,
     peer: std::net::SocketAddr,
     ctx: Arc<Context>,
     guard: Option<ActiveGuard>,
     accepted: tokio::time::Instant,
-) where
-    S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+) -> impl Future<Output = ()> + Send
+where
+    S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
     match guard {
-        Some(guard) => {
-            session::run(stream, peer, ctx, accepted).await;
-            drop(guard);
-        }
-        None => refuse_full(stream, ctx.config.max_connections).await,
+        Some(guard) => Either::Left(session::run(stream, peer, ctx, accepted, guard)),
+        None => Either::Right(refuse_full(stream, ctx.config.max_connections)),
     }
 }
 
@@ -229,7 +230,7 @@ where
 }
 
 /// Counts a connection as active for as long as it lives.
-struct ActiveGuard(Arc<AtomicUsize>);
+pub(crate) struct ActiveGuard(Arc<AtomicUsize>);
 
 impl ActiveGuard {
     fn new(active: &Arc<AtomicUsize>) -> Self {

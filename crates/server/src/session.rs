@@ -42,6 +42,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
 use tracing::{debug, info, warn};
 
+use crate::ActiveGuard;
 use crate::accounts::{self, Throttle};
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
@@ -126,25 +127,28 @@ impl Context {
 
     /// Counts session `id` as running until the guard is dropped, unless the server is
     /// shutting down, in which case the session is halted at once.
-    fn enter(&self, id: SessionId, outbox: &Outbox) -> Running<'_> {
-        let mut sessions = self.sessions.lock().unwrap();
+    fn enter(ctx: &Arc<Context>, id: SessionId, outbox: &Outbox) -> Running {
+        let mut sessions = ctx.sessions.lock().unwrap();
         let halter = outbox.halter();
         if sessions.closed {
             halter.shut_down();
         } else {
             sessions.running.insert(id, halter);
         }
-        Running { ctx: self, id }
+        Running {
+            ctx: ctx.clone(),
+            id,
+        }
     }
 }
 
 /// A session counted as running; dropped, even by a panic, it no longer is.
-struct Running<'a> {
-    ctx: &'a Context,
+struct Running {
+    ctx: Arc<Context>,
     id: SessionId,
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         self.ctx.sessions.lock().unwrap().running.remove(&self.id);
     }
@@ -261,11 +265,21 @@ impl Transport for Box<TlsStream<TcpStream>> {
 }
 
 /// Runs one connection to its end; `accepted` is when its TCP connection was accepted, so a
-/// TLS handshake and the sign-in share one handshake timeout.
-pub(crate) async fn run<S>(stream: S, peer: SocketAddr, ctx: Arc<Context>, accepted: Instant)
+/// TLS handshake and the sign-in share one handshake timeout. `active` counts the connection
+/// among the server's until then.
+pub(crate) fn run<S>(
+    stream: S,
+    peer: SocketAddr,
+    ctx: Arc<Context>,
+    accepted: Instant,
+    active: ActiveGuard,
+) -> impl Future<Output = ()> + Send
 where
     S: Transport,
 {
+    // Everything is set up before the future is made, so that it holds what it uses and not
+    // also the arguments it was made from: an async function keeps both, in every
+    // connection's task, for as long as the session runs.
     let (read_half, write_half) = stream.split();
     // Until sign-in only control and keepalive frames are accepted: a data frame is refused
     // from its header, so an anonymous connection can make the server hold little.
@@ -277,10 +291,10 @@ where
     let mut writer = tokio::spawn(writer::write_loop(write_half, queue));
 
     let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
-    let running = ctx.enter(id, &outbox);
+    let running = Context::enter(&ctx, id, &outbox);
     let mut session = Session {
         id,
-        ctx: &ctx,
+        ctx,
         outbox,
         name: None,
         last_heard: accepted,
@@ -292,28 +306,31 @@ where
         unconfirmed: VecDeque::new(),
         wakes: Wakes::default(),
     };
-    let end = session.read_loop(&mut frames).await;
-    drop(running);
+    async move {
+        let end = session.read_loop(&mut frames).await;
+        drop(running);
 
-    match &session.name {
-        Some(name) => {
-            ctx.hub.sign_out(session.id, end.part_reason());
-            info!("{name} ({peer}) left: {end}");
+        match &session.name {
+            Some(name) => {
+                session.ctx.hub.sign_out(session.id, end.part_reason());
+                info!("{name} ({}) left: {end}", session.peer);
+            }
+            None => info!("{} left without signing in: {end}", session.peer),
         }
-        None => info!("{peer} left without signing in: {end}"),
-    }
-    if let Some(bye) = end.bye() {
-        session.outbox.push_last(bye);
-    }
-    drop(session);
-    // The writer ends once it has written the bye; a client too slow to read gets it only if
-    // it reads within the flush timeout.
-    if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
-        writer.abort();
-        let _ = writer.await;
-    }
-    if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
-        linger(frames.into_inner()).await;
+        if let Some(bye) = end.bye() {
+            session.outbox.push_last(bye);
+        }
+        drop(session);
+        // The writer ends once it has written the bye; a client too slow to read gets it only
+        // if it reads within the flush timeout.
+        if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
+            writer.abort();
+            let _ = writer.await;
+        }
+        if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
+            linger(frames.into_inner()).await;
+        }
+        drop(active);
     }
 }
 
@@ -329,9 +346,9 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(mut read_half: R) {
     .await;
 }
 
-struct Session<'a> {
+struct Session {
     id: SessionId,
-    ctx: &'a Context,
+    ctx: Arc<Context>,
     outbox: Outbox,
     /// Set once `hello` succeeds.
     name: Option<String>,
@@ -353,12 +370,14 @@ struct Session<'a> {
     wakes: Wakes,
 }
 
-impl Session<'_> {
+impl Session {
     async fn read_loop<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) -> End
     where
         R: AsyncRead + Unpin,
     {
-        let config = &self.ctx.config;
+        // Its own handle: the session is borrowed mutably while the configuration is read.
+        let ctx = self.ctx.clone();
+        let config = &ctx.config;
         // One timer, re-armed only when it fires, so a busy connection costs no timer
         // updates per frame: on waking it checks how long the client has really been silent.
         let mut alarm = pin!(sleep_until(self.last_heard + config.handshake_timeout));
