@@ -4,7 +4,7 @@
 
 use parley_client::{Client, ClientEvent, ConnectOptions, Events};
 use parley_proto::event::{Backlog, Event};
-use parley_proto::request::{History, Join, Msg, Part, Say, Search};
+use parley_proto::request::{History, Msg, Say, Search};
 
 use crate::support::*;
 
@@ -85,12 +85,7 @@ async fn entering_a_room_shows_its_last_messages_as_history() {
     })
     .await;
     let (alice, _alice_events) = server.join("alice").await;
-    alice
-        .call(Join {
-            room: "rust".into(),
-        })
-        .await
-        .unwrap();
+    join_room(&alice, "rust").await;
     for text in ["one", "two", "three", "four"] {
         say(&alice, "lobby", text).await;
     }
@@ -102,11 +97,7 @@ async fn entering_a_room_shows_its_last_messages_as_history() {
         (lobby.room.as_str(), texts(&lobby.messages)),
         ("lobby", vec!["two", "three", "four"])
     );
-    bob.call(Join {
-        room: "rust".into(),
-    })
-    .await
-    .unwrap();
+    join_room(&bob, "rust").await;
     let rust = backlog(&mut bob_events).await;
     assert_eq!(
         (rust.room.as_str(), texts(&rust.messages)),
@@ -114,17 +105,8 @@ async fn entering_a_room_shows_its_last_messages_as_history() {
     );
 
     // A room without messages sends no backlog: the next event is a live message.
-    bob.call(Join {
-        room: "quiet".into(),
-    })
-    .await
-    .unwrap();
-    alice
-        .call(Join {
-            room: "quiet".into(),
-        })
-        .await
-        .unwrap();
+    join_room(&bob, "quiet").await;
+    join_room(&alice, "quiet").await;
     say(&alice, "quiet", "first words").await;
     let next = wait_for(&mut bob_events, |e| match e {
         ClientEvent::Server(Event::Backlog(b)) => Some(format!("backlog {}", b.room)),
@@ -153,26 +135,12 @@ async fn each_newcomer_sees_the_backlog_as_it_is_when_entering() {
     );
 
     // A room that empties is gone, but its history greets whoever makes it again.
-    alice
-        .call(Join {
-            room: "temp".into(),
-        })
-        .await
-        .unwrap();
+    join_room(&alice, "temp").await;
     say(&alice, "temp", "left behind").await;
-    alice
-        .call(Part {
-            room: "temp".into(),
-        })
-        .await
-        .unwrap();
+    part_room(&alice, "temp").await;
     let (erin, mut erin_events) = server.join("erin").await;
     backlog(&mut erin_events).await;
-    erin.call(Join {
-        room: "temp".into(),
-    })
-    .await
-    .unwrap();
+    join_room(&erin, "temp").await;
     let temp = backlog(&mut erin_events).await;
     assert_eq!(
         (temp.room.as_str(), texts(&temp.messages)),
@@ -243,12 +211,7 @@ async fn history_pages_back_and_private_history_stays_private() {
     assert!(carol.call(carol_view).await.unwrap().messages.is_empty());
 
     // A room one is not in stays closed.
-    alice
-        .call(Join {
-            room: "secret".into(),
-        })
-        .await
-        .unwrap();
+    join_room(&alice, "secret").await;
     say(&alice, "secret", "classified").await;
     let peek = History {
         room: Some("secret".into()),
@@ -266,7 +229,7 @@ async fn search_finds_only_what_the_user_may_see() {
     let (bob, _bob_events) = server.join("bob").await;
     let (carol, _carol_events) = server.join("carol").await;
     say(&alice, "lobby", "the deploy went fine").await;
-    alice.call(Join { room: "ops".into() }).await.unwrap();
+    join_room(&alice, "ops").await;
     say(&alice, "ops", "deploy keys rotated").await;
     alice
         .call(Msg {

@@ -4,7 +4,7 @@
 
 use parley_client::ClientEvent;
 use parley_proto::event::{Departure, Members, PartReason, Presence};
-use parley_proto::request::{Join, Part, Quit, Say, Users};
+use parley_proto::request::{Quit, Say, Users};
 
 use crate::support::*;
 
@@ -71,10 +71,10 @@ async fn lists_stop_at_the_roster_limit_and_page_through_the_rest() {
     assert_eq!(rest.room.as_deref(), Some("lobby"));
 
     for (client, _) in &clients {
-        client.call(Join { room: "big".into() }).await.unwrap();
+        join_room(client, "big").await;
     }
     let (erin, _) = &clients[0];
-    let joined = erin.call(Join { room: "big".into() }).await.unwrap();
+    let joined = join_room(erin, "big").await;
     assert_eq!(joined.members, ["alice", "bob", "carol"]);
     assert_eq!(joined.count, 5);
 }
@@ -111,12 +111,7 @@ async fn a_large_room_announces_its_size_instead_of_names() {
     ));
 
     // At the limit again, departures are named as before.
-    carol
-        .call(Part {
-            room: "lobby".into(),
-        })
-        .await
-        .unwrap();
+    part_room(&carol, "lobby").await;
     assert_eq!(
         next_presence(&mut alice_events).await,
         Event::Part(Departure {

@@ -16,20 +16,10 @@ async fn join_talk_and_part() {
     await_arrivals(&mut alice_events, "lobby", &["bob", "carol"]).await;
     await_arrivals(&mut bob_events, "lobby", &["carol"]).await;
 
-    let joined = alice
-        .call(Join {
-            room: "#Rust".into(),
-        })
-        .await
-        .unwrap();
+    let joined = join_room(&alice, "#Rust").await;
     assert_eq!(joined.room, "rust");
     assert_eq!(joined.members, ["alice"]);
-    let joined = bob
-        .call(Join {
-            room: "rust".into(),
-        })
-        .await
-        .unwrap();
+    let joined = join_room(&bob, "rust").await;
     assert_eq!(joined.members, ["alice", "bob"]);
     assert_eq!(
         next_server_event(&mut alice_events).await,
@@ -75,11 +65,7 @@ async fn join_talk_and_part() {
         ]
     );
 
-    bob.call(Part {
-        room: "rust".into(),
-    })
-    .await
-    .unwrap();
+    part_room(&bob, "rust").await;
     assert_eq!(
         next_server_event(&mut alice_events).await,
         Event::Part(Departure {
@@ -109,24 +95,9 @@ async fn room_list(client: &parley_client::Client) -> Vec<RoomInfo> {
 async fn an_emptied_room_disappears_but_the_lobby_stays() {
     let server = TestServer::start().await;
     let (alice, _events) = server.join("alice").await;
-    alice
-        .call(Join {
-            room: "temp".into(),
-        })
-        .await
-        .unwrap();
-    alice
-        .call(Part {
-            room: "temp".into(),
-        })
-        .await
-        .unwrap();
-    alice
-        .call(Part {
-            room: "lobby".into(),
-        })
-        .await
-        .unwrap();
+    join_room(&alice, "temp").await;
+    part_room(&alice, "temp").await;
+    part_room(&alice, "lobby").await;
     let rooms = alice.call(Rooms {}).await.unwrap().rooms;
     assert_eq!(
         rooms,
@@ -191,17 +162,8 @@ async fn leaving_the_server_parts_every_room() {
     let (alice, mut alice_events) = server.join("alice").await;
     let (bob, _bob_events) = server.join("bob").await;
     next_server_event(&mut alice_events).await;
-    alice
-        .call(Join {
-            room: "rust".into(),
-        })
-        .await
-        .unwrap();
-    bob.call(Join {
-        room: "rust".into(),
-    })
-    .await
-    .unwrap();
+    join_room(&alice, "rust").await;
+    join_room(&bob, "rust").await;
     next_server_event(&mut alice_events).await;
     bob.quit().await.unwrap();
     let mut rooms = Vec::new();

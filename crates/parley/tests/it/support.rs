@@ -9,6 +9,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_client::{Client, ClientEvent, ConnectOptions, Events, RequestError};
 use parley_proto::ErrorCode;
+use parley_proto::request::{Join, Joined, Part};
 use parley_proto::{Frame, FrameCodec, ServerMessage};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -95,6 +96,16 @@ impl TestServer {
 }
 
 /// Asserts that a request was refused with `code`.
+/// Puts `client` in `room`; the room's reply.
+pub async fn join_room(client: &Client, room: &str) -> Joined {
+    client.call(Join { room: room.into() }).await.unwrap()
+}
+
+/// Takes `client` out of `room`.
+pub async fn part_room(client: &Client, room: &str) {
+    client.call(Part { room: room.into() }).await.unwrap();
+}
+
 pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, RequestError>, code: ErrorCode) {
     match result {
         Err(RequestError::Refused { code: got, .. }) if got == code => {}
