@@ -141,7 +141,8 @@ fn indexed_through(db: &Connection) -> Result<u64, StoreError> {
         .map_err(StoreError::new)
 }
 
-/// Indexes for search every stored message that is not yet, in one statement.
+/// Indexes for search every stored message that is not yet, in one statement. Writes nothing
+/// when nothing waits, so a search then stays a read.
 fn index_waiting(db: &Connection) -> Result<(), StoreError> {
     db.prepare_cached(
         "INSERT INTO messages_text (rowid, text) SELECT id, text FROM messages \
@@ -150,7 +151,8 @@ fn index_waiting(db: &Connection) -> Result<(), StoreError> {
     .and_then(|mut index| index.execute([]))
     .and_then(|_| {
         db.prepare_cached(
-            "UPDATE search_index SET through = (SELECT coalesce(max(id), 0) FROM messages)",
+            "UPDATE search_index SET through = (SELECT max(id) FROM messages) \
+             WHERE through < (SELECT coalesce(max(id), 0) FROM messages)",
         )
         .and_then(|mut update| update.execute([]))
     })
@@ -557,6 +559,15 @@ mod tests {
             "a search indexes what waits first"
         );
         assert_eq!(through(&store), 10);
+        let changes = store.db.lock().unwrap().total_changes();
+        store
+            .search("bob", &["lobby".into()], 0, "early", 100)
+            .unwrap();
+        assert_eq!(
+            store.db.lock().unwrap().total_changes(),
+            changes,
+            "with nothing waiting, a search writes nothing"
+        );
 
         store.append(&batch(11, INDEX_BATCH, "bulk"), &[]).unwrap();
         assert_eq!(
