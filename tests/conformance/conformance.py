@@ -786,7 +786,9 @@ def c_lobby_join(t):
     ev = a.wait_event(lambda e: e["type"] == "join" and bname in e.get("users", []), start=mark)
     expect(ev is not None, "4.3", f"existing lobby member did not receive a join event for {bname}")
     check_event_shape(ev, "7.3")
-    expect(ev == {"type": "join", "room": "lobby", "users": [bname]}, "4.3", f"join event {short(ev)}")
+    # Other checks sign in to the lobby meanwhile: one batched event may name them too (§7.10).
+    expect(ev["room"] == "lobby" and ev["users"].count(bname) == 1 and set(ev) == {"type", "room", "users"},
+           "4.3", f"join event {short(ev)}")
     on = b.welcome["online"]
     if b.welcome["online_count"] <= b.welcome["roster_limit"]:  # §4.3: else only the first names
         expect(a.name in on and bname in on, "4.3", f"Welcome online {short(on)} misses {a.name} or {bname}")
@@ -1330,7 +1332,9 @@ def c_lobby(t):
     if res["count"] <= a.welcome["roster_limit"]:  # §5.5: else only the first names
         expect(a.name in res["members"] and b.name in res["members"], "5.5", f"{short(res)}")
     ev = b.wait_event(lambda e: e["type"] == "join" and a.name in e.get("users", []), start=mb)
-    expect(ev == {"type": "join", "room": "lobby", "users": [a.name]}, "5.5", f"join event {short(ev)}")
+    # Other checks sign in to the lobby meanwhile: one batched event may name them too (§7.10).
+    expect(ev is not None and ev["room"] == "lobby" and ev["users"].count(a.name) == 1
+           and set(ev) == {"type", "room", "users"}, "5.5", f"join event {short(ev)}")
 
 
 @check("room.emptied_room_disappears")
