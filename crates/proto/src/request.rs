@@ -194,6 +194,10 @@ pub struct Welcome {
     pub timeout_ms: u64,
     /// Longest message text the server accepts, in bytes.
     pub max_text: usize,
+    /// Only for a session over the browser's WebSocket: the token that lets the page download
+    /// and upload files over HTTP for as long as this session is signed in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// `say`: send `text` to everyone in `room`.

@@ -84,6 +84,12 @@ pub(crate) struct Stamp {
 }
 
 impl Stamp {
+    /// A short text naming this version of the file, for an HTTP entity tag.
+    pub(crate) fn tag(&self) -> String {
+        let (seconds, nanos) = self.modified;
+        format!("{:x}-{:x}-{seconds:x}.{nanos:x}", self.inode, self.size)
+    }
+
     pub(crate) fn of(metadata: &std::fs::Metadata) -> Self {
         Self {
             device: metadata.dev(),

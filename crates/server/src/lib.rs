@@ -14,6 +14,7 @@ mod session;
 pub mod store;
 mod tls;
 mod transfer;
+mod web;
 mod writer;
 
 use std::sync::Arc;
@@ -25,7 +26,7 @@ use futures_util::future::Either;
 use parley_proto::ErrorCode;
 use parley_proto::event::{Bye, Event};
 use parley_proto::reply::event_frame;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 use tokio_util::sync::CancellationToken;
@@ -191,9 +192,9 @@ async fn secure(
     }
 }
 
-/// Runs a session, or refuses the connection when the server is full (no `guard`). Not an
-/// async function: one would keep its own copy of every argument for as long as the session
-/// runs, in every connection's task.
+/// Runs a session or serves HTTP, or refuses the connection when the server is full (no
+/// `guard`). Not an async function: one would keep its own copy of every argument for as long
+/// as the session runs, in every connection's task.
 fn admit<S>(
     stream: S,
     peer: std::net::SocketAddr,
@@ -205,9 +206,41 @@ where
     S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
     match guard {
-        Some(guard) => Either::Left(session::run(stream, peer, ctx, accepted, guard)),
+        Some(guard) => Either::Left(route(stream, peer, ctx, guard, accepted)),
         None => Either::Right(refuse_full(stream, ctx.config.max_connections)),
     }
+}
+
+/// Reads a connection's first byte to tell its protocol, then serves it. A browser speaks
+/// first, with a request whose method is capital letters (`GET`); a native client speaks first
+/// too, with a frame whose length's first byte is 0 (no frame a client may send is 16 MiB
+/// long). A capital letter there would announce a frame over 1 GiB, so no native client loses
+/// anything by it; other bytes stay native and get the protocol's own `bye`. The wait counts
+/// against the handshake timeout: a connection that sends nothing meets the native session's
+/// timeout, and its `bye`.
+async fn route<S>(
+    mut stream: S,
+    peer: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    guard: ActiveGuard,
+    accepted: tokio::time::Instant,
+) where
+    S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
+{
+    let mut first = [0u8; 1];
+    let deadline = accepted + ctx.config.handshake_timeout;
+    let read = tokio::time::timeout_at(deadline, stream.read(&mut first)).await;
+    let read_ahead = match read {
+        Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
+            let secure = S::SECURE;
+            let stream = web::Rewind::new(first[0], stream);
+            return web::serve(stream, peer, ctx, guard, secure).await;
+        }
+        Ok(Ok(1)) => Some(first[0]),
+        // Closed, broken or silent: the session reads the same and says so.
+        _ => None,
+    };
+    session::run(stream, peer, ctx, accepted, guard, read_ahead, false).await;
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.
@@ -233,9 +266,14 @@ where
 pub(crate) struct ActiveGuard(Arc<AtomicUsize>);
 
 impl ActiveGuard {
-    fn new(active: &Arc<AtomicUsize>) -> Self {
+    pub(crate) fn new(active: &Arc<AtomicUsize>) -> Self {
         active.fetch_add(1, Ordering::AcqRel);
         Self(active.clone())
+    }
+
+    /// The count this guard is part of, for connections that start more (a WebSocket).
+    fn counter(&self) -> Arc<AtomicUsize> {
+        self.0.clone()
     }
 }
 

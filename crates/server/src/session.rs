@@ -29,7 +29,6 @@ use parley_proto::limits::{
     SERVER_MAX_CONTROL_FRAME,
 };
 use parley_proto::names;
-use parley_proto::paths;
 use parley_proto::reply::{error_frame, event_frame, ok_frame};
 use parley_proto::request::{self, Empty, Hello, Messages, RoomList, Sent, Welcome};
 use parley_proto::{DEFAULT_ROOM, SUPPORTED_VERSIONS};
@@ -40,6 +39,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::{Instant, sleep_until, timeout};
 use tokio_rustls::server::TlsStream;
 use tokio_util::codec::FramedRead;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::ActiveGuard;
@@ -50,7 +50,8 @@ use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Halt, Halter, Outbox, Wakes};
 use crate::recorder::Receipt;
 use crate::store::{Store, StoreError, Stored, Thread};
-use crate::transfer::Transfers;
+use crate::transfer::{Transfers, Upload};
+use crate::web::Grants;
 use crate::writer::{self, Sink};
 
 /// After a session ends, how long its writer may take to deliver what is queued (the reply to
@@ -85,6 +86,10 @@ pub(crate) struct Context {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Arc<SharedFolder>,
     pub(crate) config: Config,
+    /// The tokens of browser sessions, for the HTTP file endpoints.
+    pub(crate) grants: Grants,
+    /// Cancelled when the server starts shutting down: HTTP connections then close.
+    pub(crate) stopping: CancellationToken,
     /// Every session running, so that a shutdown reaches each.
     sessions: Mutex<Sessions>,
     next_session: AtomicU64,
@@ -111,6 +116,8 @@ impl Context {
             store,
             shared: Arc::new(shared),
             config,
+            grants: Grants::default(),
+            stopping: CancellationToken::new(),
             sessions: Mutex::default(),
             next_session: AtomicU64::new(1),
         }
@@ -118,6 +125,7 @@ impl Context {
 
     /// Halts every session for a shutdown, and every session that tries to start from now on.
     pub(crate) fn shut_down(&self) {
+        self.stopping.cancel();
         let mut sessions = self.sessions.lock().unwrap();
         sessions.closed = true;
         for halter in sessions.running.values() {
@@ -240,6 +248,8 @@ impl fmt::Display for End {
 pub(crate) trait Transport: Send + 'static {
     type Reader: AsyncRead + Send + Unpin + 'static;
     type Writer: Sink;
+    /// Whether the connection is encrypted (TLS).
+    const SECURE: bool;
 
     fn split(self) -> (Self::Reader, Self::Writer);
 }
@@ -248,6 +258,7 @@ pub(crate) trait Transport: Send + 'static {
 impl Transport for TcpStream {
     type Reader = OwnedReadHalf;
     type Writer = OwnedWriteHalf;
+    const SECURE: bool = false;
 
     fn split(self) -> (OwnedReadHalf, OwnedWriteHalf) {
         self.into_split()
@@ -258,6 +269,19 @@ impl Transport for TcpStream {
 impl Transport for Box<TlsStream<TcpStream>> {
     type Reader = ReadHalf<Self>;
     type Writer = WriteHalf<Self>;
+    const SECURE: bool = true;
+
+    fn split(self) -> (ReadHalf<Self>, WriteHalf<Self>) {
+        tokio::io::split(self)
+    }
+}
+
+/// A browser's WebSocket, relayed through an in-memory pipe (see `web::socket`).
+impl Transport for tokio::io::DuplexStream {
+    type Reader = ReadHalf<Self>;
+    type Writer = WriteHalf<Self>;
+    // Whatever the page's connection was, the session's own pipe is in memory.
+    const SECURE: bool = false;
 
     fn split(self) -> (ReadHalf<Self>, WriteHalf<Self>) {
         tokio::io::split(self)
@@ -266,13 +290,17 @@ impl Transport for Box<TlsStream<TcpStream>> {
 
 /// Runs one connection to its end; `accepted` is when its TCP connection was accepted, so a
 /// TLS handshake and the sign-in share one handshake timeout. `active` counts the connection
-/// among the server's until then.
+/// among the server's until then. `read_ahead` is a first byte already read from the stream
+/// (to tell the protocol); `web` marks a browser's session, which is given a token for the
+/// HTTP file endpoints when it signs in.
 pub(crate) fn run<S>(
     stream: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
     accepted: Instant,
     active: ActiveGuard,
+    read_ahead: Option<u8>,
+    web: bool,
 ) -> impl Future<Output = ()> + Send
 where
     S: Transport,
@@ -286,6 +314,7 @@ where
     let anonymous = FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, 0);
     // A `hello` is a few hundred bytes; the buffer grows for larger frames as they come.
     let mut frames = FramedRead::with_capacity(read_half, anonymous, READ_BUFFER);
+    frames.read_buffer_mut().extend(read_ahead);
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let transfers_outbox = outbox.clone();
     let mut writer = tokio::spawn(writer::write_loop(write_half, queue));
@@ -302,6 +331,7 @@ where
         peer,
         private_since: 0,
         registered: false,
+        web,
         transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
         unconfirmed: VecDeque::new(),
         wakes: Wakes::default(),
@@ -309,6 +339,9 @@ where
     async move {
         let end = session.read_loop(&mut frames).await;
         drop(running);
+        if session.web {
+            session.ctx.grants.revoke(session.id);
+        }
 
         match &session.name {
             Some(name) => {
@@ -359,6 +392,8 @@ struct Session {
     private_since: u64,
     /// Signed in with a registered name: only those have messages kept while offline.
     registered: bool,
+    /// A browser's session, over the WebSocket.
+    web: bool,
     /// Downloads in progress; dropped (and so stopped) with the session.
     transfers: Transfers,
     /// Messages delivered and not yet stored, oldest first: the request id, the receipt, and
@@ -826,99 +861,33 @@ impl Session {
     /// Checks an `upload` and prepares its staged file.
     async fn upload(&mut self, upload: request::Upload) -> Result<(), Refusal> {
         self.transfers.check_new(upload.transfer)?;
-        let allow_hidden = self.ctx.config.allow_hidden_uploads;
-        paths::check_file_name(&upload.name, allow_hidden).map_err(|err| Refusal {
-            code: ErrorCode::BadPath,
-            message: format!("The name {:?} is not allowed: {err}.", upload.name),
-        })?;
-        let config = &self.ctx.config;
-        if upload.size > config.max_upload {
-            return Err(Refusal {
-                code: ErrorCode::FileTooLarge,
-                message: format!(
-                    "Uploads are limited to {} bytes; this file has {}.",
-                    config.max_upload, upload.size
-                ),
-            });
-        }
-        let (shared, user) = (
-            self.ctx.shared.clone(),
-            self.name.clone().unwrap_or_default(),
-        );
-        let (reserve, size, folder) = (config.disk_reserve, upload.size, upload.folder);
-        let prepared = tokio::task::spawn_blocking(move || {
-            let folder = shared.check_folder(&user, &folder)?;
-            let no_space = |detail: String| Refusal {
-                code: ErrorCode::NoSpace,
-                message: format!("The server cannot take this file now: {detail}."),
-            };
-            match shared.promise(size, reserve) {
-                Ok(Ok(())) => {}
-                Ok(Err(free)) => {
-                    return Err(no_space(format!(
-                        "{free} bytes are free and {reserve} must stay free"
-                    )));
-                }
-                Err(err) => return Err(no_space(format!("its free space is unknown ({err})"))),
-            }
-            let staged = shared.stage().map_err(|err| {
-                shared.release(size);
-                no_space(format!("it could not start a file ({err})"))
-            })?;
-            Ok((folder, staged))
-        })
-        .await
-        .unwrap_or_else(|err| {
-            Err(Refusal {
-                code: ErrorCode::NoSpace,
-                message: format!("Preparing the upload failed: {err}."),
-            })
-        })?;
-        let (folder, staged) = prepared;
-        let shared = self.ctx.shared.clone();
-        self.transfers.start_upload(
-            upload.transfer,
+        let user = self.name.as_deref().unwrap_or_default();
+        let (config, shared) = (&self.ctx.config, &self.ctx.shared);
+        let prepared = Upload::prepare(
+            config,
             shared,
-            staged,
-            folder,
+            user,
+            upload.folder,
             upload.name,
             upload.size,
-        );
+        )
+        .await?;
+        self.transfers.start_upload(upload.transfer, prepared);
         Ok(())
     }
 
     /// Verifies a complete upload, moves it into the shared folder and tells everyone.
     async fn finish(&mut self, finish: request::Finish) -> Result<request::Uploaded, Refusal> {
-        let (mut upload, hash) = self
+        let (upload, hash) = self
             .transfers
             .take_verified(finish.transfer, &finish.blake3)
             .await?;
         let user = self.name.clone().unwrap_or_default();
-        upload.sync().await.map_err(|err| Refusal {
-            code: ErrorCode::NoSpace,
-            message: format!("The server could not store the file: {err}."),
-        })?;
-        let shared = self.ctx.shared.clone();
-        let (staged, folder, name) = (
-            upload.staged.clone(),
-            upload.folder.clone(),
-            upload.name.clone(),
-        );
-        let who = user.clone();
-        let (path, name) =
-            tokio::task::spawn_blocking(move || shared.publish(&staged, &who, &folder, &name))
-                .await
-                .unwrap_or_else(|err| {
-                    Err(Refusal {
-                        code: ErrorCode::NoSpace,
-                        message: format!("Publishing the upload failed: {err}."),
-                    })
-                })?;
-        let size = upload.size;
-        upload.published(hash);
+        let uploaded = upload.publish(hash, &user).await?;
+        let (path, size) = (&uploaded.path, uploaded.size);
         info!("{user} shared {path:?} ({size} bytes)");
-        self.ctx.hub.announce_shared(self.id, &user, &path, size);
-        Ok(request::Uploaded { path, name, size })
+        self.ctx.hub.announce_shared(self.id, &user, path, size);
+        Ok(uploaded)
     }
 
     /// The first request must be a `hello` that the server accepts; anything else ends the
@@ -969,6 +938,7 @@ impl Session {
             .authenticate(&hello.name, hello.password.as_deref())
             .await?;
         let config = &self.ctx.config;
+        let token = self.web.then(Grants::new_token);
         let welcome = |room: &str, online: Vec<String>, online_count: usize| {
             ok_frame::<Hello>(
                 id,
@@ -983,12 +953,22 @@ impl Session {
                     keepalive_ms: config.keepalive_interval.as_millis() as u64,
                     timeout_ms: config.keepalive_timeout.as_millis() as u64,
                     max_text: MAX_TEXT_BYTES,
+                    token: token.clone(),
                 },
             )
         };
-        self.ctx
+        // Granted before the welcome can leave, so the page may use the token at once.
+        if let Some(token) = &token {
+            self.ctx.grants.grant(token.clone(), self.id, &hello.name);
+        }
+        let signed_in = self
+            .ctx
             .hub
-            .sign_in(self.id, &hello.name, self.outbox.clone(), welcome)?;
+            .sign_in(self.id, &hello.name, self.outbox.clone(), welcome);
+        if signed_in.is_err() && token.is_some() {
+            self.ctx.grants.revoke(self.id);
+        }
+        signed_in?;
         debug!(client = ?hello.client, "signed in as {}", hello.name);
         self.name = Some(hello.name);
         Ok(())

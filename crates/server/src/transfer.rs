@@ -22,13 +22,16 @@ use parley_proto::ErrorCode;
 use parley_proto::event::{Event, TransferEnd, TransferStatus};
 use parley_proto::frame::FrameKind;
 use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
+use parley_proto::paths;
 use parley_proto::reply::event_frame;
+use parley_proto::request::Uploaded;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder, Stamp};
 use crate::hub::Refusal;
 use crate::outbox::Outbox;
@@ -113,6 +116,80 @@ struct Staged {
 }
 
 impl Upload {
+    /// Checks that `user` may upload `size` bytes as `name` into `folder` (name, size, folder,
+    /// free disk space), and stages an empty file to receive them. The native `upload` request
+    /// and the browser's HTTP upload both start here, so the same rules hold for each.
+    pub(crate) async fn prepare(
+        config: &Config,
+        shared: &Arc<SharedFolder>,
+        user: &str,
+        folder: String,
+        name: String,
+        size: u64,
+    ) -> Result<Upload, Refusal> {
+        paths::check_file_name(&name, config.allow_hidden_uploads).map_err(|err| Refusal {
+            code: ErrorCode::BadPath,
+            message: format!("The name {name:?} is not allowed: {err}."),
+        })?;
+        if size > config.max_upload {
+            return Err(Refusal {
+                code: ErrorCode::FileTooLarge,
+                message: format!(
+                    "Uploads are limited to {} bytes; this file has {size}.",
+                    config.max_upload
+                ),
+            });
+        }
+        let (shared, user, reserve) = (shared.clone(), user.to_owned(), config.disk_reserve);
+        tokio::task::spawn_blocking(move || {
+            let folder = shared.check_folder(&user, &folder)?;
+            let no_space = |detail: String| Refusal {
+                code: ErrorCode::NoSpace,
+                message: format!("The server cannot take this file now: {detail}."),
+            };
+            match shared.promise(size, reserve) {
+                Ok(Ok(())) => {}
+                Ok(Err(free)) => {
+                    return Err(no_space(format!(
+                        "{free} bytes are free and {reserve} must stay free"
+                    )));
+                }
+                Err(err) => return Err(no_space(format!("its free space is unknown ({err})"))),
+            }
+            // From here on the upload's drop gives the promise back.
+            let (staged, file) = shared.stage().map_err(|err| {
+                shared.release(size);
+                no_space(format!("it could not start a file ({err})"))
+            })?;
+            Ok(Upload {
+                staged,
+                file: Some(Box::new(Staged {
+                    file,
+                    hasher: blake3::Hasher::new(),
+                })),
+                writing: None,
+                folder,
+                name,
+                size,
+                received: 0,
+                shared,
+                published: false,
+            })
+        })
+        .await
+        .unwrap_or_else(|err| {
+            Err(Refusal {
+                code: ErrorCode::NoSpace,
+                message: format!("Preparing the upload failed: {err}."),
+            })
+        })
+    }
+
+    /// Bytes received so far.
+    pub(crate) fn received(&self) -> u64 {
+        self.received
+    }
+
     /// Waits for the write in flight, if any, and gives the staged file.
     async fn settle(&mut self) -> std::io::Result<&mut Staged> {
         if let Some(writing) = self.writing.take() {
@@ -125,8 +202,9 @@ impl Upload {
 
     /// Writes `bytes` and hashes them on a blocking thread, after the write before: the frame
     /// moves there without a copy, and the next frame is read meanwhile.
-    async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
+    pub(crate) async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
         self.settle().await?;
+        self.received += bytes.len() as u64;
         let mut staged = self.file.take().expect("settled");
         self.writing = Some(tokio::task::spawn_blocking(move || {
             staged.file.write_all(&bytes)?;
@@ -136,8 +214,45 @@ impl Upload {
         Ok(())
     }
 
+    /// The hash of every byte written, once the last write is done.
+    pub(crate) async fn hash(&mut self) -> std::io::Result<blake3::Hash> {
+        Ok(self.settle().await?.hasher.finalize())
+    }
+
+    /// Flushes the staged file to disk and moves it into its folder, under its name or the
+    /// first free `name (n)`, recorded as shared by `user`. Returns where it went.
+    pub(crate) async fn publish(
+        mut self,
+        hash: blake3::Hash,
+        user: &str,
+    ) -> Result<Uploaded, Refusal> {
+        self.sync().await.map_err(|err| Refusal {
+            code: ErrorCode::NoSpace,
+            message: format!("The server could not store the file: {err}."),
+        })?;
+        let shared = self.shared.clone();
+        let (staged, folder, name, who) = (
+            self.staged.clone(),
+            self.folder.clone(),
+            self.name.clone(),
+            user.to_owned(),
+        );
+        let (path, name) =
+            tokio::task::spawn_blocking(move || shared.publish(&staged, &who, &folder, &name))
+                .await
+                .unwrap_or_else(|err| {
+                    Err(Refusal {
+                        code: ErrorCode::NoSpace,
+                        message: format!("Publishing the upload failed: {err}."),
+                    })
+                })?;
+        let size = self.size;
+        self.published(hash);
+        Ok(Uploaded { path, name, size })
+    }
+
     /// Flushes the staged file to disk before it is published.
-    pub(crate) async fn sync(&mut self) -> std::io::Result<()> {
+    async fn sync(&mut self) -> std::io::Result<()> {
         let file = self.settle().await?.file.try_clone()?;
         tokio::task::spawn_blocking(move || file.sync_all())
             .await
@@ -146,7 +261,7 @@ impl Upload {
 
     /// Marks the staged file as moved into the shared folder, and has the folder remember its
     /// verified `hash`, so its first download need not read it to hash it.
-    pub(crate) fn published(mut self, hash: blake3::Hash) {
+    fn published(mut self, hash: blake3::Hash) {
         self.published = true;
         if let Some(staged) = &self.file
             && let Ok(metadata) = staged.file.metadata()
@@ -235,30 +350,8 @@ impl Transfers {
         self.running().downloads.insert(transfer, (cancel, task));
     }
 
-    /// Starts receiving an upload of `size` bytes into the staged file `staged`.
-    pub(crate) fn start_upload(
-        &mut self,
-        transfer: u32,
-        shared: Arc<SharedFolder>,
-        (staged, file): (String, std::fs::File),
-        folder: String,
-        name: String,
-        size: u64,
-    ) {
-        let upload = Upload {
-            staged,
-            file: Some(Box::new(Staged {
-                file,
-                hasher: blake3::Hasher::new(),
-            })),
-            writing: None,
-            folder,
-            name,
-            size,
-            received: 0,
-            shared,
-            published: false,
-        };
+    /// Receives `upload` as transfer `transfer`.
+    pub(crate) fn start_upload(&mut self, transfer: u32, upload: Upload) {
         self.running().uploads.insert(transfer, upload);
     }
 
@@ -272,12 +365,8 @@ impl Transfers {
                 upload.size
             )
         } else {
-            let len = bytes.len() as u64;
             match upload.write(bytes).await {
-                Ok(()) => {
-                    upload.received += len;
-                    return None;
-                }
+                Ok(()) => return None,
                 Err(err) => {
                     warn!("writing upload {transfer} failed: {err}");
                     format!("The server could not store the file: {err}.")
@@ -312,8 +401,8 @@ impl Transfers {
                 ),
             });
         }
-        let hash = match upload.settle().await {
-            Ok(staged) => staged.hasher.finalize(),
+        let hash = match upload.hash().await {
+            Ok(hash) => hash,
             Err(err) => {
                 warn!("writing upload {transfer} failed: {err}");
                 return Err(Refusal {

@@ -22,3 +22,4 @@ mod shutdown;
 mod slow_client;
 mod tls;
 mod uploads;
+mod web;

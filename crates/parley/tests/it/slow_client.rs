@@ -93,9 +93,12 @@ async fn senders(server: &TestServer) -> Vec<Client> {
 #[tokio::test]
 async fn a_stalled_reader_does_not_delay_the_others() {
     // A queue limit far above what is sent: the stalled client stays connected throughout, so
-    // the others' progress cannot come from it being cut off.
+    // the others' progress cannot come from it being cut off. Nor may the keepalive cut it
+    // off: it reads nothing, so it answers no ping, and on a loaded machine the flood can last
+    // longer than the default timeout.
     let server = TestServer::with_config(Config {
         max_queue_bytes: 256 << 20,
+        keepalive_timeout: Duration::from_secs(120),
         ..Config::default()
     })
     .await;

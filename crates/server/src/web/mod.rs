@@ -1,0 +1,137 @@
+//! The browser client's side of the server: HTTP on the native port.
+//!
+//! A connection's first byte tells the two protocols apart (see `lib.rs`): a native frame
+//! starts with its length, whose first byte is 0 for any frame a client may send, while an
+//! HTTP request starts with a method name. HTTP connections land here. They get the browser
+//! client's files (embedded in the binary), a WebSocket at `/ws` that carries the native
+//! protocol's messages to an ordinary session ([`socket`]), and file downloads and uploads
+//! over plain HTTP ([`files`]), allowed to whoever holds the token a WebSocket session was
+//! given at sign-in ([`grants`]).
+
+mod assets;
+mod files;
+mod grants;
+mod rewind;
+mod socket;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router, middleware};
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use parley_proto::ErrorCode;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::debug;
+
+use crate::ActiveGuard;
+use crate::hub::Refusal;
+use crate::session::Context;
+
+pub(crate) use grants::Grants;
+pub(crate) use rewind::Rewind;
+
+/// Largest request head (request line and headers) accepted, in bytes.
+const MAX_HEAD: usize = 16 * 1024;
+
+/// What a request knows of the connection it came on.
+#[derive(Clone)]
+struct Connection {
+    peer: std::net::SocketAddr,
+    /// Whether the connection is TLS: the page's origin is then `https`.
+    secure: bool,
+    /// The server's count of connections, which a WebSocket session joins.
+    active: Arc<AtomicUsize>,
+}
+
+/// Serves HTTP requests on one connection until the client closes it, it idles past the
+/// handshake timeout between requests, or the server shuts down.
+pub(crate) async fn serve<S>(
+    io: S,
+    peer: std::net::SocketAddr,
+    ctx: Arc<Context>,
+    guard: ActiveGuard,
+    secure: bool,
+) where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let connection = Connection {
+        peer,
+        secure,
+        active: guard.counter(),
+    };
+    let app = routes(ctx.clone()).layer(Extension(connection));
+    let mut http = http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(ctx.config.handshake_timeout)
+        .max_buf_size(MAX_HEAD);
+    let serving = http
+        .serve_connection(TokioIo::new(io), TowerToHyperService::new(app))
+        .with_upgrades();
+    let mut serving = std::pin::pin!(serving);
+    let result = tokio::select! {
+        result = serving.as_mut() => result,
+        _ = ctx.stopping.cancelled() => {
+            // Finishes the request in progress, if any, then closes.
+            serving.as_mut().graceful_shutdown();
+            serving.await
+        }
+    };
+    if let Err(err) = result {
+        debug!("{peer}: HTTP connection ended: {err}");
+    }
+    drop(guard);
+}
+
+/// Every path the server answers over HTTP.
+fn routes(ctx: Arc<Context>) -> Router {
+    Router::new()
+        .route("/ws", get(socket::upgrade))
+        .route("/files/{*path}", get(files::download))
+        .route("/upload", post(files::upload))
+        .fallback(assets::serve)
+        .layer(middleware::map_response(harden))
+        .with_state(ctx)
+}
+
+/// Headers on every response that keep the page to itself: scripts, styles and connections
+/// only from this server, no framing by other sites, no guessing of content types.
+async fn harden(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; connect-src 'self'; img-src 'self' data:; \
+             object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'",
+        ),
+    );
+    headers.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    response
+}
+
+/// A refusal as an HTTP response: a status for the browser, and the protocol's error code and
+/// sentence as JSON for the page to show.
+fn refused(refusal: Refusal) -> Response {
+    let status = match refusal.code {
+        ErrorCode::HandshakeRequired => StatusCode::UNAUTHORIZED,
+        ErrorCode::NoSuchFile => StatusCode::NOT_FOUND,
+        ErrorCode::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    let body = serde_json::json!({ "code": refusal.code, "message": refusal.message });
+    (status, Json(body)).into_response()
+}

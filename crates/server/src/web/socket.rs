@@ -1,0 +1,205 @@
+//! The WebSocket at `/ws`: the native protocol for browsers.
+//!
+//! Each text message is one control message (a request from the page, a reply or event from
+//! the server), each binary message one data frame's payload (transfer id, then file bytes),
+//! and WebSocket ping and pong stand for the native keepalive frames. A relay turns messages
+//! into native frames and back over an in-memory pipe, at whose other end runs an ordinary
+//! session: sign-in, every request, every limit and the keepalive are the native protocol's,
+//! unchanged. Only the welcome differs: it carries the token for the HTTP file endpoints.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Extension;
+use axum::extract::State;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{BufMut, Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use parley_proto::frame::{FrameKind, PONG_FRAME};
+use parley_proto::limits::{MAX_DATA_FRAME, SERVER_MAX_CONTROL_FRAME};
+use parley_proto::{Frame, FrameCodec};
+use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio_util::codec::FramedRead;
+use tracing::info;
+
+use super::Connection;
+use crate::ActiveGuard;
+use crate::session::{self, Context};
+
+/// Bytes the pipe between relay and session holds in each direction: a few control messages
+/// or one data frame; beyond it each side waits for the other, as a socket would make it.
+const PIPE: usize = 64 * 1024;
+
+/// After the session has ended and the page was told, how long the relay waits for the
+/// page's closing handshake.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Accepts a WebSocket from a page of this server, and runs a session over it.
+pub(super) async fn upgrade(
+    State(ctx): State<Arc<Context>>,
+    Extension(connection): Extension<Connection>,
+    headers: HeaderMap,
+    socket: WebSocketUpgrade,
+) -> Response {
+    if !same_origin(&headers, connection.secure) {
+        info!("{}: WebSocket from another site refused", connection.peer);
+        return (
+            StatusCode::FORBIDDEN,
+            "WebSocket connections are accepted only from this server's own page.",
+        )
+            .into_response();
+    }
+    // The session's own limits apply to what the relay hands it; these only stop a message
+    // larger than any frame could be from being gathered in memory first.
+    let largest = SERVER_MAX_CONTROL_FRAME.max(MAX_DATA_FRAME);
+    socket
+        .max_message_size(largest)
+        .max_frame_size(largest)
+        .on_upgrade(move |socket| run(socket, ctx, connection))
+}
+
+/// Whether the request's `Origin` is the page's own: the same scheme and the same host and
+/// port as it asked for. Browsers always send `Origin` on a WebSocket; without this check any
+/// site the user visits could talk to the server as them.
+fn same_origin(headers: &HeaderMap, secure: bool) -> bool {
+    let value = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let (Some(origin), Some(host)) = (value(header::ORIGIN), value(header::HOST)) else {
+        return false;
+    };
+    let scheme = if secure { "https://" } else { "http://" };
+    origin
+        .strip_prefix(scheme)
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+/// Runs a session for the WebSocket until either ends.
+async fn run(socket: WebSocket, ctx: Arc<Context>, connection: Connection) {
+    let (session_end, relay_end) = tokio::io::duplex(PIPE);
+    let active = ActiveGuard::new(&connection.active);
+    let accepted = tokio::time::Instant::now();
+    let session = session::run(
+        session_end,
+        connection.peer,
+        ctx,
+        accepted,
+        active,
+        None,
+        true,
+    );
+    tokio::join!(session, relay(socket, relay_end));
+}
+
+/// Carries messages between the page and the session until either side closes.
+async fn relay(socket: WebSocket, pipe: DuplexStream) {
+    let (mut to_page, mut from_page) = socket.split();
+    let (from_session, mut to_session) = tokio::io::split(pipe);
+    let inbound = async move {
+        while let Some(Ok(message)) = from_page.next().await {
+            let frame = match message {
+                Message::Text(text) => frame(FrameKind::Control, text.as_bytes()),
+                Message::Binary(data) => frame(FrameKind::Data, &data),
+                Message::Pong(_) => Bytes::from_static(&PONG_FRAME),
+                // Answered by the WebSocket library itself.
+                Message::Ping(_) => continue,
+                Message::Close(_) => break,
+            };
+            if to_session.write_all(&frame).await.is_err() {
+                break;
+            }
+        }
+        // The session reads the end of its input as the client closing.
+        let _ = to_session.shutdown().await;
+    };
+    let outbound = async move {
+        // What the session writes is the server's own, well-formed frames.
+        let mut frames = FramedRead::new(from_session, FrameCodec::client());
+        while let Some(Ok(frame)) = frames.next().await {
+            let message = match frame {
+                Frame::Control(json) => match Utf8Bytes::try_from(json) {
+                    Ok(text) => Message::Text(text),
+                    Err(_) => break,
+                },
+                Frame::Data { transfer, payload } => {
+                    let mut data = BytesMut::with_capacity(4 + payload.len());
+                    data.put_u32(transfer);
+                    data.put_slice(&payload);
+                    Message::Binary(data.freeze())
+                }
+                Frame::Ping => Message::Ping(Bytes::new()),
+                Frame::Pong => continue,
+            };
+            if to_page.send(message).await.is_err() {
+                return;
+            }
+        }
+        // The session ended (its last words, a `bye` or a reply to `quit`, went first).
+        let _ = to_page.send(Message::Close(None)).await;
+    };
+    // The page's side may never close by itself; once the session is over, it gets a moment
+    // to answer the closing handshake.
+    let mut inbound = std::pin::pin!(inbound);
+    tokio::select! {
+        () = &mut inbound => {}
+        () = outbound => {
+            let _ = tokio::time::timeout(CLOSE_WAIT, inbound).await;
+        }
+    }
+}
+
+/// A native frame of `kind` around `payload`, as a client would have sent it.
+fn frame(kind: FrameKind, payload: &[u8]) -> Bytes {
+    let mut frame = BytesMut::with_capacity(5 + payload.len());
+    frame.put_u32(u32::try_from(payload.len() + 1).unwrap_or(u32::MAX));
+    frame.put_u8(kind as u8);
+    frame.put_slice(payload);
+    frame.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::HOST, HeaderValue::from_static(host));
+        if let Some(origin) = origin {
+            headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_the_servers_own_page_may_open_a_socket() {
+        assert!(same_origin(
+            &headers(Some("http://127.0.0.1:4000"), "127.0.0.1:4000"),
+            false
+        ));
+        assert!(same_origin(
+            &headers(Some("https://Chat.Example:443"), "chat.example:443"),
+            true
+        ));
+        assert!(!same_origin(
+            &headers(Some("http://evil.example"), "127.0.0.1:4000"),
+            false
+        ));
+        assert!(!same_origin(
+            &headers(Some("http://127.0.0.1:4000"), "127.0.0.1:4000"),
+            true
+        ));
+        assert!(!same_origin(
+            &headers(Some("http://127.0.0.1:4001"), "127.0.0.1:4000"),
+            false
+        ));
+        assert!(!same_origin(&headers(None, "127.0.0.1:4000"), false));
+    }
+
+    #[test]
+    fn a_text_message_becomes_a_control_frame() {
+        let framed = frame(FrameKind::Control, br#"{"id":1}"#);
+        assert_eq!(&framed[..5], &[0, 0, 0, 9, FrameKind::Control as u8]);
+        assert_eq!(&framed[5..], br#"{"id":1}"#);
+    }
+}
