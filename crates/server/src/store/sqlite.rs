@@ -77,6 +77,10 @@ impl SqliteStore {
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut db = Connection::open(path).map_err(StoreError::new)?;
+        // `parley admin` may use the database while the server runs, or starts: wait for the
+        // other's transaction rather than fail. Set first, so that it covers the pragmas too.
+        db.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(StoreError::new)?;
         // WAL: readers do not block the writer. synchronous=NORMAL in WAL mode keeps every
         // committed transaction through a crash of the process (kill -9); only a power loss
         // can take the last few, which FULL would keep at the cost of an fsync per commit.
@@ -84,16 +88,19 @@ impl SqliteStore {
             .map_err(StoreError::new)?;
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(StoreError::new)?;
-        // `parley admin` may write while the server runs: wait for the other's transaction.
-        db.busy_timeout(std::time::Duration::from_secs(5))
-            .map_err(StoreError::new)?;
         migrate(&mut db)?;
         Ok(Self { db: Mutex::new(db) })
     }
 }
 
+/// Brings the schema up to date in one immediate transaction: a second process opening the
+/// same database at the same moment (`parley admin` beside a starting server) waits for it,
+/// then reads the new version and has nothing left to do.
 fn migrate(db: &mut Connection) -> Result<(), StoreError> {
-    let version = db
+    let tx = db
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+        .map_err(StoreError::new)?;
+    let version = tx
         .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
         .map_err(StoreError::new)? as usize;
     if version > MIGRATIONS.len() {
@@ -103,14 +110,15 @@ fn migrate(db: &mut Connection) -> Result<(), StoreError> {
             MIGRATIONS.len()
         )));
     }
-    for (index, migration) in MIGRATIONS.iter().enumerate().skip(version) {
-        let tx = db.transaction().map_err(StoreError::new)?;
-        tx.execute_batch(migration).map_err(StoreError::new)?;
-        tx.pragma_update(None, "user_version", (index + 1) as i64)
-            .map_err(StoreError::new)?;
-        tx.commit().map_err(StoreError::new)?;
+    if version == MIGRATIONS.len() {
+        return Ok(());
     }
-    Ok(())
+    for migration in &MIGRATIONS[version..] {
+        tx.execute_batch(migration).map_err(StoreError::new)?;
+    }
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
+        .map_err(StoreError::new)?;
+    tx.commit().map_err(StoreError::new)
 }
 
 fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
@@ -406,6 +414,24 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_processes_may_create_the_database_at_once() {
+        // `parley admin add` run just as the server starts: both find a new database.
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("parley.db");
+            let opening: Vec<_> = (0..2)
+                .map(|_| {
+                    let path = path.clone();
+                    std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+                })
+                .collect();
+            for opened in opening {
+                opened.join().unwrap().unwrap();
+            }
+        }
+    }
 
     fn message(id: u64, room: Option<&str>, from: &str, to: Option<&str>, text: &str) -> Stored {
         Stored {
