@@ -94,6 +94,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}:{port}", args.host))?;
     let address = listener.local_addr()?;
     println!("Parley server listening on {address} (Ctrl-C stops it)");
+    let scheme = if args.no_tls { "http" } else { "https" };
+    // Listening on every interface: the page is at any of the machine's addresses.
+    let shown = match address.ip().is_unspecified() {
+        true => format!(
+            "{scheme}://localhost:{}/ (or this machine's address)",
+            address.port()
+        ),
+        false => format!("{scheme}://{address}/"),
+    };
+    println!("Browsers: {shown}");
 
     let keepalive = Duration::from_secs(args.keepalive);
     let config = Config {

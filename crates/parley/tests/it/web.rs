@@ -444,3 +444,17 @@ async fn upload_limits_and_checks_apply_over_http() {
     names.sort();
     assert_eq!(names, ["whole.bin"]);
 }
+
+#[tokio::test]
+async fn the_server_prints_the_address_to_open_in_a_browser() {
+    let (server, addr) = Proc::server().await;
+    let printed = format!("Browsers: http://{addr}/");
+    assert!(server.seen.contains(&printed), "{:?}", server.seen);
+    let page = get(addr, "/", "").await;
+    assert_eq!(page.status, 200);
+    assert!(
+        String::from_utf8(page.body)
+            .unwrap()
+            .contains("<title>Parley</title>")
+    );
+}

@@ -15,7 +15,7 @@ mod rewind;
 mod socket;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parley_proto::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tracing::debug;
+use tracing::info;
 
 use crate::ActiveGuard;
 use crate::hub::Refusal;
@@ -46,6 +46,8 @@ struct Connection {
     secure: bool,
     /// The server's count of connections, which a WebSocket session joins.
     active: Arc<AtomicUsize>,
+    /// Set when the connection becomes a WebSocket, whose session then says when it ends.
+    upgraded: Arc<AtomicBool>,
 }
 
 /// Serves HTTP requests on one connection until the client closes it, it idles past the
@@ -63,7 +65,9 @@ pub(crate) async fn serve<S>(
         peer,
         secure,
         active: guard.counter(),
+        upgraded: Arc::default(),
     };
+    let upgraded = connection.upgraded.clone();
     let app = routes(ctx.clone()).layer(Extension(connection));
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -81,8 +85,10 @@ pub(crate) async fn serve<S>(
             serving.await
         }
     };
-    if let Err(err) = result {
-        debug!("{peer}: HTTP connection ended: {err}");
+    match result {
+        Ok(()) if upgraded.load(Ordering::Relaxed) => {}
+        Ok(()) => info!("{peer} left: HTTP connection closed"),
+        Err(err) => info!("{peer} left: HTTP connection ended: {err}"),
     }
     drop(guard);
 }

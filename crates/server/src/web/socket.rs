@@ -8,6 +8,7 @@
 //! unchanged. Only the welcome differs: it carries the token for the HTTP file endpoints.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Extension;
@@ -54,6 +55,7 @@ pub(super) async fn upgrade(
     // The session's own limits apply to what the relay hands it; these only stop a message
     // larger than any frame could be from being gathered in memory first.
     let largest = SERVER_MAX_CONTROL_FRAME.max(MAX_DATA_FRAME);
+    connection.upgraded.store(true, Ordering::Relaxed);
     socket
         .max_message_size(largest)
         .max_frame_size(largest)
