@@ -458,3 +458,54 @@ async fn the_server_prints_the_address_to_open_in_a_browser() {
             .contains("<title>Parley</title>")
     );
 }
+
+#[tokio::test]
+async fn files_cross_the_websocket_as_binary_messages_too() {
+    let server = TestServer::start().await;
+    let bytes: Vec<u8> = (0..700_000u32).map(|i| (i % 241) as u8).collect();
+    fs::write(server.shared.path().join("big.bin"), &bytes).unwrap();
+    let (mut page, _) = browser(server.addr, "alice").await;
+
+    // A download: the file's data frames arrive as binary messages, transfer id first.
+    let download = json!({"id": 2, "type": "download", "path": "big.bin", "transfer": 7});
+    page.send(Message::text(download.to_string()))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let end = timeout(WAIT, async {
+        loop {
+            match page.next().await.unwrap().unwrap() {
+                Message::Binary(data) => {
+                    assert_eq!(data[..4], 7u32.to_be_bytes());
+                    received.extend_from_slice(&data[4..]);
+                }
+                Message::Text(text) => {
+                    let value: Value = serde_json::from_str(&text).unwrap();
+                    if value["type"] == "transfer_end" {
+                        return value;
+                    }
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(end["status"], "complete", "{end}");
+    assert!(received == bytes, "the download arrived byte for byte");
+
+    // An upload: binary messages carry the data frames the other way.
+    let data = b"uploaded over the socket";
+    let upload = json!({"id": 3, "type": "upload", "folder": "", "name": "up.txt",
+        "size": data.len(), "transfer": 8});
+    page.send(Message::text(upload.to_string())).await.unwrap();
+    assert_eq!(next_json(&mut page, |m| m["id"] == 3).await["type"], "ok");
+    let frame = [&8u32.to_be_bytes()[..], data].concat();
+    page.send(Message::binary(frame)).await.unwrap();
+    let hash = blake3::hash(data).to_hex().to_string();
+    let finish = json!({"id": 4, "type": "finish", "transfer": 8, "blake3": hash});
+    page.send(Message::text(finish.to_string())).await.unwrap();
+    let finished = next_json(&mut page, |m| m["id"] == 4).await;
+    assert_eq!(finished["result"]["path"], "up.txt", "{finished}");
+    assert_eq!(fs::read(server.shared.path().join("up.txt")).unwrap(), data);
+}
