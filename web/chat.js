@@ -43,6 +43,10 @@ export class Chat {
     // Bumped by each Welcome and by sign-out, so that work begun for an older connection
     // (rejoining, catching up) stops instead of acting on the new one.
     this.epoch = 0;
+    // The highest message id this page has been given. Ids grow across the whole server and
+    // each connection receives its messages in id order, so when the connection drops, every
+    // conversation has been given everything up to here: catching up starts from it.
+    this.highestSeen = 0;
     this.wire();
   }
 
@@ -107,7 +111,7 @@ export class Chat {
   /** The connection was lost: remember where each timeline stood, to catch up from there. */
   lost() {
     for (const conv of this.conversations.values()) {
-      conv.catchUpFrom ??= conv.newestId;
+      conv.catchUpFrom ??= Math.max(conv.newestId ?? 0, this.highestSeen);
       conv.addNotice(['Connection lost. Reconnecting…'], 'error');
     }
     this.epoch += 1;
@@ -117,6 +121,7 @@ export class Chat {
   /** Forgets every conversation (sign-out, or a sign-in that starts afresh). */
   reset() {
     this.epoch += 1;
+    this.highestSeen = 0;
     for (const conv of this.conversations.values()) conv.tab.remove();
     this.conversations.clear();
     this.current = null;
@@ -257,6 +262,7 @@ export class Chat {
     let above = false;
     let unread = 0;
     for (const message of messages) {
+      this.highestSeen = Math.max(this.highestSeen, message.id);
       const atEnd = conv.addMessage(message);
       if (atEnd === null) continue;
       if (!atEnd) above = true;
@@ -407,7 +413,8 @@ export class Chat {
   async catchUp(conv, epoch) {
     const known = conv.catchUpFrom;
     if (known === null) {
-      // Nothing was shown: a room's backlog is all there is to show; a private tab asks.
+      // Not cut off since it was opened: a room's backlog is all there is to show; a private
+      // tab asks.
       if (conv.kind === 'dm' && conv.newestId === null) await this.loadEarlier(conv);
       return;
     }

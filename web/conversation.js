@@ -32,7 +32,8 @@ export class Conversation {
     // True once `history` answered with an empty page: nothing older exists.
     this.exhausted = false;
     this.loading = false;
-    // The newest message id shown when the connection was lost, until the gap is filled.
+    // The newest message id shown when the connection was lost (0 if none), until the gap is
+    // filled; null when there is no gap.
     this.catchUpFrom = null;
     this.draft = '';
     this.sending = false;

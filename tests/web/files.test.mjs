@@ -1,9 +1,11 @@
-// Shared files through the browser: uploads (several at once, too large, cancelled),
-// downloads, files crossing between the browser and the terminal byte for byte, and the HTTP
-// routes themselves: a session cookie required, ranges, and no way out of the shared folder.
+// Shared files through the browser: browsing folders, uploads (several at once, dropped on
+// the panel, with their progress, too large, cancelled), downloads, files crossing between the
+// browser and the terminal byte for byte, file names shown as text, and the HTTP routes
+// themselves: a session cookie required, ranges, and no way out of the shared folder.
 
 import test, { afterEach } from 'node:test';
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -15,6 +17,7 @@ import {
   launchBrowser,
   openFiles,
   openPage,
+  pageLog,
   q,
   randomFile,
   request,
@@ -53,6 +56,248 @@ async function waitForUpload(page, name, state, timeout = WAIT) {
       throw new Error(`the upload of ${name} did not end ${state}: ${error.message.split('\n')[0]}`);
     });
 }
+
+/** The breadcrumb's names, top first, and the one marked as the folder on screen. */
+function breadcrumb(page) {
+  return page.evaluate(() => ({
+    names: [...document.querySelectorAll('#files-path li')].map((li) => li.textContent.trim()),
+    current: document.querySelector('#files-path [aria-current="location"]')?.textContent.trim(),
+  }));
+}
+
+/** Waits until the file panel shows the folder named `label` ("All files" for the top). */
+async function waitForFolder(page, label) {
+  await page.waitForFunction(
+    (label) => document.querySelector('#files-path [aria-current="location"]')?.textContent.trim() === label,
+    label,
+  );
+}
+
+/** Clicks a file's download link and returns the downloaded bytes. */
+async function downloadEntry(page, name) {
+  const link = page.locator(`${entrySelector(name)} a.download`);
+  const [download] = await Promise.all([page.waitForEvent('download'), link.click()]);
+  return fs.readFileSync(await download.path());
+}
+
+test('the file list opens folders, shows sizes, uploaders and times, and its breadcrumb leads back', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const deeper = path.join(server.sharedDir, 'Deep', 'Deeper');
+  fs.mkdirSync(deeper, { recursive: true });
+  const inside = randomFile(deeper, 'inside.bin', 1.5 * 1024 * 1024);
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await openFiles(alice);
+
+  const folder = alice.locator(entrySelector('Deep'));
+  await folder.waitFor();
+  assert.equal(await folder.getAttribute('data-folder'), 'true');
+  assert.equal(await folder.locator('a.download').count(), 0, 'a folder, not a file');
+  assert.deepEqual(await breadcrumb(alice), { names: ['All files'], current: 'All files' });
+
+  // A file the terminal shares shows who shared it and when.
+  const bob = await startTerminal('bob', server);
+  fs.writeFileSync(path.join(bob.dir, 'from-bob.txt'), 'x'.repeat(2_000));
+  const before = Date.now();
+  bob.send('/upload ./from-bob.txt');
+  await bob.waitForLine(/^Shared \.\/from-bob\.txt as from-bob\.txt: .* checksum verified$/);
+  const shared = alice.locator(entrySelector('from-bob.txt'));
+  await shared.waitFor();
+  assert.equal(await shared.getAttribute('data-folder'), 'false');
+  assert.equal((await shared.locator('.entry-uploader').textContent()).trim(), 'bob');
+  assert.equal((await shared.locator('.entry-size').textContent()).trim(), '2.0 KB');
+  const time = shared.locator('time.entry-time');
+  assert.notEqual((await time.textContent()).trim(), '', 'a time is shown');
+  const modified = Date.parse(await time.getAttribute('datetime'));
+  // The file system's clock may round down to the second.
+  assert.ok(modified >= before - 2_000 && modified <= Date.now() + 2_000, new Date(modified).toISOString());
+  await alice.waitForFunction(() => document.querySelector('#files-summary').textContent === '1 folder, 1 file, 2.0 KB');
+
+  await folder.locator('button.open').click();
+  await waitForFolder(alice, 'Deep');
+  assert.deepEqual(await breadcrumb(alice), { names: ['All files', 'Deep'], current: 'Deep' });
+  assert.equal(await alice.locator(entrySelector('from-bob.txt')).count(), 0, 'the top folder\'s files are gone');
+  await alice.locator(`${entrySelector('Deeper')}[data-folder="true"] button.open`).click();
+  await waitForFolder(alice, 'Deeper');
+  assert.deepEqual(await breadcrumb(alice), { names: ['All files', 'Deep', 'Deeper'], current: 'Deeper' });
+  const file = alice.locator(entrySelector('inside.bin'));
+  assert.equal(await file.getAttribute('data-folder'), 'false');
+  assert.equal((await file.locator('.entry-size').textContent()).trim(), '1.5 MB');
+  assert.equal(await file.locator('.entry-uploader').count(), 0, 'put there on the server, not shared by anyone');
+  assert.equal(await file.locator('time.entry-time').count(), 1);
+  assert.equal(await alice.textContent('#files-summary'), '0 folders, 1 file, 1.5 MB');
+  assert.ok((await downloadEntry(alice, 'inside.bin')).equals(fs.readFileSync(inside.path)), 'two folders down');
+
+  // Back up one folder, then to the top, by the breadcrumb.
+  await alice.click('#files-path button[data-folder="Deep"]');
+  await waitForFolder(alice, 'Deep');
+  await alice.locator(entrySelector('Deeper')).waitFor();
+  await alice.click('#files-path button[data-folder=""]');
+  await waitForFolder(alice, 'All files');
+  assert.deepEqual(await breadcrumb(alice), { names: ['All files'], current: 'All files' });
+  await alice.locator(entrySelector('Deep')).waitFor();
+  await alice.locator(entrySelector('from-bob.txt')).waitFor();
+});
+
+test('files dropped on the panel are uploaded, byte for byte', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await openFiles(alice);
+
+  const files = [
+    { name: 'dropped note.txt', bytes: randomBytes(1_000) },
+    { name: 'dropped.bin', bytes: randomBytes(300_001) },
+  ];
+  // What a drag from the desktop carries: a DataTransfer holding File objects.
+  const dataTransfer = await alice.evaluateHandle((files) => {
+    const transfer = new DataTransfer();
+    for (const { name, base64 } of files) {
+      const bytes = Uint8Array.from(atob(base64), (c) => c.charCodeAt(0));
+      transfer.items.add(new File([bytes], name, { type: 'application/octet-stream' }));
+    }
+    return transfer;
+  }, files.map(({ name, bytes }) => ({ name, base64: bytes.toString('base64') })));
+  // A drop the page does not take would make the browser leave the page to show the file.
+  await alice.evaluate(() => {
+    window.addEventListener('drop', (e) => {
+      window.dropTaken = e.defaultPrevented;
+    });
+  });
+
+  const dragging = () => alice.evaluate(() => document.querySelector('#files').classList.contains('dragging'));
+  await alice.dispatchEvent('#files', 'dragenter', { dataTransfer });
+  assert.equal(await dragging(), true, 'the panel shows that it takes the drop');
+  await alice.dispatchEvent('#files', 'dragover', { dataTransfer });
+  await alice.dispatchEvent('#files', 'drop', { dataTransfer });
+  assert.equal(await alice.evaluate(() => window.dropTaken), true, 'the page took the drop');
+  assert.equal(await dragging(), false);
+
+  for (const { name } of files) await waitForUpload(alice, name, 'done');
+  assert.deepEqual(visibleNames(server.sharedDir), files.map(({ name }) => name).sort());
+  for (const { name, bytes } of files) {
+    assert.ok(fs.readFileSync(path.join(server.sharedDir, name)).equals(bytes), `${name} differs`);
+  }
+});
+
+test('an upload shows its progress on the way, then is done', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await openFiles(alice);
+
+  // Unthrottled, 64 MiB crossed the loopback in under half a second with only two progress
+  // events on a two-core machine, and a faster one could show none: the page's upload is
+  // slowed down instead (Chromium's emulated network throttles request bodies too), to about
+  // a second.
+  const size = 4 * 1024 * 1024;
+  const cdp = await alice.context().newCDPSession(alice);
+  await cdp.send('Network.enable');
+  await cdp.send('Network.emulateNetworkConditions', {
+    offline: false,
+    latency: 0,
+    downloadThroughput: -1,
+    uploadThroughput: size,
+  });
+  // Every value the bar and the status text take, as the page shows them.
+  await alice.evaluate(() => {
+    window.progressSeen = [];
+    window.statusSeen = [];
+    new MutationObserver((records) => {
+      for (const record of records) {
+        const row = record.target.parentElement?.closest('.upload') ?? record.target.closest?.('.upload');
+        const bar = row?.querySelector('progress');
+        if (bar) window.progressSeen.push([bar.value, bar.max]);
+        const status = row?.querySelector('.upload-status')?.textContent;
+        if (status) window.statusSeen.push(status);
+      }
+    }).observe(document.querySelector('#uploads'), {
+      subtree: true,
+      childList: true,
+      characterData: true,
+      attributes: true,
+    });
+  });
+
+  const local = tempDir('local');
+  const big = randomFile(local, 'big.bin', size);
+  await alice.setInputFiles('#upload-input', [big.path]);
+  await waitForUpload(alice, 'big.bin', 'done');
+
+  const seen = await alice.evaluate(() => window.progressSeen);
+  const between = seen.filter(([value, max]) => value > 0 && value < max);
+  assert.ok(between.length > 0, `no value between 0 and the end among ${JSON.stringify(seen)}`);
+  for (const [value, max] of between) assert.equal(max, size, `the bar's end is the file's size: ${value}/${max}`);
+  const values = seen.map(([value]) => value);
+  assert.deepEqual(values, [...values].sort((a, b) => a - b), 'the bar never goes back');
+  const statuses = await alice.evaluate(() => window.statusSeen);
+  assert.ok(statuses.some((text) => /^\d+%$/.test(text)), `no percentage in ${JSON.stringify([...new Set(statuses)])}`);
+  const bar = alice.locator(`${uploadSelector('big.bin')} progress`);
+  assert.equal(await bar.evaluate((el) => [el.value, el.max].join('/')), `${size}/${size}`, 'full once done');
+  assert.equal(await sha256File(path.join(server.sharedDir, 'big.bin')), big.sha256);
+});
+
+test('file names with markup are shown as text: in the shared notice, the lists, and they download', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await openFiles(alice);
+  const bob = await startTerminal('bob', server);
+
+  // The terminal cannot name a file with a space (its /upload splits words) nor anyone a '/':
+  // this is the most markup a terminal's file name can carry, an entity included.
+  const fromBob = '<b>bold<b>&amp;.txt';
+  fs.writeFileSync(path.join(bob.dir, fromBob), 'shared by the terminal\n');
+  bob.send(`/upload ./${fromBob}`);
+  await bob.waitForLine(/^Shared .* checksum verified$/);
+
+  // Everyone else online is told, in the tab in view: who, which file (a link to it), how big.
+  const notice = await alice.waitForFunction(
+    (name) =>
+      [...document.querySelectorAll('#timeline .notice')].find((notice) =>
+        [...notice.querySelectorAll('a')].some((link) => link.textContent === name),
+      ),
+    fromBob,
+  );
+  const noticeText = await notice.evaluate((el) => el.querySelector('.notice-text').textContent);
+  assert.equal(noticeText, `bob shared ${fromBob} (23 B)`);
+  assert.equal(await notice.evaluate((el) => el.querySelectorAll('b').length), 0, 'no element made from the name');
+  const entry = alice.locator(entrySelector(fromBob));
+  await entry.waitFor();
+  assert.equal(await entry.locator('a.download').textContent(), fromBob);
+  assert.equal((await entry.locator('.entry-uploader').textContent()).trim(), 'bob');
+  assert.equal(
+    await notice.evaluate((el) => el.querySelector('a').getAttribute('href')),
+    await entry.locator('a.download').getAttribute('href'),
+    'the notice links to the file',
+  );
+
+  // The page can name a file anything allowed, spaces included: an image that would run a script.
+  const fromAlice = '<img src=x onerror=alert(1)>.txt';
+  const local = tempDir('local');
+  const original = randomFile(local, fromAlice, 5_000);
+  await alice.setInputFiles('#upload-input', [original.path]);
+  await waitForUpload(alice, fromAlice, 'done');
+  assert.equal(await alice.locator(`${uploadSelector(fromAlice)} .upload-name`).textContent(), fromAlice);
+  await alice.locator(entrySelector(fromAlice)).waitFor();
+  assert.equal(await alice.locator(`${entrySelector(fromAlice)} a.download`).textContent(), fromAlice);
+  // The page's own notice of its upload names it the same way.
+  await alice.waitForFunction(
+    (name) => [...document.querySelectorAll('#timeline .notice a')].some((link) => link.textContent === name),
+    fromAlice,
+  );
+  assert.deepEqual(visibleNames(server.sharedDir), [fromBob, fromAlice].sort());
+
+  const made = alice.locator('#files-list img, #files-list b, #uploads img, #timeline img, #timeline b');
+  assert.equal(await made.count(), 0, 'no element made from a file name');
+  assert.deepEqual(pageLog(alice).dialogs, [], 'no script from a file name ran');
+  assert.ok((await downloadEntry(alice, fromBob)).equals(fs.readFileSync(path.join(bob.dir, fromBob))));
+  assert.ok((await downloadEntry(alice, fromAlice)).equals(fs.readFileSync(original.path)));
+});
 
 test('the browser uploads two files at once and the terminal downloads one byte for byte', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();

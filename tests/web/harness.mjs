@@ -334,6 +334,18 @@ export async function startTerminal(name, server, { downloadDir, knownHosts } = 
 }
 
 /**
+ * Has a terminal client say each of `texts` in the lobby, in this order, and waits until the
+ * server has stored them all: the terminal prints its own message once the server has stored
+ * it (protocol section 5.3), though not always in the order they were typed.
+ */
+export async function terminalSays(terminal, texts) {
+  for (const text of texts) terminal.send(text);
+  for (const text of texts) {
+    await terminal.waitForLine(`[#lobby] ${terminal.name}: ${text}`, WAIT, { fromStart: true });
+  }
+}
+
+/**
  * Runs a one-shot `parley` command (`admin add ...`) to its end; resolves with its exit code
  * and output. `env` adds variables (PARLEY_PASSWORD).
  */
@@ -473,6 +485,15 @@ export function messageIds(page) {
     [...document.querySelectorAll('#timeline .message')]
       .filter((message) => message.getClientRects().length > 0)
       .map((message) => message.dataset.id),
+  );
+}
+
+/** The text of every shown message in the timeline, in order. */
+export function messageTexts(page) {
+  return page.evaluate(() =>
+    [...document.querySelectorAll('#timeline .message')]
+      .filter((message) => message.getClientRects().length > 0)
+      .map((message) => message.querySelector('.message-text')?.textContent),
   );
 }
 

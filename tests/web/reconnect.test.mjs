@@ -1,6 +1,7 @@
 // Coming back: a reloaded page is signed in again with its conversation (a registered name
-// after its password, at most), and a page whose server restarted reconnects by itself,
-// keeping what it showed, each message once.
+// after its password, at most), a page whose server restarted reconnects by itself, keeping
+// what it showed, each message once, and a page cut off for a while catches up on everything
+// said meanwhile, more than the backlog included.
 
 import test, { afterEach } from 'node:test';
 import assert from 'node:assert/strict';
@@ -15,6 +16,7 @@ import {
   launchBrowser,
   me,
   messageIds,
+  messageTexts,
   openPage,
   runParley,
   say,
@@ -22,11 +24,55 @@ import {
   startServer,
   startTerminal,
   tabSelector,
+  terminalSays,
+  timelineText,
   waitForMessage,
   waitOnline,
 } from './harness.mjs';
 
 afterEach(finish);
+
+/** Records every state the status passes through in `window.statesSeen`: some are brief. */
+function recordStates(page) {
+  return page.evaluate(() => {
+    window.statesSeen = [];
+    const record = () => window.statesSeen.push(document.querySelector('#status')?.dataset.state);
+    new MutationObserver(record).observe(document.body, {
+      subtree: true,
+      childList: true,
+      attributes: true,
+      attributeFilter: ['data-state'],
+    });
+  });
+}
+
+/**
+ * Cuts `page` off from `server` and restarts the server behind its back. Offline, Chromium
+ * fails every new WebSocket but does not close the open one: it holds its traffic, the close
+ * included, until the network is back. So the server is stopped (which closes the page's
+ * connection, as a lost network would) and started again on the same port and folders while
+ * the page cannot reach it; `context.setOffline(false)` then delivers the close, and the page
+ * has to notice it and reconnect by itself. Returns the new server.
+ */
+async function restartWhileOffline(page, server, args) {
+  await page.context().setOffline(true);
+  assert.equal(await server.stop(), 0, 'SIGTERM stops the server cleanly');
+  return startServer({ port: server.port, dataDir: server.dataDir, sharedDir: server.sharedDir, args });
+}
+
+/** Brings the page's network back and waits until it has reconnected by itself. */
+async function backOnline(page) {
+  await page.context().setOffline(false);
+  await page.waitForFunction(() => window.statesSeen.includes('reconnecting'), null, { timeout: RECONNECT_WAIT });
+  await waitOnline(page, RECONNECT_WAIT);
+}
+
+/** Asserts that the timeline shows exactly `texts`, in this order, in increasing id order. */
+async function assertTimeline(page, texts) {
+  assert.deepEqual(await messageTexts(page), texts, await timelineText(page));
+  const ids = (await messageIds(page)).map(Number);
+  assert.deepEqual(ids, [...ids].sort((a, b) => a - b), `not in id order: ${ids.join(', ')}`);
+}
 
 /** Asserts that no message is shown twice. */
 async function assertNoDuplicates(page) {
@@ -115,17 +161,7 @@ test('a page reconnects by itself after the server restarts, each message shown 
   bob.send('from the terminal before');
   await waitForMessage(alice, { from: 'bob', text: 'from the terminal before' });
 
-  // Every state the status passes through is recorded: "reconnecting" may be brief.
-  await alice.evaluate(() => {
-    window.statesSeen = [];
-    const record = () => window.statesSeen.push(document.querySelector('#status')?.dataset.state);
-    new MutationObserver(record).observe(document.body, {
-      subtree: true,
-      childList: true,
-      attributes: true,
-      attributeFilter: ['data-state'],
-    });
-  });
+  await recordStates(alice);
   assert.equal(await server.stop(), 0, 'SIGTERM stops the server cleanly');
   assert.equal(await bounded(bob.proc.exit, WAIT, 'the terminal client leaving'), 3, 'the terminal was told');
   await alice.waitForFunction(() => window.statesSeen.includes('reconnecting'));
@@ -142,5 +178,53 @@ test('a page reconnects by itself after the server restarts, each message shown 
 
   assert.equal(await countMessages(alice, 'before the restart'), 1);
   assert.equal(await countMessages(alice, 'from the terminal before'), 1);
+  await assertNoDuplicates(alice);
+});
+
+test('a page cut off for a while catches up on all it missed, more than the backlog, each once', { timeout: TEST_TIMEOUT }, async () => {
+  // A backlog of 5 cannot bring back the 8 messages missed: the page has to ask for history.
+  const server = await startServer({ args: ['--backlog', '5'] });
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  const bob = await startTerminal('bob', server);
+  await say(alice, 'before the cut');
+  bob.send('from the terminal before');
+  await waitForMessage(alice, { from: 'bob', text: 'from the terminal before' });
+  await recordStates(alice);
+
+  const again = await restartWhileOffline(alice, server, ['--backlog', '5']);
+  const carol = await startTerminal('carol', again);
+  const missed = Array.from({ length: 8 }, (_, i) => `missed ${i + 1}`);
+  // All of it is stored, history, by the time the page is back.
+  await terminalSays(carol, missed);
+  assert.equal(await countMessages(alice, 'missed 8'), 0, 'the page was cut off');
+
+  await backOnline(alice);
+  assert.equal(await me(alice), 'alice');
+  for (const text of missed) await waitForMessage(alice, { from: 'carol', text });
+  await assertTimeline(alice, ['before the cut', 'from the terminal before', ...missed]);
+  await assertNoDuplicates(alice);
+
+  // Signed in for real, not only showing history: the conversation goes on.
+  await say(alice, 'back again');
+  await carol.waitForLine('[#lobby] alice: back again');
+});
+
+test('a page that had shown no message yet catches up on all said while it was cut off', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer({ args: ['--backlog', '5'] });
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await recordStates(alice);
+
+  const again = await restartWhileOffline(alice, server, ['--backlog', '5']);
+  const carol = await startTerminal('carol', again);
+  const missed = Array.from({ length: 8 }, (_, i) => `missed ${i + 1}`);
+  await terminalSays(carol, missed);
+
+  await backOnline(alice);
+  for (const text of missed) await waitForMessage(alice, { from: 'carol', text });
+  await assertTimeline(alice, missed);
   await assertNoDuplicates(alice);
 });
