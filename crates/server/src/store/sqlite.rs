@@ -84,41 +84,58 @@ impl SqliteStore {
         // WAL: readers do not block the writer. synchronous=NORMAL in WAL mode keeps every
         // committed transaction through a crash of the process (kill -9); only a power loss
         // can take the last few, which FULL would keep at the cost of an fsync per commit.
-        db.pragma_update(None, "journal_mode", "WAL")
-            .map_err(StoreError::new)?;
+        when_free(|| db.pragma_update(None, "journal_mode", "WAL")).map_err(StoreError::new)?;
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(StoreError::new)?;
-        migrate(&mut db)?;
+        let version = when_free(|| migrate(&mut db)).map_err(StoreError::new)?;
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::new(format!(
+                "the database is at schema version {version}, newer than this server knows ({}); \
+                 upgrade the server",
+                MIGRATIONS.len()
+            )));
+        }
         Ok(Self { db: Mutex::new(db) })
+    }
+}
+
+/// Runs `step` until the database is not busy with another connection, for up to 5 s. The
+/// busy timeout covers most waits, but SQLite answers "busy" at once, without waiting, where
+/// waiting could deadlock: two connections that both read the journal mode (or the schema
+/// version) and then both want to change it. One of them must let go and start again.
+fn when_free<T>(mut step: impl FnMut() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match step() {
+            Err(rusqlite::Error::SqliteFailure(err, _))
+                if matches!(
+                    err.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            done => return done,
+        }
     }
 }
 
 /// Brings the schema up to date in one immediate transaction: a second process opening the
 /// same database at the same moment (`parley admin` beside a starting server) waits for it,
-/// then reads the new version and has nothing left to do.
-fn migrate(db: &mut Connection) -> Result<(), StoreError> {
-    let tx = db
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-        .map_err(StoreError::new)?;
-    let version = tx
-        .pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))
-        .map_err(StoreError::new)? as usize;
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::new(format!(
-            "the database is at schema version {version}, newer than this server knows ({}); \
-             upgrade the server",
-            MIGRATIONS.len()
-        )));
-    }
-    if version == MIGRATIONS.len() {
-        return Ok(());
+/// then reads the new version and has nothing left to do. Returns the version found, which
+/// is left alone if it is newer than this server knows.
+fn migrate(db: &mut Connection) -> rusqlite::Result<usize> {
+    let tx = db.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let version = tx.pragma_query_value(None, "user_version", |row| row.get::<_, i64>(0))? as usize;
+    if version >= MIGRATIONS.len() {
+        return Ok(version);
     }
     for migration in &MIGRATIONS[version..] {
-        tx.execute_batch(migration).map_err(StoreError::new)?;
+        tx.execute_batch(migration)?;
     }
-    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)
-        .map_err(StoreError::new)?;
-    tx.commit().map_err(StoreError::new)
+    tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
+    tx.commit()?;
+    Ok(version)
 }
 
 fn stored(row: &rusqlite::Row<'_>) -> rusqlite::Result<Stored> {
