@@ -193,12 +193,21 @@ $('signout').addEventListener('click', () => {
   showSignin(name, '', false);
 });
 
-// Every download link (file list, shared notices) renews the cookie before the browser follows it.
-for (const type of ['click', 'auxclick']) {
-  document.addEventListener(type, (e) => {
-    if (e.target.closest?.('a[href^="/files/"]')) session.authorize();
-  }, true);
-}
+// Every download link (file list, shared notices) has the server renew the download cookie
+// before the browser follows it (see Session.authorize); the link is then clicked again.
+document.addEventListener('click', async (e) => {
+  const link = e.target.closest?.('a[href^="/files/"]');
+  if (!link || link.dataset.authorized) return;
+  e.preventDefault();
+  await session.authorize();
+  link.dataset.authorized = 'yes';
+  link.click();
+  delete link.dataset.authorized;
+}, true);
+// A middle click opens the link at once: the renewal can only race it.
+document.addEventListener('auxclick', (e) => {
+  if (e.target.closest?.('a[href^="/files/"]')) session.authorize();
+}, true);
 
 document.addEventListener('keydown', (e) => {
   if (e.key === 'Escape' && panels.closeOpen()) e.preventDefault();

@@ -4,8 +4,9 @@
 //
 // Files move over HTTP rather than as data frames on the socket: the browser streams them from
 // and to disk, shows its own download progress, and an upload is a single XMLHttpRequest whose
-// progress events and abort() are exactly what the upload list needs. The session token cookie
-// (session.js) authorizes both.
+// progress events and abort() are exactly what the upload list needs. The session's token
+// authorizes both: in a header for an upload, in the cookie the server sets for a download
+// (session.js).
 
 import { h, paint, formatSize, timeOrDate, fullDateOf, fileHref, joinPath } from './util.js';
 
@@ -256,7 +257,7 @@ export class Files {
       const query = `folder=${encodeURIComponent(folder)}&name=${encodeURIComponent(file.name)}`;
       xhr.open('POST', `/upload?${query}`);
       xhr.setRequestHeader('Content-Type', 'application/octet-stream');
-      this.session.authorize();
+      xhr.setRequestHeader('X-Parley-Token', this.session.token ?? '');
       status.textContent = folder ? `Uploading to ${folder}…` : 'Uploading…';
       xhr.send(file);
     };

@@ -1,5 +1,5 @@
 // Signing in, staying signed in and signing out: owns the current Connection, sends `hello`,
-// keeps the session token cookie that authorizes file downloads and uploads, and reconnects
+// holds the session token that authorizes file downloads and uploads, and reconnects
 // with backoff when the connection is lost.
 //
 // A sign-in is a loop of attempts whose policy depends on who started it:
@@ -77,7 +77,7 @@ export class Session {
     const conn = this.conn;
     this.conn = null;
     this.password = null;
-    clearToken();
+    this.token = null;
     this.status('offline');
     if (conn) {
       const quit = conn.request('quit').catch(() => {});
@@ -87,12 +87,19 @@ export class Session {
   }
 
   /**
-   * Writes this session's token into the cookie that /files and /upload read. Called at sign-in
-   * and again just before each download or upload: the cookie belongs to the whole browser, so
-   * another Parley tab signed in under another name may have written its own token meanwhile.
+   * Has the server set the download cookie to this session's token. The server sets it
+   * (HttpOnly: no script can read it) when the page shows the token in a header, which pages
+   * of other sites or ports cannot do. Called at sign-in and again just before each download:
+   * the cookie belongs to the whole browser, so another Parley tab, signed in under another
+   * name or since signed out, may have set its own meanwhile.
    */
-  authorize() {
-    if (this.conn && this.token) setToken(this.token);
+  async authorize() {
+    if (!this.conn || !this.token) return;
+    try {
+      await fetch('/session', { method: 'POST', headers: { 'X-Parley-Token': this.token } });
+    } catch {
+      // The download that follows says what went wrong.
+    }
   }
 
   /** Cuts the current wait short: the browser says the network is back. */
@@ -185,7 +192,7 @@ export class Session {
     this.conn = null;
     // A refused password must be typed again rather than sent again on its own (section 4.8).
     this.password = null;
-    clearToken();
+    this.token = null;
     this.status('offline');
     this.hooks.onEnded({ message: err.message, code: err.code, name: this.name });
   }
@@ -205,15 +212,4 @@ export class Session {
   status(state, detail = '') {
     this.hooks.onStatus(state, STATUS_TEXT[state], detail);
   }
-}
-
-// The token authorizes /files and /upload for as long as this session is signed in. SameSite
-// keeps other sites' pages from using it; it is not HttpOnly because it arrives over the socket.
-function setToken(token) {
-  const secure = location.protocol === 'https:' ? '; Secure' : '';
-  document.cookie = `parley_token=${token}; path=/; SameSite=Strict${secure}`;
-}
-
-function clearToken() {
-  document.cookie = 'parley_token=; path=/; SameSite=Strict; Max-Age=0';
 }

@@ -30,8 +30,9 @@ fn collect(root: &Path, dir: &Path, files: &mut Vec<(String, String)>) {
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
-        // Editors' swap files and the like are not part of the client.
-        if name.to_string_lossy().starts_with('.') {
+        // Editors' swap and backup files are not part of the client.
+        let name = name.to_string_lossy();
+        if name.starts_with('.') || name.ends_with('~') {
             continue;
         }
         if path.is_dir() {

@@ -7,6 +7,7 @@ import test, { afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 
 import {
@@ -22,6 +23,7 @@ import {
   randomFile,
   request,
   sessionCookie,
+  sessionToken,
   sha256File,
   signIn,
   startServer,
@@ -400,7 +402,7 @@ test('an upload over the size limit is refused with a reason, in the page and ov
   const alice = await openPage(browser);
   await signIn(alice, server.url, 'alice');
   await openFiles(alice);
-  const cookie = await sessionCookie(alice);
+  const token = await sessionToken(alice);
 
   const local = tempDir('local');
   const big = randomFile(local, 'toolarge.bin', 5_000);
@@ -412,10 +414,17 @@ test('an upload over the size limit is refused with a reason, in the page and ov
   const body = fs.readFileSync(big.path);
   const direct = await request(server, '/upload?folder=&name=direct.bin', {
     method: 'POST',
-    headers: { cookie, 'content-type': 'application/octet-stream', 'content-length': body.length },
+    headers: { 'x-parley-token': token, 'content-type': 'application/octet-stream', 'content-length': body.length },
     body,
   });
   assert.equal(direct.status, 413);
+  // The cookie alone does not upload: pages of other ports of this host can send it too.
+  const cookieOnly = await request(server, '/upload?folder=&name=cookie.bin', {
+    method: 'POST',
+    headers: { cookie: `parley_token=${token}`, 'content-length': 10 },
+    body: Buffer.alloc(10),
+  });
+  assert.equal(cookieOnly.status, 401, 'a cookie is not enough to upload');
   const anonymous = await request(server, '/upload?folder=&name=anonymous.bin', {
     method: 'POST',
     headers: { 'content-length': 10 },
@@ -453,4 +462,38 @@ test('a cancelled upload leaves nothing in the shared folder', { timeout: TEST_T
     'the cancelled upload\'s staged part being removed',
   );
   assert.equal(await alice.locator(entrySelector('huge.bin')).count(), 0);
+});
+
+test('a page of another port of this host can neither upload as the user nor read the token', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const browser = await launchBrowser();
+  const alice = await openPage(browser);
+  await signIn(alice, server.url, 'alice');
+  await sessionToken(alice);
+  // Another site on the same host, in alice's browser: cookies do not tell ports apart, and
+  // SameSite counts the other port as the same site.
+  const other = http.createServer((_, response) => {
+    response.writeHead(200, { 'content-type': 'text/html' });
+    response.end('<!doctype html><title>another site</title>');
+  });
+  await new Promise((resolve) => other.listen(0, '127.0.0.1', resolve));
+  try {
+    const page = await alice.context().newPage();
+    await page.goto(`http://127.0.0.1:${other.address().port}/`);
+    const seen = await page.evaluate(async (target) => {
+      // no-cors: the answer is hidden from this page, but the request is made, cookies and all.
+      const made = await fetch(`${target}/upload?folder=&name=forged.txt`, {
+        method: 'POST',
+        mode: 'no-cors',
+        credentials: 'include',
+        body: 'forged by another site',
+      }).then(() => 'answered', (error) => String(error));
+      return { cookies: document.cookie, made };
+    }, server.origin);
+    assert.equal(seen.made, 'answered', 'the request reached the server');
+    assert.ok(!seen.cookies.includes('parley_token'), `the other page read: ${seen.cookies}`);
+    assert.deepEqual(visibleNames(server.sharedDir), [], 'nothing was uploaded');
+  } finally {
+    other.close();
+  }
 });

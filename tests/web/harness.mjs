@@ -557,12 +557,31 @@ export async function tabTo(page, selector, limit = 40) {
   throw new Error(`${selector} did not get the focus within ${limit} presses of Tab`);
 }
 
-/** The `parley_token` cookie of a page's context, as a Cookie header value. */
+/**
+ * The `parley_token` cookie of a page's context, as a Cookie header value. The server sets it
+ * for downloads only, out of every script's reach.
+ */
 export async function sessionCookie(page) {
-  const cookies = await page.context().cookies();
-  const token = cookies.find((cookie) => cookie.name === 'parley_token');
-  assert(token, `no parley_token cookie; the context has: ${cookies.map((c) => c.name).join(', ')}`);
-  return `parley_token=${token.value}`;
+  return `parley_token=${await sessionToken(page)}`;
+}
+
+/** The token of a page's session, read from its download cookie. */
+export async function sessionToken(page) {
+  const deadline = Date.now() + WAIT;
+  for (;;) {
+    const cookies = await page.context().cookies();
+    const token = cookies.find((cookie) => cookie.name === 'parley_token');
+    if (token) {
+      assert(token.httpOnly, 'the token cookie is HttpOnly: no script can read it');
+      assert(token.path === '/files', `the token cookie goes to downloads only, not to ${token.path}`);
+      return token.value;
+    }
+    // Set by a request the page makes right after signing in.
+    if (Date.now() > deadline) {
+      assert(false, `no parley_token cookie; the context has: ${cookies.map((c) => c.name).join(', ')}`);
+    }
+    await page.waitForTimeout(50);
+  }
 }
 
 /**

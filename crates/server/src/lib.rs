@@ -232,10 +232,15 @@ where
     let Accepted { peer, at, tasks } = accepted;
     let mut first = [0u8; 1];
     let deadline = at + ctx.config.handshake_timeout;
-    let read = tokio::time::timeout_at(deadline, stream.read(&mut first)).await;
+    let read = tokio::select! {
+        read = tokio::time::timeout_at(deadline, stream.read(&mut first)) => read,
+        // Stopping: the session starts halted, and says so.
+        () = ctx.stopping.cancelled() => Ok(Ok(0)),
+    };
     let read_ahead = match read {
         Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
-            let stream = web::Rewind::new(first[0], stream);
+            let stall = ctx.config.keepalive_timeout;
+            let stream = web::Rewind::new(first[0], stream, stall);
             tasks.spawn(web::serve(stream, peer, ctx, guard, S::SECURE));
             return;
         }
@@ -243,9 +248,8 @@ where
         // Closed, broken or silent: the session reads the same and says so.
         _ => None,
     };
-    tasks.spawn(session::run(
-        stream, peer, ctx, at, guard, read_ahead, false,
-    ));
+    let arrival = session::Arrival::Native { read_ahead };
+    tasks.spawn(session::run(stream, peer, ctx, at, guard, arrival));
 }
 
 /// Tells a connection over the limit why it is refused, then closes it.

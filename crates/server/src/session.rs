@@ -288,19 +288,24 @@ impl Transport for tokio::io::DuplexStream {
     }
 }
 
+/// How a connection came to its session.
+pub(crate) enum Arrival {
+    /// Over the native protocol, with its first byte if it was read to tell the protocol.
+    Native { read_ahead: Option<u8> },
+    /// Over a browser's WebSocket: given a token for the HTTP file endpoints at sign-in.
+    Browser,
+}
+
 /// Runs one connection to its end; `accepted` is when its TCP connection was accepted, so a
 /// TLS handshake and the sign-in share one handshake timeout. `active` counts the connection
-/// among the server's until then. `read_ahead` is a first byte already read from the stream
-/// (to tell the protocol); `web` marks a browser's session, which is given a token for the
-/// HTTP file endpoints when it signs in.
+/// among the server's until then.
 pub(crate) fn run<S>(
     stream: S,
     peer: SocketAddr,
     ctx: Arc<Context>,
     accepted: Instant,
     active: ActiveGuard,
-    read_ahead: Option<u8>,
-    web: bool,
+    arrival: Arrival,
 ) -> impl Future<Output = ()> + Send
 where
     S: Transport,
@@ -314,7 +319,13 @@ where
     let anonymous = FrameCodec::with_limits(SERVER_MAX_CONTROL_FRAME, 0);
     // A `hello` is a few hundred bytes; the buffer grows for larger frames as they come.
     let mut frames = FramedRead::with_capacity(read_half, anonymous, READ_BUFFER);
-    frames.read_buffer_mut().extend(read_ahead);
+    let web = match arrival {
+        Arrival::Native { read_ahead } => {
+            frames.read_buffer_mut().extend(read_ahead);
+            false
+        }
+        Arrival::Browser => true,
+    };
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let transfers_outbox = outbox.clone();
     let mut writer = tokio::spawn(writer::write_loop(write_half, queue));

@@ -129,8 +129,14 @@ async fn next_json(
     .expect("the expected message arrived in time")
 }
 
+/// The download cookie the server sets (among others the browser may have), as a header.
 fn cookie(token: &str) -> String {
     format!("\r\nCookie: theme=dark; parley_token={token}")
+}
+
+/// The header that authorizes an upload.
+fn token_header(token: &str) -> String {
+    format!("\r\nX-Parley-Token: {token}")
 }
 
 #[tokio::test]
@@ -345,7 +351,7 @@ async fn an_upload_from_the_browser_is_published_whole_and_announced() {
     fs::create_dir(server.shared.path().join("Docs")).unwrap();
     let (_bob, mut bob_events) = server.join("bob").await;
     let (_page, welcome) = browser(server.addr, "alice").await;
-    let auth = cookie(welcome["token"].as_str().unwrap());
+    let auth = token_header(welcome["token"].as_str().unwrap());
     let bytes: Vec<u8> = (0..(600 * 1024u32)).map(|i| (i % 251) as u8).collect();
 
     let head = format!(
@@ -389,7 +395,8 @@ async fn upload_limits_and_checks_apply_over_http() {
     })
     .await;
     let (_page, welcome) = browser(server.addr, "alice").await;
-    let auth = cookie(welcome["token"].as_str().unwrap());
+    let token = welcome["token"].as_str().unwrap();
+    let auth = token_header(token);
     let post = |query: &str, length: usize| {
         format!("POST /upload?{query} HTTP/1.1{auth}\r\nContent-Length: {length}")
     };
@@ -401,6 +408,15 @@ async fn upload_limits_and_checks_apply_over_http() {
     )
     .await;
     assert_eq!(anonymous.status, 401);
+    // The download cookie does not upload: pages of other ports of this host can send it.
+    let cookie_only = format!(
+        "POST /upload?name=a.txt HTTP/1.1{}\r\nContent-Length: 1",
+        cookie(token)
+    );
+    assert_eq!(http(server.addr, &cookie_only, b"x").await.status, 401);
+    // Nor may another site's page use the token, had it learnt it.
+    let foreign = format!("{}\r\nOrigin: http://evil.example", post("name=a.txt", 1));
+    assert_eq!(http(server.addr, &foreign, b"x").await.status, 400);
     let large = http(server.addr, &post("name=big.bin", 2000), &[0; 2000]).await;
     assert_eq!(large.status, 413);
     assert!(
@@ -508,4 +524,82 @@ async fn files_cross_the_websocket_as_binary_messages_too() {
     let finished = next_json(&mut page, |m| m["id"] == 4).await;
     assert_eq!(finished["result"]["path"], "up.txt", "{finished}");
     assert_eq!(fs::read(server.shared.path().join("up.txt")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn the_download_cookie_is_set_by_the_server_out_of_scripts_reach() {
+    let server = TestServer::start().await;
+    let (_page, welcome) = browser(server.addr, "alice").await;
+    let token = welcome["token"].as_str().unwrap();
+    let own = format!("\r\nOrigin: http://{}", server.addr);
+    let set = format!(
+        "POST /session HTTP/1.1{}{own}\r\nContent-Length: 0",
+        token_header(token)
+    );
+    let set = http(server.addr, &set, b"").await;
+    assert_eq!(set.status, 204);
+    assert_eq!(
+        set.header("set-cookie"),
+        Some(format!("parley_token={token}; Path=/files; HttpOnly; SameSite=Strict").as_str())
+    );
+    let forged = "POST /session HTTP/1.1\r\nX-Parley-Token: forged\r\nContent-Length: 0";
+    assert_eq!(http(server.addr, forged, b"").await.status, 401);
+}
+
+#[tokio::test]
+async fn an_upload_that_goes_silent_is_dropped_and_leaves_nothing() {
+    let server = TestServer::with_config(Config {
+        keepalive_timeout: std::time::Duration::from_millis(500),
+        ..Config::default()
+    })
+    .await;
+    let (_page, welcome) = browser(server.addr, "alice").await;
+    let auth = token_header(welcome["token"].as_str().unwrap());
+    let mut stream = TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST /upload?name=slow.bin HTTP/1.1{auth}\r\nHost: {}\r\nContent-Length: 1000000\r\n\r\n",
+        server.addr
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(&[1; 100]).await.unwrap();
+    // Nothing more is sent, and the connection stays open: the server must give up by itself.
+    let mut raw = Vec::new();
+    timeout(WAIT, stream.read_to_end(&mut raw))
+        .await
+        .expect("the server gave up on the silent upload")
+        .unwrap();
+    let response = parse(&raw);
+    assert_eq!(response.status, 400);
+    assert!(
+        response.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("nothing arrived")
+    );
+    let staging = server.shared.path().join(".parley/staging");
+    assert_eq!(
+        fs::read_dir(staging).unwrap().count(),
+        0,
+        "the staged file is gone"
+    );
+}
+
+#[tokio::test]
+async fn a_page_that_closes_is_answered_with_a_close() {
+    let server = TestServer::start().await;
+    let (mut page, _) = browser(server.addr, "alice").await;
+    page.close(None).await.unwrap();
+    let answered = timeout(WAIT, async {
+        loop {
+            match page.next().await {
+                Some(Ok(Message::Close(_))) => return true,
+                None => return false,
+                Some(Ok(_)) => {}
+                Some(Err(_)) => return false,
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(answered, "the server answered the close handshake");
 }

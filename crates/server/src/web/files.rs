@@ -5,6 +5,7 @@
 
 use std::io::SeekFrom;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -14,15 +15,17 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
 use futures_util::StreamExt;
+use http_range_header::{EndPosition, StartPosition};
 use parley_proto::ErrorCode;
 use parley_proto::limits::MAX_DATA_CHUNK;
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio::time::timeout;
 use tokio_util::io::ReaderStream;
 use tracing::info;
 
-use super::grants::SignedIn;
-use super::refused;
+use super::grants::{Authorized, SignedIn};
+use super::{refused, refused_as};
 use crate::files::OpenFile;
 use crate::hub::Refusal;
 use crate::session::Context;
@@ -43,7 +46,7 @@ pub(super) async fn download(
     let open = match opened {
         Ok(Ok(open)) => open,
         Ok(Err(refusal)) => return refused(refusal),
-        Err(err) => return refused(no_such_file(err)),
+        Err(err) => return refused(read_failed(err)),
     };
     let tag = format!("\"{}\"", open.stamp.tag());
     let (status, start, len) = match wanted_range(&headers, &tag, open.size) {
@@ -63,7 +66,7 @@ pub(super) async fn download(
     } = open;
     let mut file = tokio::fs::File::from_std(file);
     if let Err(err) = file.seek(SeekFrom::Start(start)).await {
-        return refused(no_such_file(err));
+        return refused(read_failed(err));
     }
     // Streamed: a chunk at a time, whatever the file's size.
     let body = Body::from_stream(ReaderStream::with_capacity(file.take(len), READ_CHUNK));
@@ -100,7 +103,8 @@ enum Wanted {
 }
 
 /// Reads the `Range` header, honoured when there is one range and `If-Range` (if sent) names
-/// the file's current version; several ranges get the whole file, which HTTP allows.
+/// the file's current version; several ranges, or any of an empty file, get the whole file,
+/// which HTTP allows.
 fn wanted_range(headers: &HeaderMap, tag: &str, size: u64) -> Wanted {
     let Some(range) = headers.get(header::RANGE).and_then(|r| r.to_str().ok()) else {
         return Wanted::Whole;
@@ -115,12 +119,21 @@ fn wanted_range(headers: &HeaderMap, tag: &str, size: u64) -> Wanted {
         // A header that does not parse is ignored (RFC 9110, 14.2).
         return Wanted::Whole;
     };
-    match parsed.validate(size) {
-        Ok(ranges) => match ranges.as_slice() {
-            [one] => Wanted::Part(*one.start(), *one.end()),
-            _ => Wanted::Whole,
-        },
-        Err(_) => Wanted::Unsatisfiable,
+    // Several ranges would need a multipart answer; an empty file has no range to give.
+    let ([one], false) = (parsed.ranges.as_slice(), size == 0) else {
+        return Wanted::Whole;
+    };
+    let last = size - 1;
+    match (one.start, one.end) {
+        // A suffix longer than the file is the whole file.
+        (StartPosition::FromLast(len), _) => Wanted::Part(size.saturating_sub(len), last),
+        (StartPosition::Index(start), _) if start > last => Wanted::Unsatisfiable,
+        (StartPosition::Index(start), EndPosition::LastByte) => Wanted::Part(start, last),
+        (StartPosition::Index(start), EndPosition::Index(end)) if end >= start => {
+            Wanted::Part(start, end.min(last))
+        }
+        // Backwards: not a valid range, so the header is ignored.
+        (StartPosition::Index(_), EndPosition::Index(_)) => Wanted::Whole,
     }
 }
 
@@ -147,9 +160,10 @@ fn disposition(name: &str) -> String {
     format!("attachment; filename=\"{fallback}\"; filename*=UTF-8''{encoded}")
 }
 
-fn no_such_file(err: impl std::fmt::Display) -> Refusal {
+/// The server failed, not the request.
+fn read_failed(err: impl std::fmt::Display) -> Refusal {
     Refusal {
-        code: ErrorCode::NoSuchFile,
+        code: ErrorCode::StorageFailed,
         message: format!("Reading the file failed: {err}."),
     }
 }
@@ -169,7 +183,7 @@ pub(super) struct Target {
 /// `Content-Length` has arrived and is on disk; a request that ends early leaves nothing.
 pub(super) async fn upload(
     State(ctx): State<Arc<Context>>,
-    SignedIn(grant): SignedIn,
+    Authorized(grant): Authorized,
     target: Result<Query<Target>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -187,14 +201,11 @@ pub(super) async fn upload(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok())
     else {
-        let refusal = "An upload must say its size (Content-Length).";
-        return (
-            StatusCode::LENGTH_REQUIRED,
-            Json(serde_json::json!({
-                "code": ErrorCode::BadRequest, "message": refusal
-            })),
-        )
-            .into_response();
+        let refusal = Refusal {
+            code: ErrorCode::BadRequest,
+            message: "An upload must say its size (Content-Length).".into(),
+        };
+        return refused_as(StatusCode::LENGTH_REQUIRED, refusal);
     };
     let slot = match grant.start_upload() {
         Ok(slot) => slot,
@@ -213,7 +224,8 @@ pub(super) async fn upload(
         Ok(upload) => upload,
         Err(refusal) => return refused(refusal),
     };
-    if let Err(refusal) = receive(&mut upload, body, size).await {
+    let silence = ctx.config.keepalive_timeout;
+    if let Err(refusal) = receive(&mut upload, body, size, silence).await {
         return refused(refusal);
     }
     let hash = match upload.hash().await {
@@ -232,20 +244,26 @@ pub(super) async fn upload(
 }
 
 /// Writes the request body into `upload`, in chunks as large as the native protocol's, and
-/// checks that exactly `size` bytes came.
-async fn receive(upload: &mut Upload, body: Body, size: u64) -> Result<(), Refusal> {
+/// checks that exactly `size` bytes came. A body that stops coming for `silence` fails, as a
+/// silent native client is dropped: it would hold its promise of disk space meanwhile.
+async fn receive(
+    upload: &mut Upload,
+    body: Body,
+    size: u64,
+    silence: Duration,
+) -> Result<(), Refusal> {
     let mut stream = body.into_data_stream();
     let mut pending = BytesMut::new();
+    let broke_off = |why: String| Refusal {
+        code: ErrorCode::BadRequest,
+        message: format!("The upload broke off: {why}; nothing was kept."),
+    };
     loop {
-        let chunk = match stream.next().await {
-            Some(Ok(chunk)) => Some(chunk),
-            Some(Err(err)) => {
-                return Err(Refusal {
-                    code: ErrorCode::BadRequest,
-                    message: format!("The upload broke off: {err}; nothing was kept."),
-                });
-            }
-            None => None,
+        let chunk = match timeout(silence, stream.next()).await {
+            Ok(Some(Ok(chunk))) => Some(chunk),
+            Ok(Some(Err(err))) => return Err(broke_off(err.to_string())),
+            Ok(None) => None,
+            Err(_) => return Err(broke_off(format!("nothing arrived for {silence:?}"))),
         };
         let done = chunk.is_none();
         if let Some(chunk) = chunk {
@@ -327,6 +345,25 @@ mod tests {
             wanted_range(&range("pages=1", None), "\"t\"", 100),
             Wanted::Whole
         );
+        let cases = [
+            // A suffix longer than the file is the whole file, as a part.
+            ("bytes=-500", 100, Wanted::Part(0, 99)),
+            ("bytes=0-1,1-2", 100, Wanted::Whole),
+            // Backwards: not a range, ignored.
+            ("bytes=20-10", 100, Wanted::Whole),
+            ("bytes=50-5000", 100, Wanted::Part(50, 99)),
+            ("bytes=100-", 100, Wanted::Unsatisfiable),
+            // An empty file has no bytes to range over: it is sent, empty.
+            ("bytes=0-0", 0, Wanted::Whole),
+            ("bytes=0-", 0, Wanted::Whole),
+        ];
+        for (header, size, wanted) in cases {
+            assert_eq!(
+                wanted_range(&range(header, None), "\"t\"", size),
+                wanted,
+                "{header}"
+            );
+        }
     }
 
     #[test]

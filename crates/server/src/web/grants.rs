@@ -7,10 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use argon2::password_hash::rand_core::{OsRng, RngCore};
+use axum::Extension;
 use axum::extract::FromRequestParts;
-use axum::http::header;
 use axum::http::request::Parts;
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use parley_proto::ErrorCode;
 use parley_proto::limits::MAX_TRANSFERS;
 
@@ -92,28 +93,89 @@ impl Drop for UploadSlot {
     }
 }
 
-/// A request from a signed-in browser session: its cookie holds a token still granted.
+/// A download from a signed-in browser session: a `parley_token` cookie holds a token still
+/// granted. The cookie is set by the server, `HttpOnly` (see [`cookie`]); several may arrive (a
+/// page on another port of the same host can add its own, since cookies ignore ports), and any
+/// one still granted will do: a download reads the shared folder, the same for every user.
 pub(crate) struct SignedIn(pub(crate) Grant);
 
 impl FromRequestParts<Arc<Context>> for SignedIn {
     type Rejection = Response;
 
     async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Context>) -> Result<Self, Response> {
-        let token = parts
+        parts
             .headers
             .get_all(header::COOKIE)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|cookies| cookies.split(';'))
-            .find_map(|cookie| cookie.trim().strip_prefix(COOKIE)?.strip_prefix('='));
-        match token.and_then(|token| ctx.grants.find(token)) {
-            Some(grant) => Ok(SignedIn(grant)),
-            None => Err(super::refused(Refusal {
-                code: ErrorCode::HandshakeRequired,
-                message: "Sign in first: files are for signed-in users.".into(),
-            })),
-        }
+            .filter_map(|cookie| cookie.trim().strip_prefix(COOKIE)?.strip_prefix('='))
+            .find_map(|token| ctx.grants.find(token))
+            .map(SignedIn)
+            .ok_or_else(sign_in_first)
     }
+}
+
+/// A request that acts for a signed-in browser session (an upload, setting the cookie): the
+/// token comes in the `X-Parley-Token` header, which only the page's own script can add. A
+/// cookie would not do: the browser sends it with requests that pages of other ports or
+/// subdomains of the same host make, and those may not act for the user. The request, if it
+/// comes from a browser, must also come from the server's own page.
+pub(crate) struct Authorized(pub(crate) Grant);
+
+/// The header that carries the token.
+pub(crate) const TOKEN_HEADER: &str = "x-parley-token";
+
+impl FromRequestParts<Arc<Context>> for Authorized {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, ctx: &Arc<Context>) -> Result<Self, Response> {
+        let secure = parts
+            .extensions
+            .get::<super::Connection>()
+            .is_some_and(|connection| connection.secure);
+        if !super::from_own_page(&parts.headers, secure) {
+            return Err(super::refused(Refusal {
+                code: ErrorCode::BadRequest,
+                message: "Only this server's own page may do that.".into(),
+            }));
+        }
+        parts
+            .headers
+            .get(TOKEN_HEADER)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|token| ctx.grants.find(token))
+            .map(Authorized)
+            .ok_or_else(sign_in_first)
+    }
+}
+
+fn sign_in_first() -> Response {
+    super::refused(Refusal {
+        code: ErrorCode::HandshakeRequired,
+        message: "Sign in first: files are for signed-in users.".into(),
+    })
+}
+
+/// `POST /session`: sets the download cookie for the session whose token the header carries.
+/// `HttpOnly`, so that no script, this page's or another port's, can read it; limited to
+/// `/files`; `Secure` with TLS.
+pub(crate) async fn cookie(
+    Authorized(_): Authorized,
+    Extension(connection): Extension<super::Connection>,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    let token = headers
+        .get(TOKEN_HEADER)
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or_default();
+    let secure = if connection.secure { "; Secure" } else { "" };
+    let cookie = format!("{COOKIE}={token}; Path=/files; HttpOnly; SameSite=Strict{secure}");
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    if let Ok(value) = HeaderValue::try_from(cookie) {
+        response.headers_mut().insert(header::SET_COOKIE, value);
+    }
+    response
 }
 
 #[cfg(test)]

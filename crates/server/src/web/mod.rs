@@ -16,8 +16,9 @@ mod socket;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
 
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router, middleware};
@@ -26,6 +27,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
 use parley_proto::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::timeout;
 use tracing::info;
 
 use crate::ActiveGuard;
@@ -34,6 +36,9 @@ use crate::session::Context;
 
 pub(crate) use grants::Grants;
 pub(crate) use rewind::Rewind;
+
+/// When the server stops, how long a request in progress has to finish.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 
 /// Largest request head (request line and headers) accepted, in bytes.
 const MAX_HEAD: usize = 16 * 1024;
@@ -80,9 +85,9 @@ pub(crate) async fn serve<S>(
     let result = tokio::select! {
         result = serving.as_mut() => result,
         _ = ctx.stopping.cancelled() => {
-            // Finishes the request in progress, if any, then closes.
+            // A request in progress may finish if it is quick; a long download is cut off.
             serving.as_mut().graceful_shutdown();
-            serving.await
+            timeout(STOP_GRACE, serving).await.unwrap_or(Ok(()))
         }
     };
     match result {
@@ -99,6 +104,7 @@ fn routes(ctx: Arc<Context>) -> Router {
         .route("/ws", get(socket::upgrade))
         .route("/files/{*path}", get(files::download))
         .route("/upload", post(files::upload))
+        .route("/session", post(grants::cookie))
         .fallback(assets::serve)
         .layer(middleware::map_response(harden))
         .with_state(ctx)
@@ -127,6 +133,34 @@ async fn harden(mut response: Response) -> Response {
     response
 }
 
+/// Whether the request's `Origin` is the page's own: the same scheme and the same host and
+/// port as it asked for. Browsers always send `Origin` on a WebSocket; without this check any
+/// site the user visits could talk to the server as them. (It cannot tell a site that has
+/// made its own name point at the server, DNS rebinding; with TLS, the certificate does.)
+fn same_origin(headers: &HeaderMap, secure: bool) -> bool {
+    let value = |name| headers.get(name).and_then(|value| value.to_str().ok());
+    let (Some(origin), Some(host)) = (value(header::ORIGIN), value(header::HOST)) else {
+        return false;
+    };
+    let scheme = if secure { "https://" } else { "http://" };
+    origin
+        .strip_prefix(scheme)
+        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
+}
+
+/// Whether a request that acts for a user may come from where it says: from this server's own
+/// page if it comes from a browser (which says so by `Origin`, or by `Sec-Fetch-Site`), and
+/// from anything else that holds the token (a script, `curl`), which has no cookies to abuse.
+fn from_own_page(headers: &HeaderMap, secure: bool) -> bool {
+    let fetched_from = headers
+        .get("sec-fetch-site")
+        .and_then(|value| value.to_str().ok());
+    if fetched_from.is_some_and(|site| site != "same-origin") {
+        return false;
+    }
+    !headers.contains_key(header::ORIGIN) || same_origin(headers, secure)
+}
+
 /// A refusal as an HTTP response: a status for the browser, and the protocol's error code and
 /// sentence as JSON for the page to show.
 fn refused(refusal: Refusal) -> Response {
@@ -136,8 +170,43 @@ fn refused(refusal: Refusal) -> Response {
         ErrorCode::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
         ErrorCode::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::StorageFailed => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
     };
+    refused_as(status, refusal)
+}
+
+/// A refusal with the given status.
+fn refused_as(status: StatusCode, refusal: Refusal) -> Response {
     let body = serde_json::json!({ "code": refusal.code, "message": refusal.message });
     (status, Json(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        headers
+    }
+
+    #[test]
+    fn only_the_servers_own_page_may_act_for_a_user() {
+        let host = ("host", "127.0.0.1:4000");
+        let own = headers(&[host, ("origin", "http://127.0.0.1:4000")]);
+        assert!(from_own_page(&own, false));
+        // Another port of the same host is another origin, though the same site.
+        let port = headers(&[host, ("origin", "http://127.0.0.1:4001")]);
+        assert!(!from_own_page(&port, false));
+        let sibling = headers(&[host, ("sec-fetch-site", "same-site")]);
+        assert!(!from_own_page(&sibling, false));
+        let fetched = headers(&[host, ("sec-fetch-site", "same-origin")]);
+        assert!(from_own_page(&fetched, false));
+        // Not a browser: it holds the token itself and has no cookies to be abused.
+        assert!(from_own_page(&headers(&[host]), false));
+    }
 }

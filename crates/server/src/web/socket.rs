@@ -7,6 +7,7 @@
 //! session: sign-in, every request, every limit and the keepalive are the native protocol's,
 //! unchanged. Only the welcome differs: it carries the token for the HTTP file endpoints.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -14,7 +15,7 @@ use std::time::Duration;
 use axum::Extension;
 use axum::extract::State;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
@@ -22,12 +23,13 @@ use parley_proto::frame::{FrameKind, PONG_FRAME};
 use parley_proto::limits::{MAX_DATA_FRAME, SERVER_MAX_CONTROL_FRAME};
 use parley_proto::{Frame, FrameCodec};
 use tokio::io::{AsyncWriteExt, DuplexStream};
+use tokio::time::timeout;
 use tokio_util::codec::FramedRead;
 use tracing::info;
 
-use super::Connection;
+use super::{Connection, same_origin};
 use crate::ActiveGuard;
-use crate::session::{self, Context};
+use crate::session::{self, Arrival, Context};
 
 /// Bytes the pipe between relay and session holds in each direction: a few control messages
 /// or one data frame; beyond it each side waits for the other, as a socket would make it.
@@ -36,6 +38,10 @@ const PIPE: usize = 64 * 1024;
 /// After the session has ended and the page was told, how long the relay waits for the
 /// page's closing handshake.
 const CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// Once one side is done, how long the other has to finish: the session's own flush timeout
+/// (2 s) and the closing handshake.
+const RELAY_GRACE: Duration = Duration::from_secs(4);
 
 /// Accepts a WebSocket from a page of this server, and runs a session over it.
 pub(super) async fn upgrade(
@@ -62,35 +68,23 @@ pub(super) async fn upgrade(
         .on_upgrade(move |socket| run(socket, ctx, connection))
 }
 
-/// Whether the request's `Origin` is the page's own: the same scheme and the same host and
-/// port as it asked for. Browsers always send `Origin` on a WebSocket; without this check any
-/// site the user visits could talk to the server as them.
-fn same_origin(headers: &HeaderMap, secure: bool) -> bool {
-    let value = |name| headers.get(name).and_then(|value| value.to_str().ok());
-    let (Some(origin), Some(host)) = (value(header::ORIGIN), value(header::HOST)) else {
-        return false;
-    };
-    let scheme = if secure { "https://" } else { "http://" };
-    origin
-        .strip_prefix(scheme)
-        .is_some_and(|authority| authority.eq_ignore_ascii_case(host))
-}
-
 /// Runs a session for the WebSocket until either ends.
 async fn run(socket: WebSocket, ctx: Arc<Context>, connection: Connection) {
     let (session_end, relay_end) = tokio::io::duplex(PIPE);
     let active = ActiveGuard::new(&connection.active);
     let accepted = tokio::time::Instant::now();
-    let session = session::run(
-        session_end,
-        connection.peer,
-        ctx,
-        accepted,
-        active,
-        None,
-        true,
-    );
-    tokio::join!(session, relay(socket, relay_end));
+    let peer = connection.peer;
+    let session = session::run(session_end, peer, ctx, accepted, active, Arrival::Browser);
+    let (mut session, mut relay) = (pin!(session), pin!(relay(socket, relay_end)));
+    tokio::select! {
+        // The page is gone: the session reads the end of its input, and ends.
+        () = &mut relay => session.await,
+        // The session is over and its last words are in the pipe: the relay has a moment to
+        // pass them on and close, however the page behaves (it may have stopped reading).
+        () = &mut session => {
+            let _ = timeout(RELAY_GRACE, relay).await;
+        }
+    }
 }
 
 /// Carries messages between the page and the session until either side closes.
@@ -136,16 +130,22 @@ async fn relay(socket: WebSocket, pipe: DuplexStream) {
                 return;
             }
         }
-        // The session ended (its last words, a `bye` or a reply to `quit`, went first).
+        // The session ended (its last words, a `bye` or a reply to `quit`, went first). If the
+        // page closed first, this flushes the library's answer to its close instead.
         let _ = to_page.send(Message::Close(None)).await;
+        let _ = to_page.close().await;
     };
-    // The page's side may never close by itself; once the session is over, it gets a moment
-    // to answer the closing handshake.
-    let mut inbound = std::pin::pin!(inbound);
+    let (mut inbound, mut outbound) = (pin!(inbound), pin!(outbound));
     tokio::select! {
-        () = &mut inbound => {}
-        () = outbound => {
-            let _ = tokio::time::timeout(CLOSE_WAIT, inbound).await;
+        // The page closed: the session ends on the end of its input, and the outbound side
+        // then answers the page's close.
+        () = &mut inbound => {
+            let _ = timeout(RELAY_GRACE, outbound).await;
+        }
+        // The session ended: the page's side may never close by itself; it gets a moment to
+        // answer the closing handshake.
+        () = &mut outbound => {
+            let _ = timeout(CLOSE_WAIT, inbound).await;
         }
     }
 }
@@ -153,7 +153,8 @@ async fn relay(socket: WebSocket, pipe: DuplexStream) {
 /// A native frame of `kind` around `payload`, as a client would have sent it.
 fn frame(kind: FrameKind, payload: &[u8]) -> Bytes {
     let mut frame = BytesMut::with_capacity(5 + payload.len());
-    frame.put_u32(u32::try_from(payload.len() + 1).unwrap_or(u32::MAX));
+    let len = u32::try_from(payload.len() + 1).expect("messages are limited far below 4 GiB");
+    frame.put_u32(len);
     frame.put_u8(kind as u8);
     frame.put_slice(payload);
     frame.freeze()
@@ -162,7 +163,7 @@ fn frame(kind: FrameKind, payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+    use axum::http::{HeaderValue, header};
 
     fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
         let mut headers = HeaderMap::new();
