@@ -241,7 +241,8 @@ where
         Ok(Ok(1)) if first[0].is_ascii_uppercase() => {
             let stall = ctx.config.keepalive_timeout;
             let stream = web::Rewind::new(first[0], stream, stall);
-            tasks.spawn(web::serve(stream, peer, ctx, guard, S::SECURE));
+            let http = web::serve(stream, peer, ctx, guard, S::SECURE, tasks.clone());
+            tasks.spawn(http);
             return;
         }
         Ok(Ok(1)) => Some(first[0]),

@@ -603,3 +603,17 @@ async fn a_page_that_closes_is_answered_with_a_close() {
     .unwrap();
     assert!(answered, "the server answered the close handshake");
 }
+
+#[tokio::test]
+async fn a_page_is_told_when_the_server_shuts_down() {
+    let server = TestServer::start().await;
+    let (mut page, _) = browser(server.addr, "alice").await;
+    server.shutdown.cancel();
+    let bye = next_json(&mut page, |m| m["type"] == "bye").await;
+    assert_eq!(bye["code"], "shutdown", "{bye}");
+    timeout(WAIT, server.task)
+        .await
+        .expect("the server stopped within its grace")
+        .unwrap()
+        .unwrap();
+}

@@ -28,6 +28,7 @@ use hyper_util::service::TowerToHyperService;
 use parley_proto::ErrorCode;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::timeout;
+use tokio_util::task::TaskTracker;
 use tracing::info;
 
 use crate::ActiveGuard;
@@ -53,6 +54,8 @@ struct Connection {
     active: Arc<AtomicUsize>,
     /// Set when the connection becomes a WebSocket, whose session then says when it ends.
     upgraded: Arc<AtomicBool>,
+    /// The server's tasks, which a WebSocket's joins: a shutdown waits for its `bye`.
+    tasks: TaskTracker,
 }
 
 /// Serves HTTP requests on one connection until the client closes it, it idles past the
@@ -63,6 +66,7 @@ pub(crate) async fn serve<S>(
     ctx: Arc<Context>,
     guard: ActiveGuard,
     secure: bool,
+    tasks: TaskTracker,
 ) where
     S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
@@ -71,6 +75,7 @@ pub(crate) async fn serve<S>(
         secure,
         active: guard.counter(),
         upgraded: Arc::default(),
+        tasks,
     };
     let upgraded = connection.upgraded.clone();
     let app = routes(ctx.clone()).layer(Extension(connection));

@@ -65,7 +65,14 @@ pub(super) async fn upgrade(
     socket
         .max_message_size(largest)
         .max_frame_size(largest)
-        .on_upgrade(move |socket| run(socket, ctx, connection))
+        .on_upgrade(move |socket| {
+            // The library spawns this task itself; the token counts it among the server's.
+            let counted = connection.tasks.token();
+            async move {
+                run(socket, ctx, connection).await;
+                drop(counted);
+            }
+        })
 }
 
 /// Runs a session for the WebSocket until either ends.
