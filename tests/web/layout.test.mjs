@@ -50,8 +50,12 @@ test('the main screen at desktop width: chat, a private tab and the files panel'
 
   await say(alice, 'Morning! Has anyone seen the new report?');
   await say(bob, 'Yes, it is in the shared folder: report.pdf');
-  carol.send('I will upload the video later today.');
-  await waitForMessage(alice, { from: 'carol', text: 'I will upload the video later today.' });
+  carol.send('I will upload the slides too.');
+  await waitForMessage(alice, { from: 'carol', text: 'I will upload the slides too.' });
+  // A file shared from the terminal: the panel shows who shared it.
+  randomFile(carol.dir, 'slides.pdf', 240_000);
+  carol.send('/upload ./slides.pdf');
+  await carol.waitForLine(/^Shared \.\/slides\.pdf as slides\.pdf/);
   await say(alice, 'Thanks, both of you.');
 
   carol.send('/msg alice Can you check the numbers on page 3?');
@@ -62,6 +66,7 @@ test('the main screen at desktop width: chat, a private tab and the files panel'
 
   await openFiles(alice);
   await alice.waitForSelector(entrySelector('report.pdf'));
+  await alice.waitForSelector(`${entrySelector('slides.pdf')} >> text=carol`);
   await alice.waitForSelector(entrySelector('DeepFiles'));
   const file = await screenshot(alice, 'main.png');
   assert.ok(fs.statSync(file).size > 0);
