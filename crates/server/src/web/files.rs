@@ -31,8 +31,11 @@ use crate::hub::Refusal;
 use crate::session::Context;
 use crate::transfer::Upload;
 
-/// Bytes read from the file per chunk of a download's body.
-const READ_CHUNK: usize = 64 * 1024;
+/// Bytes read from the file per chunk of a download's body. Each read is a trip to tokio's
+/// blocking threads and back: at 64 KiB, a gigabyte took 16,000 of them and the futex
+/// wake-ups were the largest share of the server's time (measured: 1,162 MB/s, nginx 2,562).
+/// Memory per download stays this one chunk, whatever the file's size.
+const READ_CHUNK: usize = 1024 * 1024;
 
 /// `GET /files/<path>`: the file, whole or the one range asked for.
 pub(super) async fn download(
