@@ -9,6 +9,7 @@ import {
   TEST_TIMEOUT,
   finish,
   launchBrowser,
+  signedInPages,
   openPage,
   openTab,
   pageLog,
@@ -28,11 +29,7 @@ const nameColour = (message) => message.locator('.message-from').evaluate((el) =
 
 test('two people talk in the lobby, each name in its own colour', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  const bob = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
-  await signIn(bob, server.url, 'bob');
+  const [alice, bob] = await signedInPages(server, ['alice', 'bob']);
 
   await say(alice, 'hello bob');
   const heard = await waitForMessage(bob, { from: 'alice', text: 'hello bob' });
@@ -51,11 +48,7 @@ test('two people talk in the lobby, each name in its own colour', { timeout: TES
 
 test('markup in a message is shown as text, never run', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  const bob = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
-  await signIn(bob, server.url, 'bob');
+  const [alice, bob] = await signedInPages(server, ['alice', 'bob']);
 
   const nasty = '<img src=x onerror=alert(1)> and <b>bold</b> & <script>alert(2)</script>';
   await say(alice, nasty);
@@ -96,11 +89,7 @@ test('arrivals and departures are announced, and the list of who is online follo
 
 test('a message in a tab not being looked at is counted as unread', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  const bob = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
-  await signIn(bob, server.url, 'bob');
+  const [alice, bob] = await signedInPages(server, ['alice', 'bob']);
 
   // Bob turns to a private conversation with alice: the lobby is no longer in view.
   await bob.click('#online button.user[data-name="alice"]');

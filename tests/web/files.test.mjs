@@ -16,6 +16,7 @@ import {
   entrySelector,
   finish,
   launchBrowser,
+  signedInPages,
   openFiles,
   openPage,
   pageLog,
@@ -87,9 +88,7 @@ test('the file list opens folders, shows sizes, uploaders and times, and its bre
   const deeper = path.join(server.sharedDir, 'Deep', 'Deeper');
   fs.mkdirSync(deeper, { recursive: true });
   const inside = randomFile(deeper, 'inside.bin', 1.5 * 1024 * 1024);
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
 
   const folder = alice.locator(entrySelector('Deep'));
@@ -186,9 +185,7 @@ test('files dropped on the panel are uploaded, byte for byte', { timeout: TEST_T
 
 test('an upload shows its progress on the way, then is done', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
 
   // Unthrottled, 64 MiB crossed the loopback in under half a second with only two progress
@@ -244,9 +241,7 @@ test('an upload shows its progress on the way, then is done', { timeout: TEST_TI
 
 test('file names with markup are shown as text: in the shared notice, the lists, and they download', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
   const bob = await startTerminal('bob', server);
 
@@ -358,9 +353,7 @@ test('files over HTTP need the session cookie, honour ranges and stay inside the
   const secret = 'the secret outside the shared folder';
   fs.writeFileSync(path.join(server.sharedDir, '..', 'secret'), secret);
   fs.symlinkSync(path.join(server.sharedDir, '..', 'secret'), path.join(server.sharedDir, 'link'));
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const cookie = await sessionCookie(alice);
 
   assert.equal((await request(server, '/files/x.bin')).status, 401, 'no cookie, no file');
@@ -398,9 +391,7 @@ test('files over HTTP need the session cookie, honour ranges and stay inside the
 
 test('an upload over the size limit is refused with a reason, in the page and over HTTP', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer({ args: ['--max-upload', '1000'] });
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
   const token = await sessionToken(alice);
 
@@ -436,9 +427,7 @@ test('an upload over the size limit is refused with a reason, in the page and ov
 
 test('a cancelled upload leaves nothing in the shared folder', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
 
   // Large enough to be still on its way when cancelled; sparse, so it costs no disk here.

@@ -417,6 +417,21 @@ export async function signIn(page, url, name, password) {
   await waitOnline(page);
 }
 
+/**
+ * A browser with one page per name, each signed in as that name in its own context (its own
+ * cookies), in order; resolves with the pages.
+ */
+export async function signedInPages(server, names, options) {
+  const browser = await launchBrowser();
+  const pages = [];
+  for (const name of names) {
+    const page = await openPage(browser, options);
+    await signIn(page, server.url, name);
+    pages.push(page);
+  }
+  return pages;
+}
+
 /** The signed-in name the page shows. */
 export async function me(page) {
   return (await page.textContent('#me')).trim();

@@ -8,11 +8,9 @@ import assert from 'node:assert/strict';
 import {
   TEST_TIMEOUT,
   finish,
-  launchBrowser,
+  signedInPages,
   messageIds,
   messageTexts,
-  openPage,
-  signIn,
   startServer,
   startTerminal,
   terminalSays,
@@ -28,9 +26,7 @@ test('the backlog shows the last messages and "Load earlier messages" the rest, 
   const said = Array.from({ length: 12 }, (_, i) => `message ${i + 1}`);
   await terminalSays(bob, said);
 
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await waitForMessage(alice, { from: 'bob', text: 'message 12' });
   // The backlog comes as one event: with its newest message shown, all of it is.
   assert.deepEqual(await messageTexts(alice), said.slice(-5), await timelineText(alice));

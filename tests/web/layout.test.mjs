@@ -12,6 +12,7 @@ import {
   entrySelector,
   finish,
   launchBrowser,
+  signedInPages,
   openFiles,
   openPage,
   openTab,
@@ -41,11 +42,7 @@ function fillSharedFolder(dir) {
 test('the main screen at desktop width: chat, a private tab and the files panel', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
   fillSharedFolder(server.sharedDir);
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  const bob = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
-  await signIn(bob, server.url, 'bob');
+  const [alice, bob] = await signedInPages(server, ['alice', 'bob']);
   const carol = await startTerminal('carol', server);
 
   await say(alice, 'Morning! Has anyone seen the new report?');

@@ -14,13 +14,13 @@ import {
   countMessages,
   finish,
   launchBrowser,
+  signedInPages,
   me,
   messageIds,
   messageTexts,
   openPage,
   runParley,
   say,
-  signIn,
   startServer,
   startTerminal,
   tabSelector,
@@ -83,9 +83,7 @@ async function assertNoDuplicates(page) {
 
 test('a reloaded page is signed in again as the same guest, with the conversation', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const bob = await startTerminal('bob', server);
   await say(alice, 'before the reload');
   bob.send('hello alice');
@@ -153,9 +151,7 @@ test('a registered name needs its password, before a reload and after', { timeou
 
 test('a page reconnects by itself after the server restarts, each message shown once', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const bob = await startTerminal('bob', server);
   await say(alice, 'before the restart');
   bob.send('from the terminal before');
@@ -184,9 +180,7 @@ test('a page reconnects by itself after the server restarts, each message shown 
 test('a page cut off for a while catches up on all it missed, more than the backlog, each once', { timeout: TEST_TIMEOUT }, async () => {
   // A backlog of 5 cannot bring back the 8 messages missed: the page has to ask for history.
   const server = await startServer({ args: ['--backlog', '5'] });
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const bob = await startTerminal('bob', server);
   await say(alice, 'before the cut');
   bob.send('from the terminal before');
@@ -213,9 +207,7 @@ test('a page cut off for a while catches up on all it missed, more than the back
 
 test('a page that had shown no message yet catches up on all said while it was cut off', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer({ args: ['--backlog', '5'] });
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await recordStates(alice);
 
   const again = await restartWhileOffline(alice, server, ['--backlog', '5']);

@@ -8,11 +8,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import {
   TEST_TIMEOUT,
   finish,
-  launchBrowser,
-  openPage,
+  signedInPages,
   request,
   sessionCookie,
-  signIn,
   startServer,
 } from './harness.mjs';
 
@@ -34,9 +32,7 @@ function upgrade(server, origin, cookie) {
 
 test('the WebSocket refuses another site\'s origin and accepts its own', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   // The cookie is sent either way: a foreign page's socket would carry it too.
   const cookie = await sessionCookie(alice);
 
