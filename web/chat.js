@@ -153,7 +153,10 @@ export class Chat {
       }
       case 'backlog': {
         const conv = this.room(event.room);
-        if (conv) this.add(conv, event.messages ?? [], (m) => conv.catchUpFrom !== null && m.id > conv.catchUpFrom);
+        if (conv) {
+          this.add(conv, event.messages ?? [], (m) => conv.catchUpFrom !== null && m.id > conv.catchUpFrom);
+          this.probe(conv);
+        }
         break;
       }
       case 'join': {
@@ -347,6 +350,7 @@ export class Chat {
       const conv = this.ensure('room', result.room);
       this.hooks.onMembers(result.members ?? []);
       this.select(conv);
+      this.probe(conv);
       this.els.joinInput.value = '';
       this.els.composerInput.focus();
     } catch (err) {
@@ -380,13 +384,36 @@ export class Chat {
     try {
       const { messages } = await this.session.request('history', { ...conv.target, before: conv.oldestId, limit: PAGE });
       if (epoch !== this.epoch) return;
-      if (messages.length === 0) conv.exhausted = true;
+      // A short page is the last one: nothing older is left to offer.
+      if (messages.length < PAGE) conv.exhausted = true;
       this.add(conv, messages, () => false);
     } catch (err) {
       if (err.code !== LOST && epoch === this.epoch) this.notice(conv, [`Could not load earlier messages: ${err.message}`], 'error');
     } finally {
       conv.loading = false;
       this.updateView();
+    }
+  }
+
+  /**
+   * Asks whether anything is older than the oldest message shown, so that "Load earlier
+   * messages" is offered only when there is. Sent after a join, a rejoin and a backlog: a
+   * room's backlog arrives before the reply to any later request (protocol section 4.3), and
+   * a room with no messages sends none.
+   */
+  async probe(conv) {
+    if (conv.exhausted) return;
+    const epoch = this.epoch;
+    const before = conv.oldestId;
+    try {
+      const { messages } = await this.session.request('history', { ...conv.target, before, limit: 1 });
+      if (epoch !== this.epoch || before !== conv.oldestId) return;
+      if (messages.length === 0) {
+        conv.exhausted = true;
+        this.updateView();
+      }
+    } catch {
+      // The button stays; clicking it asks again.
     }
   }
 
@@ -398,6 +425,7 @@ export class Chat {
         this.hooks.onMembers(result.members ?? []);
       }
       if (epoch === this.epoch) await this.catchUp(conv, epoch);
+      if (epoch === this.epoch) this.probe(conv);
     } catch (err) {
       if (err.code === LOST || epoch !== this.epoch) return;
       this.remove(conv);

@@ -49,3 +49,31 @@ test('the backlog shows the last messages and "Load earlier messages" the rest, 
   assert.equal(new Set(ids).size, said.length, `an id shown twice: ${ids.join(', ')}`);
   assert.deepEqual(ids, [...ids].sort((a, b) => a - b), 'in id order');
 });
+
+test('a conversation with nothing older offers no "Load earlier messages"', { timeout: TEST_TIMEOUT }, async () => {
+  const server = await startServer();
+  const bob = await startTerminal('bob', server);
+  const said = ['one', 'two', 'three'];
+  await terminalSays(bob, said);
+
+  // The whole room fits in the backlog: the page shows the beginning at once.
+  const [alice] = await signedInPages(server, ['alice']);
+  await waitForMessage(alice, { from: 'bob', text: 'three' });
+  await alice.waitForSelector('#timeline-start', { state: 'visible' });
+  assert.equal(await alice.isVisible('#load-earlier'), false);
+  assert.deepEqual(await messageTexts(alice), said);
+
+  // A private conversation opened by a message: that message is all there is.
+  bob.send('/msg alice just us');
+  await alice.click('#tabs button.tab[data-tab="dm:bob"]');
+  await waitForMessage(alice, { from: 'bob', text: 'just us' });
+  await alice.waitForSelector('#timeline-start', { state: 'visible' });
+  assert.equal(await alice.isVisible('#load-earlier'), false);
+
+  // An empty room too.
+  await alice.fill('#join-room', 'quiet');
+  await alice.click('#join-submit');
+  await alice.waitForSelector('#tabs button.tab[data-tab="room:quiet"][aria-selected="true"]');
+  await alice.waitForSelector('#timeline-start', { state: 'visible' });
+  assert.equal(await alice.isVisible('#load-earlier'), false);
+});
