@@ -15,10 +15,8 @@ import {
   WAIT,
   entrySelector,
   finish,
-  launchBrowser,
   signedInPages,
   openFiles,
-  openPage,
   pageLog,
   q,
   randomFile,
@@ -26,7 +24,6 @@ import {
   sessionCookie,
   sessionToken,
   sha256File,
-  signIn,
   startServer,
   startTerminal,
   tempDir,
@@ -143,9 +140,7 @@ test('the file list opens folders, shows sizes, uploaders and times, and its bre
 
 test('files dropped on the panel are uploaded, byte for byte', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
 
   const files = [
@@ -298,9 +293,7 @@ test('file names with markup are shown as text: in the shared notice, the lists,
 
 test('the browser uploads two files at once and the terminal downloads one byte for byte', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const bob = await startTerminal('bob', server);
   await openFiles(alice);
 
@@ -326,9 +319,7 @@ test('the browser uploads two files at once and the terminal downloads one byte 
 
 test('a file the terminal uploads appears in the browser and downloads byte for byte', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await openFiles(alice);
   const bob = await startTerminal('bob', server);
 
@@ -455,9 +446,7 @@ test('a cancelled upload leaves nothing in the shared folder', { timeout: TEST_T
 
 test('a page of another port of this host can neither upload as the user nor read the token', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   await sessionToken(alice);
   // Another site on the same host, in alice's browser: cookies do not tell ports apart, and
   // SameSite counts the other port as the same site.

@@ -7,11 +7,9 @@ import assert from 'node:assert/strict';
 import {
   TEST_TIMEOUT,
   finish,
-  launchBrowser,
-  openPage,
   openTab,
   say,
-  signIn,
+  signedInPages,
   startServer,
   startTerminal,
   tabSelector,
@@ -23,9 +21,7 @@ afterEach(finish);
 
 test('a terminal user and a browser user talk privately', { timeout: TEST_TIMEOUT }, async () => {
   const server = await startServer();
-  const browser = await launchBrowser();
-  const alice = await openPage(browser);
-  await signIn(alice, server.url, 'alice');
+  const [alice] = await signedInPages(server, ['alice']);
   const bob = await startTerminal('bob', server);
   await alice.waitForSelector('#online button.user[data-name="bob"]');
 

@@ -313,12 +313,10 @@ mod tests {
     use super::*;
 
     fn range(value: &'static str, if_range: Option<&'static str>) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::RANGE, HeaderValue::from_static(value));
-        if let Some(tag) = if_range {
-            headers.insert(header::IF_RANGE, HeaderValue::from_static(tag));
+        match if_range {
+            Some(tag) => super::super::headers(&[("range", value), ("if-range", tag)]),
+            None => super::super::headers(&[("range", value)]),
         }
-        headers
     }
 
     #[test]

@@ -187,16 +187,44 @@ fn refused_as(status: StatusCode, refusal: Refusal) -> Response {
     (status, Json(body)).into_response()
 }
 
+/// Request headers for the tests of this module's parts.
+#[cfg(test)]
+fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in pairs {
+        headers.insert(*name, HeaderValue::from_static(value));
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        for (name, value) in pairs {
-            headers.insert(*name, HeaderValue::from_static(value));
-        }
-        headers
+    #[test]
+    fn only_the_servers_own_page_may_open_a_socket() {
+        let from = |origin, host| headers(&[("origin", origin), ("host", host)]);
+        assert!(same_origin(
+            &from("http://127.0.0.1:4000", "127.0.0.1:4000"),
+            false
+        ));
+        assert!(same_origin(
+            &from("https://Chat.Example:443", "chat.example:443"),
+            true
+        ));
+        assert!(!same_origin(
+            &from("http://evil.example", "127.0.0.1:4000"),
+            false
+        ));
+        assert!(!same_origin(
+            &from("http://127.0.0.1:4000", "127.0.0.1:4000"),
+            true
+        ));
+        assert!(!same_origin(
+            &from("http://127.0.0.1:4001", "127.0.0.1:4000"),
+            false
+        ));
+        assert!(!same_origin(&headers(&[("host", "127.0.0.1:4000")]), false));
     }
 
     #[test]

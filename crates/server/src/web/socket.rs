@@ -170,41 +170,6 @@ fn frame(kind: FrameKind, payload: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::{HeaderValue, header};
-
-    fn headers(origin: Option<&'static str>, host: &'static str) -> HeaderMap {
-        let mut headers = HeaderMap::new();
-        headers.insert(header::HOST, HeaderValue::from_static(host));
-        if let Some(origin) = origin {
-            headers.insert(header::ORIGIN, HeaderValue::from_static(origin));
-        }
-        headers
-    }
-
-    #[test]
-    fn only_the_servers_own_page_may_open_a_socket() {
-        assert!(same_origin(
-            &headers(Some("http://127.0.0.1:4000"), "127.0.0.1:4000"),
-            false
-        ));
-        assert!(same_origin(
-            &headers(Some("https://Chat.Example:443"), "chat.example:443"),
-            true
-        ));
-        assert!(!same_origin(
-            &headers(Some("http://evil.example"), "127.0.0.1:4000"),
-            false
-        ));
-        assert!(!same_origin(
-            &headers(Some("http://127.0.0.1:4000"), "127.0.0.1:4000"),
-            true
-        ));
-        assert!(!same_origin(
-            &headers(Some("http://127.0.0.1:4001"), "127.0.0.1:4000"),
-            false
-        ));
-        assert!(!same_origin(&headers(None, "127.0.0.1:4000"), false));
-    }
 
     #[test]
     fn a_text_message_becomes_a_control_frame() {
