@@ -143,27 +143,70 @@ pub fn starts_with_frame(buf: &[u8]) -> bool {
     }
 }
 
-impl Decoder for FrameCodec {
-    type Item = Frame;
-    type Error = FrameError;
+/// A frame read in place: its payload borrows the buffer it was read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameRef<'a> {
+    /// A JSON control message, still as bytes.
+    Control(&'a [u8]),
+    /// File bytes belonging to transfer `transfer`.
+    Data {
+        /// The transfer these bytes belong to.
+        transfer: u32,
+        /// The bytes themselves.
+        payload: &'a [u8],
+    },
+    /// Keepalive probe.
+    Ping,
+    /// Keepalive answer.
+    Pong,
+}
 
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
-        if src.len() < 4 {
+impl FrameCodec {
+    /// The frame at the start of `src` and its length in bytes, header included, without
+    /// consuming or copying anything: `Ok(None)` until the whole frame is there. For readers
+    /// that look at many small frames and keep none of them (a load generator), where
+    /// [`Decoder::decode`] would hand each one out as shared [`Bytes`].
+    pub fn peek<'a>(&self, src: &'a [u8]) -> Result<Option<(FrameRef<'a>, usize)>, FrameError> {
+        let Some((kind, len)) = self.header(src)? else {
             return Ok(None);
-        }
-        let len = u32::from_be_bytes([src[0], src[1], src[2], src[3]]) as usize;
+        };
+        let Some(payload) = src.get(HEADER_LEN..4 + len) else {
+            return Ok(None);
+        };
+        let frame = match kind {
+            FrameKind::Control => FrameRef::Control(payload),
+            FrameKind::Ping => FrameRef::Ping,
+            FrameKind::Pong => FrameRef::Pong,
+            FrameKind::Data => match payload.split_first_chunk::<4>() {
+                Some((transfer, payload)) => FrameRef::Data {
+                    transfer: u32::from_be_bytes(*transfer),
+                    payload,
+                },
+                None => return Err(FrameError::Malformed(kind)),
+            },
+        };
+        Ok(Some((frame, 4 + len)))
+    }
+
+    /// The kind and the length field of the frame `src` starts with, once both have arrived,
+    /// checked against this codec's limits. A length no kind allows is refused from the length
+    /// field alone, before the kind byte arrives.
+    fn header(&self, src: &[u8]) -> Result<Option<(FrameKind, usize)>, FrameError> {
+        let Some(len) = src.first_chunk::<4>() else {
+            return Ok(None);
+        };
+        let len = u32::from_be_bytes(*len) as usize;
         if len == 0 {
             return Err(FrameError::Empty);
         }
-        // Refuse at once what no kind allows, before waiting for the kind byte.
         let largest = self.max_control.max(self.max_data);
         if len > largest {
             return Err(FrameError::TooLarge { len, max: largest });
         }
-        if src.len() < HEADER_LEN {
+        let Some(&kind) = src.get(4) else {
             return Ok(None);
-        }
-        let kind = FrameKind::from_byte(src[4]).ok_or(FrameError::UnknownKind(src[4]))?;
+        };
+        let kind = FrameKind::from_byte(kind).ok_or(FrameError::UnknownKind(kind))?;
         let max = self.limit(kind);
         if max == 0 {
             return Err(FrameError::Unexpected(kind));
@@ -174,6 +217,18 @@ impl Decoder for FrameCodec {
                 _ => FrameError::TooLarge { len, max },
             });
         }
+        Ok(Some((kind, len)))
+    }
+}
+
+impl Decoder for FrameCodec {
+    type Item = Frame;
+    type Error = FrameError;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Frame>, FrameError> {
+        let Some((kind, len)) = self.header(src)? else {
+            return Ok(None);
+        };
         let total = 4 + len;
         if src.len() < total {
             src.reserve((total - src.len()).min(MAX_RESERVE_AHEAD));
@@ -326,6 +381,48 @@ mod tests {
                 frames.push(frame);
             }
             assert_eq!(frames, sample_frames(), "split at {split}");
+        }
+    }
+
+    /// What [`FrameCodec::peek`] reads, as the owned frame [`Decoder::decode`] would give.
+    fn owned(frame: FrameRef<'_>) -> Frame {
+        match frame {
+            FrameRef::Control(json) => Frame::Control(Bytes::copy_from_slice(json)),
+            FrameRef::Data { transfer, payload } => Frame::Data {
+                transfer,
+                payload: Bytes::copy_from_slice(payload),
+            },
+            FrameRef::Ping => Frame::Ping,
+            FrameRef::Pong => Frame::Pong,
+        }
+    }
+
+    #[test]
+    fn peeking_reads_what_decoding_reads_and_waits_for_whole_frames() {
+        let mut wire = BytesMut::new();
+        for frame in sample_frames() {
+            frame.encode(&mut wire);
+        }
+        let codec = data_codec();
+        for end in 0..=wire.len() {
+            let mut src = &wire[..end];
+            let mut frames = Vec::new();
+            while let Some((frame, len)) = codec.peek(src).unwrap() {
+                frames.push(owned(frame));
+                src = &src[len..];
+            }
+            let whole = decode_all(&mut data_codec(), &wire[..end]).unwrap();
+            assert_eq!(frames, whole, "{end} bytes");
+        }
+        for bad in [
+            &[0, 0, 0, 0][..],
+            &[0, 0, 0, 1, 9],
+            &[0, 0, 0, 2, FrameKind::Ping as u8, 0],
+            &[0, 0, 0, 3, FrameKind::Data as u8, 0, 0],
+            &u32::MAX.to_be_bytes(),
+        ] {
+            assert!(codec.peek(bad).is_err(), "{bad:?} is refused");
+            assert!(decode_all(&mut data_codec(), bad).is_err(), "{bad:?}");
         }
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use bytes::{BufMut, BytesMut};
 use hdrhistogram::Histogram;
-use parley_proto::Frame;
+use parley_proto::{Frame, FrameRef};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, Semaphore};
@@ -73,8 +73,13 @@ struct Shared {
     last_delivery: AtomicU64,
     /// When the first message was sent, in ns since `epoch`.
     first_send: AtomicU64,
+    /// Messages the drain waits to see delivered; none until the senders are done.
+    expected: AtomicU64,
     /// Wakes a sender waiting for room in the window, and the drain.
     progress: Notify,
+    /// How many wait on `progress`: receivers wake them only then, since a wake-up crosses
+    /// threads and a receiver reads hundreds of thousands of times a second.
+    waiting: AtomicUsize,
     ready: AtomicUsize,
     setup: Notify,
     failure: Mutex<Option<String>>,
@@ -94,9 +99,36 @@ impl Shared {
         self.setup.notify_one();
     }
 
+    /// Counts `got` more deliveries and wakes whoever waits for them.
+    fn deliver(&self, got: u64) {
+        // SeqCst on both sides of `waiting`: a waiter counts itself, then looks at
+        // `delivered`; this adds to `delivered`, then looks at `waiting`. One of the two sees
+        // the other's write, so no wake-up is lost.
+        let delivered = self.delivered.fetch_add(got, Ordering::SeqCst) + got;
+        if self.waiting.load(Ordering::SeqCst) > 0
+            && (self.window_open() || delivered >= self.expected.load(Ordering::Acquire))
+        {
+            self.progress.notify_one();
+        }
+    }
+
+    /// Resolves once `ready` holds, woken by deliveries.
+    async fn wait_until(&self, ready: impl Fn(&Self) -> bool) {
+        while !ready(self) {
+            let woken = self.progress.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            self.waiting.fetch_add(1, Ordering::SeqCst);
+            if !ready(self) {
+                woken.await;
+            }
+            self.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
     fn window_open(&self) -> bool {
         let sent = self.sent.load(Ordering::Acquire);
-        let delivered_to_all = self.delivered.load(Ordering::Acquire) / self.receivers;
+        let delivered_to_all = self.delivered.load(Ordering::SeqCst) / self.receivers;
         sent.saturating_sub(delivered_to_all) < self.in_flight
     }
 }
@@ -123,7 +155,9 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
         delivered: AtomicU64::new(0),
         last_delivery: AtomicU64::new(0),
         first_send: AtomicU64::new(u64::MAX),
+        expected: AtomicU64::new(u64::MAX),
         progress: Notify::new(),
+        waiting: AtomicUsize::new(0),
         ready: AtomicUsize::new(0),
         setup: Notify::new(),
         failure: Mutex::new(None),
@@ -170,20 +204,12 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let sent = shared.sent.load(Ordering::Acquire);
     let expected = sent * args.receivers as u64;
+    shared.expected.store(expected, Ordering::Release);
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
-    loop {
-        let woken = shared.progress.notified();
-        if shared.delivered.load(Ordering::Acquire) >= expected {
-            break;
-        }
-        if tokio::time::timeout_at(drain_deadline, woken)
-            .await
-            .is_err()
-            && Instant::now() >= drain_deadline
-        {
-            break;
-        }
-    }
+    let all_delivered =
+        shared.wait_until(|shared| shared.delivered.load(Ordering::SeqCst) >= expected);
+    // Whatever is still missing at the deadline is reported as lost.
+    let _ = tokio::time::timeout_at(drain_deadline, all_delivered).await;
     let cpu = cpu.finish();
     let rss_after = args.target.pid.and_then(probe::rss_kib);
     shared.stop.cancel();
@@ -316,43 +342,48 @@ async fn receive(
     drop(permit);
     shared.ready.fetch_add(1, Ordering::AcqRel);
     shared.setup.notify_one();
+    let marker = memchr::memmem::Finder::new(MARKER);
     loop {
         if conn.fill().await? == 0 {
             bail!("the server closed the connection");
         }
         let now = shared.now_ns();
-        let mut got = 0;
-        while let Some(frame) = conn.buffered_frame()? {
-            match frame {
+        let (mut got, mut pings) = (0, 0);
+        {
+            let mut latencies = histogram.borrow_mut();
+            conn.scan(|frame| match frame {
                 // Only live messages: a backlog from an earlier run holds markers too.
-                Frame::Control(json) if json.starts_with(br#"{"type":"message""#) => {
-                    if let Some(sent_at) = send_time(&json) {
+                FrameRef::Control(json) if json.starts_with(br#"{"type":"message""#) => {
+                    if let Some(sent_at) = send_time(&marker, json) {
                         // A clock that went backwards would be a bug; clamp rather than panic.
-                        let _ = histogram
-                            .borrow_mut()
-                            .record(now.saturating_sub(sent_at).max(1));
+                        let _ = latencies.record(now.saturating_sub(sent_at).max(1));
                         got += 1;
                     }
                 }
-                Frame::Ping => conn.pong().await?,
+                FrameRef::Ping => pings += 1,
                 _ => {}
-            }
+            })?;
+        }
+        for _ in 0..pings {
+            conn.pong().await?;
         }
         *reads.borrow_mut() += 1;
         if got > 0 {
             counts.borrow_mut()[index] += got;
-            shared.delivered.fetch_add(got, Ordering::AcqRel);
             shared.last_delivery.fetch_max(now, Ordering::AcqRel);
-            shared.progress.notify_one();
+            shared.deliver(got);
         }
     }
 }
 
-/// The send time carried by a benchmark payload in `json`, if it holds one.
-fn send_time(json: &[u8]) -> Option<u64> {
-    let at = memchr::memmem::find(json, MARKER)? + MARKER.len() + 17;
-    let hex = std::str::from_utf8(json.get(at..at + 16)?).ok()?;
-    u64::from_str_radix(hex, 16).ok()
+/// The send time carried by a benchmark payload in `json`, if it holds one; `marker` finds
+/// [`MARKER`].
+fn send_time(marker: &memchr::memmem::Finder<'_>, json: &[u8]) -> Option<u64> {
+    let at = marker.find(json)? + MARKER.len() + 17;
+    let digits = json.get(at..at + 16)?;
+    digits.iter().try_fold(0u64, |time, &digit| {
+        Some(time << 4 | u64::from((digit as char).to_digit(16)?))
+    })
 }
 
 /// What the senders report.
@@ -446,11 +477,11 @@ async fn send(
             tokio::time::sleep_until(due).await;
             max_lag_ns = max_lag_ns.max(Instant::now().duration_since(due).as_nanos() as u64);
         } else if args.window > 0 {
-            while !shared.window_open() {
-                shared.progress.notified().await;
-            }
+            shared.wait_until(Shared::window_open).await;
             // Pass the wake-up on: another sender may be waiting too.
-            shared.progress.notify_one();
+            if shared.waiting.load(Ordering::SeqCst) > 0 {
+                shared.progress.notify_one();
+            }
         }
         let now = shared.now_ns();
         shared.first_send.fetch_min(now, Ordering::AcqRel);
@@ -483,10 +514,16 @@ mod tests {
 
     #[test]
     fn send_time_is_read_back_from_a_payload() {
+        let marker = memchr::memmem::Finder::new(MARKER);
         let json = br#"{"type":"message","text":"~PB000000000000002a.00000000000f4240.xxxx"}"#;
-        assert_eq!(send_time(json), Some(1_000_000));
-        assert_eq!(send_time(br#"{"type":"message","text":"hi"}"#), None);
-        assert_eq!(send_time(br#"{"text":"~PB00"}"#), None);
+        assert_eq!(send_time(&marker, json), Some(1_000_000));
+        assert_eq!(
+            send_time(&marker, br#"{"type":"message","text":"hi"}"#),
+            None
+        );
+        assert_eq!(send_time(&marker, br#"{"text":"~PB00"}"#), None);
+        let bad = br#"{"text":"~PB000000000000002a.00000000000f424x.xxxx"}"#;
+        assert_eq!(send_time(&marker, bad), None, "not hexadecimal");
     }
 
     #[test]
