@@ -290,13 +290,20 @@ impl Frame {
 /// copy: the header is written first and its length patched once the JSON is in place.
 pub fn control_frame<T: Serialize + ?Sized>(message: &T) -> Bytes {
     let mut buf = BytesMut::with_capacity(128);
-    buf.put_bytes(0, 4);
-    buf.put_u8(FrameKind::Control as u8);
-    serde_json::to_writer((&mut buf).writer(), message)
-        .expect("protocol messages always serialize: they hold only strings, numbers and lists");
-    let len = u32::try_from(buf.len() - 4).expect("control frames stay far below 4 GiB");
-    buf[..4].copy_from_slice(&len.to_be_bytes());
+    put_control_frame(&mut buf, message);
     buf.freeze()
+}
+
+/// Appends `message` to `dst` as a complete control frame, serialized in place like
+/// [`control_frame`]: several frames can share one buffer, and so one write.
+pub fn put_control_frame<T: Serialize + ?Sized>(dst: &mut BytesMut, message: &T) {
+    let start = dst.len();
+    dst.put_bytes(0, 4);
+    dst.put_u8(FrameKind::Control as u8);
+    serde_json::to_writer(dst.writer(), message)
+        .expect("protocol messages always serialize: they hold only strings, numbers and lists");
+    let len = u32::try_from(dst.len() - start - 4).expect("control frames stay far below 4 GiB");
+    dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
 fn put_header(dst: &mut BytesMut, kind: FrameKind, payload_len: usize) {

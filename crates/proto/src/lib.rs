@@ -21,7 +21,9 @@ pub use event::{
     Bye, Departure, Event, PartReason, Presence, Private, RoomMessage, Shared, TransferEnd,
     TransferStatus,
 };
-pub use frame::{Frame, FrameCodec, FrameError, FrameKind, FrameRef, control_frame};
+pub use frame::{
+    Frame, FrameCodec, FrameError, FrameKind, FrameRef, control_frame, put_control_frame,
+};
 pub use reply::{Reply, ServerMessage};
 pub use request::{Call, Request, RequestBody, RequestError};
 

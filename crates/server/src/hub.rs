@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use parley_proto::event::{
     Departure, Event, Members, PartReason, Presence, Private, RoomMessage, Shared,
 };
@@ -32,7 +32,7 @@ use parley_proto::limits::{MAX_ROOMS_PER_USER, MAX_TEXT_BYTES};
 use parley_proto::names::{self, fold};
 use parley_proto::reply::event_frame;
 use parley_proto::request::{Joined, RoomInfo, Sent, UserList};
-use parley_proto::{DEFAULT_ROOM, ErrorCode};
+use parley_proto::{DEFAULT_ROOM, ErrorCode, put_control_frame};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
@@ -367,64 +367,85 @@ impl Hub {
         }
     }
 
-    /// Sends `text` from `id` to everyone else in `room`, and hands it to the recorder: the
-    /// receipt says when it is stored. The recipients' writers are left for `wakes` to wake,
-    /// so that a burst of messages wakes each once.
+    /// Sends each of `texts` from `id` to everyone else in `room`, in order, and hands each to
+    /// the recorder: its receipt says when it is stored. The messages are encoded into one
+    /// buffer that every recipient shares, so a burst read from one connection costs each
+    /// recipient one push and one slice of one write however many messages it holds. The
+    /// recipients' writers are left for `wakes` to wake.
+    ///
+    /// Each text has its own result, in order. An empty or too long text is refused for that;
+    /// the others are refused if the sender may not speak in `room`.
     pub(crate) fn say(
         &self,
         id: SessionId,
         room: &str,
-        text: String,
+        texts: impl IntoIterator<Item = String>,
         wakes: &mut Wakes,
-    ) -> Result<(Sent, Receipt), Refusal> {
-        check_text(&text)?;
-        let room = checked_room(room)?;
+    ) -> Vec<Result<(Sent, Receipt), Refusal>> {
+        let room = match checked_room(room) {
+            Ok(room) => room,
+            Err(refusal) => return refuse_all(texts, refusal),
+        };
         let mut state = self.state.lock().unwrap();
         let member = &state.members[&id];
         if !member.is_in(&room) {
-            return Err(refuse(
+            let refusal = refuse(
                 ErrorCode::NotInRoom,
                 format!("You are not in #{room}; /join it first."),
-            ));
+            );
+            drop(state);
+            return refuse_all(texts, refusal);
         }
+        let from = member.name.clone();
         // Nobody hears a message from someone whose arrival they have not heard of. A large
         // room names no arrivals, so its size waits for its own time.
         if state.rooms[&room].members.len() <= state.roster_limit {
             state.announce_presence(&room);
         }
-        // Stamped under the lock, so ids and times grow in the order messages are delivered.
-        let (message_id, ts) = self.stamp();
-        if let Some(said) = state.rooms.get_mut(&room) {
-            said.last_said = message_id;
-        }
-        let member = &state.members[&id];
-        let message = RoomMessage {
-            id: message_id,
-            ts,
-            room: room.clone(),
-            from: member.name.clone(),
-            text,
-        };
-        let frame = event_frame(&Event::Message(message.clone()));
-        state.broadcast(&room, &frame, id, wakes);
-        // Recorded under the lock too, so messages reach the store in id order.
-        let receipt = self.recorder.record(Stored {
-            id: message_id,
-            ts,
-            room: Some(message.room),
-            from: message.from,
-            to: None,
-            text: message.text,
-        });
-        Ok((
-            Sent {
+        let mut frames = BytesMut::new();
+        let mut results = Vec::new();
+        let mut last_said = None;
+        for text in texts {
+            if let Err(refusal) = check_text(&text) {
+                results.push(Err(refusal));
+                continue;
+            }
+            // Stamped under the lock, so ids and times grow in the order messages are
+            // delivered.
+            let (message_id, ts) = self.stamp();
+            last_said = Some(message_id);
+            let message = RoomMessage {
                 id: message_id,
                 ts,
-                to: room,
+                room: room.clone(),
+                from: from.clone(),
+                text,
+            };
+            put_control_frame(&mut frames, &Event::Message(message.clone()));
+            // Recorded under the lock too, so messages reach the store in id order.
+            let receipt = self.recorder.record(Stored {
+                id: message_id,
+                ts,
+                room: Some(message.room),
+                from: message.from,
+                to: None,
+                text: message.text,
+            });
+            let sent = Sent {
+                id: message_id,
+                ts,
+                to: room.clone(),
                 queued: false,
-            },
-            receipt,
-        ))
+            };
+            results.push(Ok((sent, receipt)));
+        }
+        if let Some(last_said) = last_said {
+            if let Some(said) = state.rooms.get_mut(&room) {
+                said.last_said = last_said;
+            }
+            state.broadcast(&room, &frames.freeze(), id, wakes);
+        }
+        results
     }
 
     /// Sends `text` from `id` to the user named `to` only, and hands it to the recorder.
@@ -663,6 +684,18 @@ impl Hub {
             .map_or(0, |d| d.as_millis() as u64);
         (id, ts)
     }
+}
+
+/// Refuses each of `texts`: for its own fault if it has one, as a message alone would be,
+/// else for `refusal`.
+fn refuse_all(
+    texts: impl IntoIterator<Item = String>,
+    refusal: Refusal,
+) -> Vec<Result<(Sent, Receipt), Refusal>> {
+    texts
+        .into_iter()
+        .map(|text| Err(check_text(&text).err().unwrap_or_else(|| refusal.clone())))
+        .collect()
 }
 
 fn check_text(text: &str) -> Result<(), Refusal> {

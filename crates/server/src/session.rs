@@ -48,7 +48,7 @@ use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Halt, Halter, Outbox, Wakes};
-use crate::recorder::Receipt;
+use crate::recorder::{self, Receipt};
 use crate::store::{Store, StoreError, Stored, Thread};
 use crate::transfer::{Transfers, Upload};
 use crate::web::Grants;
@@ -73,6 +73,11 @@ const READ_BUFFER: usize = 512;
 /// stays the size of the largest frame, so a sender streaming small messages would be read two
 /// or three at a time, and each small read makes a small burst for every receiver's writer.
 const BUSY_READ_BUFFER: usize = 16 * 1024;
+
+/// Most room messages said together as one burst (see [`Burst`]), and most bytes of text: a
+/// burst is one buffer in every recipient's queue, so it stays far below the queue's limit.
+const MAX_BURST: usize = 64;
+const MAX_BURST_TEXT: usize = 64 * 1024;
 
 /// Most frames a burst of messages may push before the recipients' writers are woken, even if
 /// more messages are already read: ~50 ns each, so the first recipient waits at most ~0.2 ms
@@ -345,10 +350,13 @@ where
         web,
         transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
         unconfirmed: VecDeque::new(),
+        burst: None,
         wakes: Wakes::default(),
     };
     async move {
         let end = session.read_loop(&mut frames).await;
+        // Messages read before the end are said, as they would have been had more followed.
+        session.say_burst();
         drop(running);
         if session.web {
             session.ctx.grants.revoke(session.id);
@@ -390,6 +398,21 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(mut read_half: R) {
     .await;
 }
 
+/// Room messages read one after another, to one room, and not yet said. They are said
+/// together once the read that brought them is handled, or before any other request: the hub
+/// encodes them into one buffer that every recipient shares, so each recipient gets one push
+/// and one slice of a write for the whole burst. Their replies wait in order behind those of
+/// earlier requests, as every confirmation does.
+#[derive(Default)]
+struct Burst {
+    room: String,
+    /// The requests' ids, in the order read.
+    requests: Vec<u64>,
+    texts: Vec<String>,
+    /// The texts' length in bytes, against [`MAX_BURST_TEXT`].
+    text_bytes: usize,
+}
+
 struct Session {
     id: SessionId,
     ctx: Arc<Context>,
@@ -411,6 +434,9 @@ struct Session {
     /// the confirmation to send once stored. The session reads on meanwhile (up to
     /// [`MAX_UNCONFIRMED`]), so a sender's rate is not one message per disk commit.
     unconfirmed: VecDeque<(u64, Receipt, Bytes)>,
+    /// Room messages read and not yet said; made by the first, dropped when the client falls
+    /// silent.
+    burst: Option<Box<Burst>>,
     /// The writers of those this session's messages went to, woken once the messages that
     /// arrived together are all read (or [`MAX_DEFERRED_PUSHES`] frames went out).
     wakes: Wakes,
@@ -428,10 +454,14 @@ impl Session {
         // updates per frame: on waking it checks how long the client has really been silent.
         let mut alarm = pin!(sleep_until(self.last_heard + config.handshake_timeout));
         loop {
+            let burst_read = !starts_with_frame(frames.read_buffer());
+            if burst_read || self.unconfirmed.len() + self.gathered() >= MAX_UNCONFIRMED {
+                self.say_burst();
+            }
             if !self.wakes.is_empty()
                 && (self.wakes.pushed() >= MAX_DEFERRED_PUSHES
                     || self.unconfirmed.len() >= MAX_UNCONFIRMED
-                    || !starts_with_frame(frames.read_buffer()))
+                    || burst_read)
             {
                 // The burst is read, or reading waits for the store: either way the next
                 // request must be waited for.
@@ -456,6 +486,9 @@ impl Session {
                         release_read_buffer(frames);
                         self.outbox.shrink();
                         self.wakes = Wakes::default();
+                        if self.gathered() == 0 {
+                            self.burst = None;
+                        }
                     }
                     continue;
                 }
@@ -491,6 +524,7 @@ impl Session {
                 Frame::Pong => {}
                 Frame::Data { transfer, payload } => {
                     // Storing the data may wait; the messages before it may not.
+                    self.say_burst();
                     self.wakes.wake();
                     if let Some(end) = self.transfers.receive(transfer, payload).await {
                         self.outbox.push(end);
@@ -513,6 +547,60 @@ impl Session {
                     .reset(self.last_heard + config.keepalive_interval);
                 self.after_sign_in().await;
             }
+        }
+    }
+
+    /// Adds a room message to the burst being read. A burst holds one room's messages: one
+    /// for another room says the burst first. A full burst is said at once.
+    fn gather(&mut self, request: u64, say: request::Say) {
+        if self
+            .burst
+            .as_ref()
+            .is_some_and(|burst| !burst.requests.is_empty() && burst.room != say.room)
+        {
+            self.say_burst();
+        }
+        let burst = self.burst.get_or_insert_default();
+        if burst.requests.is_empty() {
+            burst.room = say.room;
+        }
+        burst.text_bytes += say.text.len();
+        burst.requests.push(request);
+        burst.texts.push(say.text);
+        if burst.requests.len() >= MAX_BURST || burst.text_bytes >= MAX_BURST_TEXT {
+            self.say_burst();
+        }
+    }
+
+    /// Room messages read and not yet said.
+    fn gathered(&self) -> usize {
+        self.burst.as_ref().map_or(0, |burst| burst.requests.len())
+    }
+
+    /// Says the room messages gathered so far, in one buffer for all recipients; their
+    /// replies wait in `unconfirmed` behind those of earlier requests.
+    fn say_burst(&mut self) {
+        let Some(burst) = self.burst.as_deref_mut() else {
+            return;
+        };
+        if burst.requests.is_empty() {
+            return;
+        }
+        burst.text_bytes = 0;
+        let said = self
+            .ctx
+            .hub
+            .say(self.id, &burst.room, burst.texts.drain(..), &mut self.wakes);
+        for (request, result) in burst.requests.drain(..).zip(said) {
+            self.unconfirmed.push_back(match result {
+                Ok((sent, receipt)) => (request, receipt, ok_frame::<request::Say>(request, &sent)),
+                // Settled at once: its error leaves in its turn, after earlier confirmations.
+                Err(refusal) => (
+                    request,
+                    recorder::settled(),
+                    error_frame(request, refusal.code, &refusal.message),
+                ),
+            });
         }
     }
 
@@ -574,6 +662,7 @@ impl Session {
                 code,
                 message,
             }) => {
+                self.say_burst();
                 self.confirm_all().await;
                 self.outbox.push(error_frame(id, code, &message));
                 return self.name.is_none().then_some(End::Refused(message));
@@ -590,6 +679,7 @@ impl Session {
         }
         if !matches!(request.body, RequestBody::Say(_)) {
             // Only a room message is quick enough to keep a burst's recipients waiting.
+            self.say_burst();
             self.wakes.wake();
         }
         if !matches!(request.body, RequestBody::Say(_) | RequestBody::Msg(_)) {
@@ -603,16 +693,12 @@ impl Session {
                 code: ErrorCode::AlreadySignedIn,
                 message: "This connection is already signed in.".into(),
             }),
-            // Delivered at once; confirmed to the sender only once stored.
-            // The confirmation waits in `unconfirmed` while the next requests are read.
-            RequestBody::Say(say) => match hub.say(self.id, &say.room, say.text, &mut self.wakes) {
-                Ok((sent, receipt)) => {
-                    let confirmation = ok_frame::<request::Say>(id, &sent);
-                    self.unconfirmed.push_back((id, receipt, confirmation));
-                    return None;
-                }
-                Err(refusal) => Err(refusal),
-            },
+            // Said with the messages read together with it; confirmed to the sender only once
+            // stored. The confirmation waits in `unconfirmed` while the next requests are read.
+            RequestBody::Say(say) => {
+                self.gather(id, say);
+                return None;
+            }
             RequestBody::Msg(msg) => match self.msg(msg).await {
                 Ok((sent, receipt)) => {
                     let confirmation = ok_frame::<request::Msg>(id, &sent);

@@ -138,23 +138,30 @@ async fn pipelined_messages_are_confirmed_in_order() {
     let mut alice = server.raw().await;
     alice.hello("alice").await;
     let mut burst = Vec::new();
+    // Two refused on the way, each answered in its turn: one to a room the sender is not in
+    // (which ends a burst of messages to the lobby), one empty (refused alone in the middle
+    // of a burst to the lobby).
+    let refused = [150, 200];
     for id in 1..=300u64 {
-        // One refused on the way: its error still comes in its turn.
         let room = if id == 150 { "nowhere" } else { "lobby" };
-        let say =
-            serde_json::json!({"id": id, "type": "say", "room": room, "text": format!("m{id}")});
-        let frame = parley_proto::Frame::Control(serde_json::to_vec(&say).unwrap().into());
-        burst.extend_from_slice(&frame.to_bytes());
+        let text = if id == 200 {
+            " ".into()
+        } else {
+            format!("m{id}")
+        };
+        let say = serde_json::json!({"id": id, "type": "say", "room": room, "text": text});
+        burst.extend_from_slice(&control(&say));
     }
-    let users = serde_json::json!({"id": 301, "type": "users"});
-    burst.extend_from_slice(
-        &parley_proto::Frame::Control(serde_json::to_vec(&users).unwrap().into()).to_bytes(),
-    );
+    burst.extend_from_slice(&control(&serde_json::json!({"id": 301, "type": "users"})));
     alice.send_bytes(&burst).await;
     let mut expected = 1;
     while expected <= 301 {
         let reply = alice.recv_json().await;
-        let wanted = if expected == 150 { "error" } else { "ok" };
+        let wanted = if refused.contains(&expected) {
+            "error"
+        } else {
+            "ok"
+        };
         if reply["type"] != "ok" && reply["type"] != "error" {
             continue;
         }
@@ -162,7 +169,7 @@ async fn pipelined_messages_are_confirmed_in_order() {
         assert_eq!(reply["id"], expected, "replies in request order: {reply}");
         expected += 1;
     }
-    for id in (1..=300).filter(|id| *id != 150) {
+    for id in (1..=300).filter(|id| !refused.contains(id)) {
         let text = wait_for(&mut bob_events, |event| match event {
             ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
             _ => None,
@@ -181,14 +188,7 @@ async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
     let (_carol, mut carol_events) = server.join("carol").await;
     let mut alice = server.raw().await;
     alice.hello("alice").await;
-    let mut burst = Vec::new();
-    for id in 1..=500u64 {
-        let say =
-            serde_json::json!({"id": id, "type": "say", "room": "lobby", "text": format!("m{id}")});
-        let frame = parley_proto::Frame::Control(serde_json::to_vec(&say).unwrap().into());
-        burst.extend_from_slice(&frame.to_bytes());
-    }
-    alice.send_bytes(&burst).await;
+    alice.send_bytes(&says("lobby", "m", 1..=500)).await;
     // Well inside the keepalive interval: a ping to a recipient would wake its writer too,
     // and hide writers left asleep.
     let delivered = tokio::time::timeout(Duration::from_secs(2), async {
@@ -208,6 +208,81 @@ async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
     delivered
         .await
         .expect("every message delivered without anything more from anyone");
+}
+
+/// Messages read together are said together, in one buffer for every recipient. Bursts from
+/// two senders at once still reach a third with ids that only grow, so a client catching up
+/// from the highest id it saw misses nothing and gets nothing twice, and each sender's
+/// messages in the order sent.
+#[tokio::test]
+async fn bursts_from_two_senders_arrive_with_growing_ids() {
+    let server = TestServer::start().await;
+    let (_carol, mut carol_events) = server.join("carol").await;
+    let mut alice = server.raw().await;
+    alice.hello("alice").await;
+    let mut bob = server.raw().await;
+    bob.hello("bob").await;
+    let (from_alice, from_bob) = (says("lobby", "a", 1..=400), says("lobby", "b", 1..=400));
+    tokio::join!(alice.send_bytes(&from_alice), bob.send_bytes(&from_bob));
+    let mut last_id = 0;
+    let mut next = [1, 1];
+    while next != [401, 401] {
+        let message = wait_for(&mut carol_events, |event| match event {
+            ClientEvent::Server(Event::Message(message)) => Some(message.clone()),
+            _ => None,
+        })
+        .await;
+        assert!(message.id > last_id, "{} after {last_id}", message.id);
+        last_id = message.id;
+        let sender = usize::from(message.from == "bob");
+        let prefix = ["a", "b"][sender];
+        assert_eq!(message.text, format!("{prefix}{}", next[sender]));
+        next[sender] += 1;
+    }
+}
+
+/// Messages read in the same read as a frame that ends the session are still said: they
+/// were read whole, as they would have been had a good request followed.
+#[tokio::test]
+async fn messages_read_before_a_bad_frame_are_still_said() {
+    let server = TestServer::start().await;
+    let (_bob, mut bob_events) = server.join("bob").await;
+    let mut alice = server.raw().await;
+    alice.hello("alice").await;
+    let mut bytes = says("lobby", "m", 1..=10);
+    // A frame of an unknown kind: the session ends with `bad_frame`.
+    bytes.extend_from_slice(&[0, 0, 0, 1, 9]);
+    alice.send_bytes(&bytes).await;
+    for id in 1..=10 {
+        let text = wait_for(&mut bob_events, |event| match event {
+            ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
+            _ => None,
+        })
+        .await;
+        assert_eq!(text, format!("m{id}"));
+    }
+    let bye = loop {
+        let frame = alice.recv_json().await;
+        if frame["type"] == "bye" {
+            break frame;
+        }
+    };
+    assert_eq!(bye["code"], "bad_frame", "{bye}");
+}
+
+/// `say` requests with ids `ids` and texts `<prefix><id>`, as one run of frames.
+fn says(room: &str, prefix: &str, ids: std::ops::RangeInclusive<u64>) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for id in ids {
+        let say = serde_json::json!({"id": id, "type": "say", "room": room, "text": format!("{prefix}{id}")});
+        bytes.extend_from_slice(&control(&say));
+    }
+    bytes
+}
+
+/// `value` as a control frame.
+fn control(value: &serde_json::Value) -> bytes::Bytes {
+    parley_proto::Frame::Control(serde_json::to_vec(value).unwrap().into()).to_bytes()
 }
 
 /// People arriving together are announced together: whoever is in the room hears of 40
