@@ -397,11 +397,6 @@ impl Hub {
             return refuse_all(texts, refusal);
         }
         let from = member.name.clone();
-        // Nobody hears a message from someone whose arrival they have not heard of. A large
-        // room names no arrivals, so its size waits for its own time.
-        if state.rooms[&room].members.len() <= state.roster_limit {
-            state.announce_presence(&room);
-        }
         let mut frames = BytesMut::new();
         let mut results = Vec::new();
         let mut last_said = None;
@@ -409,6 +404,11 @@ impl Hub {
             if let Err(refusal) = check_text(&text) {
                 results.push(Err(refusal));
                 continue;
+            }
+            // Nobody hears a message from someone whose arrival they have not heard of. A
+            // large room names no arrivals, so its size waits for its own time.
+            if last_said.is_none() && state.rooms[&room].members.len() <= state.roster_limit {
+                state.announce_presence(&room);
             }
             // Stamped under the lock, so ids and times grow in the order messages are
             // delivered.

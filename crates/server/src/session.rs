@@ -355,8 +355,13 @@ where
     };
     async move {
         let end = session.read_loop(&mut frames).await;
-        // Messages read before the end are said, as they would have been had more followed.
+        // Messages read before the end are said, as they would have been had more followed,
+        // and a peer that can still read is answered: a refused message's error waits in
+        // `unconfirmed` behind the confirmations before it.
         session.say_burst();
+        if !matches!(end, End::Broken(_) | End::WriteFailed | End::TooSlow) {
+            let _ = timeout(FLUSH_TIMEOUT, session.confirm_all()).await;
+        }
         drop(running);
         if session.web {
             session.ctx.grants.revoke(session.id);
@@ -523,8 +528,11 @@ impl Session {
                 Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
                 Frame::Pong => {}
                 Frame::Data { transfer, payload } => {
-                    // Storing the data may wait; the messages before it may not.
-                    self.say_burst();
+                    // Storing the data may wait; the messages before it may not. A refused
+                    // one is answered before the data, which may end its upload.
+                    if self.say_burst() {
+                        self.confirm_all().await;
+                    }
                     self.wakes.wake();
                     if let Some(end) = self.transfers.receive(transfer, payload).await {
                         self.outbox.push(end);
@@ -578,14 +586,16 @@ impl Session {
     }
 
     /// Says the room messages gathered so far, in one buffer for all recipients; their
-    /// replies wait in `unconfirmed` behind those of earlier requests.
-    fn say_burst(&mut self) {
+    /// replies wait in `unconfirmed` behind those of earlier requests. True if any was
+    /// refused.
+    fn say_burst(&mut self) -> bool {
         let Some(burst) = self.burst.as_deref_mut() else {
-            return;
+            return false;
         };
         if burst.requests.is_empty() {
-            return;
+            return false;
         }
+        let mut refused = false;
         burst.text_bytes = 0;
         let said = self
             .ctx
@@ -595,13 +605,17 @@ impl Session {
             self.unconfirmed.push_back(match result {
                 Ok((sent, receipt)) => (request, receipt, ok_frame::<request::Say>(request, &sent)),
                 // Settled at once: its error leaves in its turn, after earlier confirmations.
-                Err(refusal) => (
-                    request,
-                    recorder::settled(),
-                    error_frame(request, refusal.code, &refusal.message),
-                ),
+                Err(refusal) => {
+                    refused = true;
+                    (
+                        request,
+                        recorder::settled(),
+                        error_frame(request, refusal.code, &refusal.message),
+                    )
+                }
             });
         }
+        refused
     }
 
     /// Waits for the oldest unconfirmed message to be stored, then queues its confirmation (or

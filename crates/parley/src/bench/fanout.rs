@@ -105,24 +105,39 @@ impl Shared {
         // `delivered`; this adds to `delivered`, then looks at `waiting`. One of the two sees
         // the other's write, so no wake-up is lost.
         let delivered = self.delivered.fetch_add(got, Ordering::SeqCst) + got;
-        if self.waiting.load(Ordering::SeqCst) > 0
-            && (self.window_open() || delivered >= self.expected.load(Ordering::Acquire))
-        {
+        if self.waiting.load(Ordering::SeqCst) == 0 {
+            return;
+        }
+        // Until the senders are done, a sender waits for the window; then the drain waits for
+        // the last delivery.
+        let woken = match self.expected.load(Ordering::SeqCst) {
+            u64::MAX => self.window_open(),
+            expected => delivered >= expected,
+        };
+        if woken {
             self.progress.notify_one();
         }
     }
 
-    /// Resolves once `ready` holds, woken by deliveries.
+    /// Resolves once `ready` holds, woken by deliveries. Dropped while waiting (the drain's
+    /// deadline), it stops counting itself as waiting.
     async fn wait_until(&self, ready: impl Fn(&Self) -> bool) {
+        /// Counts one waiter for as long as it lives.
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
         while !ready(self) {
             let woken = self.progress.notified();
             tokio::pin!(woken);
             woken.as_mut().enable();
             self.waiting.fetch_add(1, Ordering::SeqCst);
+            let _waiting = Waiting(&self.waiting);
             if !ready(self) {
                 woken.await;
             }
-            self.waiting.fetch_sub(1, Ordering::SeqCst);
         }
     }
 
@@ -204,7 +219,7 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
     };
     let sent = shared.sent.load(Ordering::Acquire);
     let expected = sent * args.receivers as u64;
-    shared.expected.store(expected, Ordering::Release);
+    shared.expected.store(expected, Ordering::SeqCst);
     let drain_deadline = Instant::now() + Duration::from_secs(args.drain_timeout);
     let all_delivered =
         shared.wait_until(|shared| shared.delivered.load(Ordering::SeqCst) >= expected);

@@ -242,18 +242,23 @@ async fn bursts_from_two_senders_arrive_with_growing_ids() {
 }
 
 /// Messages read in the same read as a frame that ends the session are still said: they
-/// were read whole, as they would have been had a good request followed.
+/// were read whole, as they would have been had a good request followed. The sender is
+/// answered for each, a refused one included, before the `bye`.
 #[tokio::test]
-async fn messages_read_before_a_bad_frame_are_still_said() {
+async fn messages_read_before_a_bad_frame_are_still_said_and_answered() {
     let server = TestServer::start().await;
     let (_bob, mut bob_events) = server.join("bob").await;
     let mut alice = server.raw().await;
     alice.hello("alice").await;
-    let mut bytes = says("lobby", "m", 1..=10);
+    let mut bytes = says("lobby", "m", 1..=4);
+    bytes.extend_from_slice(&control(
+        &serde_json::json!({"id": 5, "type": "say", "room": "lobby", "text": ""}),
+    ));
+    bytes.extend_from_slice(&says("lobby", "m", 6..=10));
     // A frame of an unknown kind: the session ends with `bad_frame`.
     bytes.extend_from_slice(&[0, 0, 0, 1, 9]);
     alice.send_bytes(&bytes).await;
-    for id in 1..=10 {
+    for id in (1..=10).filter(|id| *id != 5) {
         let text = wait_for(&mut bob_events, |event| match event {
             ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
             _ => None,
@@ -261,13 +266,54 @@ async fn messages_read_before_a_bad_frame_are_still_said() {
         .await;
         assert_eq!(text, format!("m{id}"));
     }
+    let mut answered = 0;
     let bye = loop {
         let frame = alice.recv_json().await;
-        if frame["type"] == "bye" {
-            break frame;
+        match frame["type"].as_str() {
+            Some("bye") => break frame,
+            Some("ok" | "error") => {
+                answered += 1;
+                assert_eq!(frame["id"], answered, "replies in request order: {frame}");
+                let wanted = if answered == 5 { "error" } else { "ok" };
+                assert_eq!(frame["type"], wanted, "{frame}");
+            }
+            _ => {}
         }
     };
+    assert_eq!(answered, 10, "every request answered before the bye");
     assert_eq!(bye["code"], "bad_frame", "{bye}");
+}
+
+/// A refused message is answered before the file data read after it, even when that data
+/// ends its upload: replies keep the order of what the client sent.
+#[tokio::test]
+async fn a_refused_message_is_answered_before_data_that_ends_an_upload() {
+    let server = TestServer::start().await;
+    let mut alice = server.raw().await;
+    alice.hello("alice").await;
+    alice
+        .send_json(serde_json::json!({"id": 1, "type": "upload", "name": "tiny.bin", "size": 1, "transfer": 7}))
+        .await;
+    assert_eq!(alice.recv_json().await["type"], "ok");
+    let mut bytes =
+        control(&serde_json::json!({"id": 2, "type": "say", "room": "lobby", "text": ""})).to_vec();
+    // Two bytes where one was announced: the upload fails.
+    let data = parley_proto::Frame::Data {
+        transfer: 7,
+        payload: vec![1u8; 2].into(),
+    };
+    bytes.extend_from_slice(&data.to_bytes());
+    alice.send_bytes(&bytes).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let frame = alice.recv_json().await;
+        match frame["type"].as_str() {
+            Some("error") => seen.push(format!("error {}", frame["id"])),
+            Some("transfer_end") => seen.push(format!("end {}", frame["status"])),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["error 2", r#"end "failed""#]);
 }
 
 /// `say` requests with ids `ids` and texts `<prefix><id>`, as one run of frames.
