@@ -1,7 +1,7 @@
 //! Accounts: passwords are kept only as Argon2id hashes, checked on a blocking thread (hashing
 //! is slow on purpose), and repeated failures are slowed down per name and per address.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use parley_proto::ErrorCode;
 use parley_proto::limits::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS};
 
 use crate::hub::Refusal;
+use crate::store::{Store, StoreError};
 
 /// Hashes `password` with Argon2id and a fresh salt, as a PHC string.
 pub fn hash(password: &str) -> Result<String, String> {
@@ -125,9 +126,132 @@ impl Throttle {
     }
 }
 
+/// How long the [`Registry`] believes what it last read of the accounts before it checks
+/// again: at most this long after `parley admin` registers a name while the server runs, a
+/// guest without a password may still sign in with it.
+const REGISTRY_FRESH: Duration = Duration::from_millis(250);
+
+/// Which names are registered, known without asking the store. Most sign-ins are guests', and
+/// asking the store costs each a trip to the blocking threads and the store's lock: when
+/// 10,000 people arrived together that was a quarter of the time until all were in. Accounts
+/// made through this server are added here as they are made; `parley admin` changes them from
+/// another process, so what was read is believed for [`REGISTRY_FRESH`] only. After that, the
+/// next sign-in asks the store whether another process changed the database, which is cheap,
+/// and reads the names again only if so.
+#[derive(Default)]
+pub struct Registry {
+    known: Mutex<Known>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// The registered names in ASCII lower case, as the store compares them.
+    keys: HashSet<String>,
+    /// The store's mark of the state `keys` were read in; `None` before the first read.
+    version: Option<u64>,
+    /// When the store was last asked.
+    checked: Option<Instant>,
+    /// Counts accounts made through this server: a read that began before one was made must
+    /// not replace `keys`, or the account would be forgotten.
+    made: u64,
+}
+
+impl Registry {
+    /// Whether `name` is surely not registered: no account had it when the store was asked, a
+    /// moment ago. `false` means the store must be asked.
+    pub fn surely_unregistered(&self, name: &str) -> bool {
+        let known = self.known.lock().unwrap();
+        known
+            .checked
+            .is_some_and(|at| at.elapsed() < REGISTRY_FRESH)
+            && !known.keys.contains(&name.to_ascii_lowercase())
+    }
+
+    /// Asks `store` whether accounts changed elsewhere, unless it was asked a moment ago, and
+    /// takes in the names it then reads. Blocks: call it off the async threads.
+    pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
+        let (seen, made) = {
+            let known = self.known.lock().unwrap();
+            if known
+                .checked
+                .is_some_and(|at| at.elapsed() < REGISTRY_FRESH)
+            {
+                return Ok(());
+            }
+            (known.version, known.made)
+        };
+        let (version, keys) = store.account_keys(seen)?;
+        let mut known = self.known.lock().unwrap();
+        if known.made != made {
+            // An account was made meanwhile: what was read may lack it. Read again next time.
+            return Ok(());
+        }
+        if let Some(keys) = keys {
+            known.keys = keys.into_iter().collect();
+        }
+        known.version = Some(version);
+        known.checked = Some(Instant::now());
+        Ok(())
+    }
+
+    /// Records that `name` was registered through this server.
+    pub fn made(&self, name: &str) {
+        let mut known = self.known.lock().unwrap();
+        known.keys.insert(name.to_ascii_lowercase());
+        known.made += 1;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::SqliteStore;
+
+    impl Registry {
+        /// Forgets when the store was last asked, as if [`REGISTRY_FRESH`] had passed.
+        fn expire(&self) {
+            self.known.lock().unwrap().checked = None;
+        }
+    }
+
+    #[test]
+    fn the_registry_learns_of_accounts_made_here_and_elsewhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("test.db");
+        let server = SqliteStore::open(&path).unwrap();
+        server.create_account("Alice", "hash", 0).unwrap();
+        let registry = Registry::default();
+        assert!(
+            !registry.surely_unregistered("bob"),
+            "nothing is known before the store is asked"
+        );
+        registry.refresh(&server).unwrap();
+        assert!(registry.surely_unregistered("bob"));
+        assert!(
+            !registry.surely_unregistered("ALICE"),
+            "compared as the store does"
+        );
+
+        // Another process (`parley admin`) registers bob: believed unregistered until the
+        // registry asks again.
+        let admin = SqliteStore::open(&path).unwrap();
+        admin.create_account("bob", "hash", 0).unwrap();
+        assert!(registry.surely_unregistered("bob"));
+        registry.expire();
+        assert!(!registry.surely_unregistered("bob"));
+        registry.refresh(&server).unwrap();
+        assert!(!registry.surely_unregistered("Bob"));
+
+        // An account made through this server is known at once.
+        server.create_account("carol", "hash", 0).unwrap();
+        registry.made("carol");
+        assert!(!registry.surely_unregistered("carol"));
+        // And not forgotten when the store is asked again and nothing changed elsewhere.
+        registry.expire();
+        registry.refresh(&server).unwrap();
+        assert!(!registry.surely_unregistered("carol"));
+        assert!(registry.surely_unregistered("dave"));
+    }
 
     #[test]
     fn hashes_verify_and_differ() {

@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::ActiveGuard;
-use crate::accounts::{self, Throttle};
+use crate::accounts::{self, Registry, Throttle};
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
 use crate::hub::{Hub, Refusal, SessionId};
@@ -88,6 +88,8 @@ const MAX_DEFERRED_PUSHES: usize = 4096;
 pub(crate) struct Context {
     pub(crate) hub: Hub,
     pub(crate) throttle: Throttle,
+    /// Which names are registered, so that a guest's sign-in need not ask the store.
+    pub(crate) registry: Registry,
     pub(crate) store: Arc<dyn Store>,
     pub(crate) shared: Arc<SharedFolder>,
     pub(crate) config: Config,
@@ -118,6 +120,7 @@ impl Context {
         Self {
             hub,
             throttle: Throttle::default(),
+            registry: Registry::default(),
             store,
             shared: Arc::new(shared),
             config,
@@ -1098,9 +1101,21 @@ impl Session {
             code: ErrorCode::InvalidName,
             message: format!("The name {name:?} is not allowed: {err}."),
         })?;
-        let store = self.ctx.store.clone();
-        let lookup = name.to_owned();
-        let Some(account) = read(move || store.account(&lookup)).await? else {
+        // A guest's name, known as such a moment ago, needs no trip to the store. A password
+        // says its sender believes the name registered: the store is asked then, so an
+        // account just made by `parley admin` works at once.
+        let account = if password.is_none() && self.ctx.registry.surely_unregistered(name) {
+            None
+        } else {
+            let ctx = self.ctx.clone();
+            let lookup = name.to_owned();
+            read(move || {
+                ctx.registry.refresh(&*ctx.store)?;
+                ctx.store.account(&lookup)
+            })
+            .await?
+        };
+        let Some(account) = account else {
             if self.ctx.config.require_account {
                 return Err(Refusal {
                     code: ErrorCode::AccountRequired,
@@ -1202,6 +1217,7 @@ impl Session {
                 ),
             });
         }
+        self.ctx.registry.made(&name);
         info!("{name} registered");
         Ok(())
     }

@@ -279,6 +279,66 @@ async fn administrators_manage_accounts_while_the_server_runs() {
     drop(server);
 }
 
+/// The server knows which names are registered without asking its database at every guest's
+/// sign-in. A name `parley admin` registers while the server runs is still refused to guests
+/// within moments, and its owner may sign in with the password at once.
+#[tokio::test]
+async fn a_name_registered_by_the_administrator_is_soon_refused_to_guests() {
+    let (server, addr) = Proc::server().await;
+    let data = server.dir.path().join("parley-data");
+    let connect = |password: Option<&str>| ConnectOptions {
+        password: password.map(str::to_owned),
+        ..ConnectOptions::new("127.0.0.1", addr.port(), "frank").plain()
+    };
+    // A guest signs in first, so the server has read its accounts and believes frank a guest.
+    let (guest, _events) = parley_client::Client::connect(&connect(None))
+        .await
+        .unwrap();
+    guest.quit().await.unwrap();
+    let (code, _, stderr) = Proc::spawn_with(
+        &[
+            "admin",
+            "add",
+            "frank",
+            "--data-dir",
+            data.to_str().unwrap(),
+        ],
+        &[("PARLEY_PASSWORD", "frank's password")],
+    )
+    .finish()
+    .await;
+    assert_eq!(code, 0, "{stderr}");
+    parley_client::Client::connect(&connect(Some("frank's password")))
+        .await
+        .expect("the owner signs in at once")
+        .0
+        .quit()
+        .await
+        .unwrap();
+    let refused = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match parley_client::Client::connect(&connect(None)).await {
+                Ok((guest, _)) => guest.quit().await.unwrap(),
+                Err(err) => break err,
+            }
+        }
+    });
+    let err = refused
+        .await
+        .expect("guests are refused the name within moments");
+    assert!(
+        matches!(
+            err,
+            ConnectError::Refused {
+                code: ErrorCode::AuthFailed,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    drop(server);
+}
+
 #[tokio::test]
 async fn the_line_client_registers_and_then_needs_the_password() {
     let server = TestServer::start().await;

@@ -72,6 +72,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every account, by name.
     fn accounts(&self) -> Result<Vec<Account>, StoreError>;
 
+    /// The keys (names in ASCII lower case) of every account, with a mark of the database's
+    /// state to pass back as `seen` next time. If nothing but this store has changed the
+    /// database since `seen` (another process, `parley admin`, might have), the keys are
+    /// `None`: whoever asks knows them already.
+    fn account_keys(&self, seen: Option<u64>) -> Result<(u64, Option<Vec<String>>), StoreError>;
+
     /// Up to `limit` messages of `thread` with ids below `before` (all if `None`), oldest first.
     fn history(
         &self,

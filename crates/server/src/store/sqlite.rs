@@ -344,6 +344,27 @@ impl Store for SqliteStore {
             .map_err(StoreError::new)
     }
 
+    fn account_keys(&self, seen: Option<u64>) -> Result<(u64, Option<Vec<String>>), StoreError> {
+        let db = self.db.lock().unwrap();
+        // SQLite's own counter: it changes when another connection commits, never for this
+        // one's commits, which the server records itself.
+        let version = db
+            .pragma_query_value(None, "data_version", |row| row.get::<_, i64>(0))
+            .map_err(StoreError::new)? as u64;
+        if seen == Some(version) {
+            return Ok((version, None));
+        }
+        let keys = db
+            .prepare_cached("SELECT name_key FROM accounts")
+            .and_then(|mut query| {
+                query
+                    .query_map([], |row| row.get(0))
+                    .and_then(Iterator::collect::<rusqlite::Result<Vec<String>>>)
+            })
+            .map_err(StoreError::new)?;
+        Ok((version, Some(keys)))
+    }
+
     fn history(
         &self,
         thread: &Thread,
@@ -465,6 +486,23 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("test.db")).unwrap();
         (dir, store)
+    }
+
+    #[test]
+    fn account_keys_are_read_again_only_after_another_connection_commits() {
+        let (dir, store) = store();
+        store.create_account("Alice", "hash", 0).unwrap();
+        let (seen, keys) = store.account_keys(None).unwrap();
+        assert_eq!(keys.unwrap(), ["alice"]);
+        // Its own commits do not count: the server records those itself.
+        store.create_account("bob", "hash", 0).unwrap();
+        assert_eq!(store.account_keys(Some(seen)).unwrap(), (seen, None));
+        let admin = SqliteStore::open(&dir.path().join("test.db")).unwrap();
+        admin.create_account("carol", "hash", 0).unwrap();
+        let (_, keys) = store.account_keys(Some(seen)).unwrap();
+        let mut keys = keys.expect("read again after another connection's commit");
+        keys.sort();
+        assert_eq!(keys, ["alice", "bob", "carol"]);
     }
 
     #[test]
