@@ -151,6 +151,9 @@ struct Known {
     version: Option<u64>,
     /// When the store was last asked.
     checked: Option<Instant>,
+    /// Set while one sign-in asks the store: the others meanwhile ask only about their own
+    /// name, not all over again.
+    refreshing: bool,
     /// Counts accounts made through this server: a read that began before one was made must
     /// not replace `keys`, or the account would be forgotten.
     made: u64,
@@ -167,21 +170,25 @@ impl Registry {
             && !known.keys.contains(&name.to_ascii_lowercase())
     }
 
-    /// Asks `store` whether accounts changed elsewhere, unless it was asked a moment ago, and
-    /// takes in the names it then reads. Blocks: call it off the async threads.
+    /// Asks `store` whether accounts changed elsewhere, unless it was asked a moment ago or is
+    /// being asked, and takes in the names it then reads. Blocks: call it off the async
+    /// threads.
     pub fn refresh(&self, store: &dyn Store) -> Result<(), StoreError> {
         let (seen, made) = {
-            let known = self.known.lock().unwrap();
-            if known
+            let mut known = self.known.lock().unwrap();
+            let fresh = known
                 .checked
-                .is_some_and(|at| at.elapsed() < REGISTRY_FRESH)
-            {
+                .is_some_and(|at| at.elapsed() < REGISTRY_FRESH);
+            if fresh || known.refreshing {
                 return Ok(());
             }
+            known.refreshing = true;
             (known.version, known.made)
         };
-        let (version, keys) = store.account_keys(seen)?;
+        let read = store.account_keys(seen);
         let mut known = self.known.lock().unwrap();
+        known.refreshing = false;
+        let (version, keys) = read?;
         if known.made != made {
             // An account was made meanwhile: what was read may lack it. Read again next time.
             return Ok(());

@@ -74,6 +74,10 @@ pub async fn serve(
     info!("sharing the folder {}", config.shared_dir.display());
     info!("keeping data in {}", config.data_dir.display());
     let ctx = Arc::new(Context::new(config, hub, store, shared));
+    // Read before the first sign-in, so that a crowd arriving at once finds it read.
+    ctx.registry
+        .refresh(&*ctx.store)
+        .map_err(std::io::Error::other)?;
     tokio::spawn(announce_presence(Arc::downgrade(&ctx), presence));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
