@@ -89,7 +89,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .init();
     raise_file_limit();
     let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
-    let listener = TcpListener::bind((args.host.as_str(), port))
+    let listener = listen(&args.host, port)
         .await
         .with_context(|| format!("cannot listen on {}:{port}", args.host))?;
     let address = listener.local_addr()?;
@@ -189,6 +189,35 @@ pub fn raise_file_limit() {
     if soft < hard {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }
+}
+
+/// Connections the kernel may hold complete but not yet accepted: the most this machine
+/// allows by default (`net.core.somaxconn`). The usual 1,024 overflowed when thousands of
+/// clients connected at once, and a connection refused that way is retried by its client's
+/// kernel only a second later.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Listens on the first address `host` names, as `TcpListener::bind` would, with a longer
+/// queue of connections waiting to be accepted.
+async fn listen(host: &str, port: u16) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for address in tokio::net::lookup_host((host, port)).await? {
+        let socket = match address {
+            std::net::SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            std::net::SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.set_reuseaddr(true)?;
+        match socket
+            .bind(address)
+            .and_then(|()| socket.listen(LISTEN_BACKLOG))
+        {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = Some(err),
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, "the host name has no address")
+    }))
 }
 
 #[cfg(test)]
