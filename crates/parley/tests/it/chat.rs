@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use parley_client::ClientEvent;
+use parley_client::{ClientEvent, Events};
 use parley_proto::ErrorCode;
 use parley_proto::event::{Event, Presence, RoomMessage};
 use parley_proto::request::Say;
@@ -170,11 +170,7 @@ async fn pipelined_messages_are_confirmed_in_order() {
         expected += 1;
     }
     for id in (1..=300).filter(|id| !refused.contains(id)) {
-        let text = wait_for(&mut bob_events, |event| match event {
-            ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
-            _ => None,
-        })
-        .await;
+        let text = next_text(&mut bob_events).await;
         assert_eq!(text, format!("m{id}"));
     }
 }
@@ -194,13 +190,7 @@ async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
     let delivered = tokio::time::timeout(Duration::from_secs(2), async {
         for events in [&mut bob_events, &mut carol_events] {
             for id in 1..=500 {
-                let text = wait_for(events, |event| match event {
-                    ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => {
-                        Some(text.clone())
-                    }
-                    _ => None,
-                })
-                .await;
+                let text = next_text(events).await;
                 assert_eq!(text, format!("m{id}"));
             }
         }
@@ -259,11 +249,7 @@ async fn messages_read_before_a_bad_frame_are_still_said_and_answered() {
     bytes.extend_from_slice(&[0, 0, 0, 1, 9]);
     alice.send_bytes(&bytes).await;
     for id in (1..=10).filter(|id| *id != 5) {
-        let text = wait_for(&mut bob_events, |event| match event {
-            ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
-            _ => None,
-        })
-        .await;
+        let text = next_text(&mut bob_events).await;
         assert_eq!(text, format!("m{id}"));
     }
     let mut answered = 0;
@@ -314,6 +300,15 @@ async fn a_refused_message_is_answered_before_data_that_ends_an_upload() {
         }
     }
     assert_eq!(seen, ["error 2", r#"end "failed""#]);
+}
+
+/// The text of the next room message `events` brings.
+async fn next_text(events: &mut Events) -> String {
+    wait_for(events, |event| match event {
+        ClientEvent::Server(Event::Message(RoomMessage { text, .. })) => Some(text.clone()),
+        _ => None,
+    })
+    .await
 }
 
 /// `say` requests with ids `ids` and texts `<prefix><id>`, as one run of frames.
