@@ -79,8 +79,8 @@ const BUSY_READ_BUFFER: usize = 16 * 1024;
 const MAX_BURST: usize = 64;
 const MAX_BURST_TEXT: usize = 64 * 1024;
 
-/// Most frames a burst of messages may push before the recipients' writers are woken, even if
-/// more messages are already read: ~50 ns each, so the first recipient waits at most ~0.2 ms
+/// Most pushes (one per recipient of each burst said) before the recipients' writers are
+/// woken, even if more messages are already read: ~50 ns each, so the first recipient waits at most ~0.2 ms
 /// longer than if each message woke them.
 const MAX_DEFERRED_PUSHES: usize = 4096;
 

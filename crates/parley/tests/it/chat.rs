@@ -3,9 +3,9 @@
 use std::time::Duration;
 
 use parley_client::{ClientEvent, Events};
-use parley_proto::ErrorCode;
 use parley_proto::event::{Event, Presence, RoomMessage};
 use parley_proto::request::Say;
+use parley_proto::{ErrorCode, control_frame};
 
 use crate::support::*;
 
@@ -150,9 +150,11 @@ async fn pipelined_messages_are_confirmed_in_order() {
             format!("m{id}")
         };
         let say = serde_json::json!({"id": id, "type": "say", "room": room, "text": text});
-        burst.extend_from_slice(&control(&say));
+        burst.extend_from_slice(&control_frame(&say));
     }
-    burst.extend_from_slice(&control(&serde_json::json!({"id": 301, "type": "users"})));
+    burst.extend_from_slice(&control_frame(
+        &serde_json::json!({"id": 301, "type": "users"}),
+    ));
     alice.send_bytes(&burst).await;
     let mut expected = 1;
     while expected <= 301 {
@@ -241,7 +243,7 @@ async fn messages_read_before_a_bad_frame_are_still_said_and_answered() {
     let mut alice = server.raw().await;
     alice.hello("alice").await;
     let mut bytes = says("lobby", "m", 1..=4);
-    bytes.extend_from_slice(&control(
+    bytes.extend_from_slice(&control_frame(
         &serde_json::json!({"id": 5, "type": "say", "room": "lobby", "text": ""}),
     ));
     bytes.extend_from_slice(&says("lobby", "m", 6..=10));
@@ -282,7 +284,8 @@ async fn a_refused_message_is_answered_before_data_that_ends_an_upload() {
         .await;
     assert_eq!(alice.recv_json().await["type"], "ok");
     let mut bytes =
-        control(&serde_json::json!({"id": 2, "type": "say", "room": "lobby", "text": ""})).to_vec();
+        control_frame(&serde_json::json!({"id": 2, "type": "say", "room": "lobby", "text": ""}))
+            .to_vec();
     // Two bytes where one was announced: the upload fails.
     let data = parley_proto::Frame::Data {
         transfer: 7,
@@ -316,14 +319,9 @@ fn says(room: &str, prefix: &str, ids: std::ops::RangeInclusive<u64>) -> Vec<u8>
     let mut bytes = Vec::new();
     for id in ids {
         let say = serde_json::json!({"id": id, "type": "say", "room": room, "text": format!("{prefix}{id}")});
-        bytes.extend_from_slice(&control(&say));
+        bytes.extend_from_slice(&control_frame(&say));
     }
     bytes
-}
-
-/// `value` as a control frame.
-fn control(value: &serde_json::Value) -> bytes::Bytes {
-    parley_proto::Frame::Control(serde_json::to_vec(value).unwrap().into()).to_bytes()
 }
 
 /// People arriving together are announced together: whoever is in the room hears of 40

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use parley_client::{Client, ClientEvent, ConnectOptions, Events, RequestError};
 use parley_proto::ErrorCode;
@@ -194,8 +193,7 @@ impl RawConn {
     }
 
     pub async fn send_json(&mut self, value: Value) {
-        let frame = Frame::Control(Bytes::from(serde_json::to_vec(&value).unwrap()));
-        self.send_bytes(&frame.to_bytes()).await;
+        self.send_bytes(&parley_proto::control_frame(&value)).await;
     }
 
     pub async fn hello(&mut self, name: &str) -> Value {
