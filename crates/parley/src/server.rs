@@ -10,7 +10,7 @@ use anyhow::Context;
 use parley_server::{Config, TlsMode, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// The port the earlier tools' users will try first.
@@ -79,13 +79,27 @@ pub struct Args {
     keepalive: u64,
 }
 
+/// Log lines waiting for stdout, at most; past them, lines are dropped (and counted).
+const LOG_QUEUE_LINES: usize = 16_384;
+
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // Log lines reach stdout from a thread of their own, through a bounded queue. Whoever runs
+    // the server may stop reading its output (a paused pager, a stalled pipe), and writing to
+    // a full pipe would stop the thread that logged, the accept loop's included: everyone
+    // would wait for the log. Dropping lines is the lesser harm. Flushed when `_flushed` drops.
+    let (log, _flushed) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .buffered_lines_limit(LOG_QUEUE_LINES)
+        .thread_name("parley-log")
+        .finish(std::io::stdout());
+    let dropped = log.error_counter();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
         )
         .with_target(false)
         .with_ansi(std::io::stdout().is_terminal())
+        .with_writer(log)
         .init();
     raise_file_limit();
     let port = args.port.or(args.port_option).unwrap_or(DEFAULT_PORT);
@@ -128,6 +142,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     serve(listener, config, shutdown).await?;
+    if dropped.dropped_lines() > 0 {
+        warn!(
+            "{} log lines were dropped while nothing read the output",
+            dropped.dropped_lines()
+        );
+    }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

@@ -1,7 +1,7 @@
 //! The `parley` binary as a user meets it: usage mistakes, connection failures, and line mode
 //! with every command form, all through real processes.
 
-use parley_client::ClientEvent;
+use parley_client::{Client, ClientEvent, ConnectOptions};
 use parley_proto::event::Event;
 use parley_proto::request::{Msg, Say};
 use tokio::net::TcpListener;
@@ -255,4 +255,29 @@ async fn text_from_others_cannot_reach_the_terminal_raw() {
             "{forbidden:?} reached the terminal: {stdout:?}"
         );
     }
+}
+
+/// Whoever runs the server may stop reading its log (a paused pager, a stalled pipe): the
+/// server goes on serving, and drops log lines rather than wait for room in the pipe.
+#[tokio::test]
+async fn a_server_whose_log_nobody_reads_goes_on_serving() {
+    let (_server, addr) = Proc::server().await;
+    // From here on nobody reads the server's output. Each guest logs a line as it connects
+    // and one as it leaves: 3,000 of them fill a pipe's 64 KiB several times over. Each
+    // sign-in fails the test if its welcome does not come within the wait.
+    for i in 0..3000 {
+        let mut guest = RawConn::connect(addr).await;
+        guest.hello(&format!("guest{i}")).await;
+    }
+    let options = |name| ConnectOptions::new("127.0.0.1", addr.port(), name).plain();
+    let (alice, _) = Client::connect(&options("alice")).await.unwrap();
+    let (_bob, mut bob) = Client::connect(&options("bob")).await.unwrap();
+    alice
+        .call(Say {
+            room: "lobby".into(),
+            text: "still here".into(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(room_text(&mut bob).await, "alice@lobby>still here");
 }
