@@ -142,11 +142,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
     serve(listener, config, shutdown).await?;
-    if dropped.dropped_lines() > 0 {
-        warn!(
-            "{} log lines were dropped while nothing read the output",
-            dropped.dropped_lines()
-        );
+    let dropped = dropped.dropped_lines();
+    if dropped > 0 {
+        warn!("{dropped} log lines were dropped: the output was not read fast enough");
     }
     info!("stopped");
     Ok(ExitCode::SUCCESS)
