@@ -533,11 +533,13 @@ impl Session {
                 Frame::Data { transfer, payload } => {
                     // Storing the data may wait; the messages before it may not. A refused
                     // one is answered before the data, which may end its upload.
+                    // Both boxed, as a request's handling is: an idle connection's task
+                    // would otherwise hold room for their state while it waits for a frame.
                     if self.say_burst() {
-                        self.confirm_all().await;
+                        Box::pin(self.confirm_all()).await;
                     }
                     self.wakes.wake();
-                    if let Some(end) = self.transfers.receive(transfer, payload).await {
+                    if let Some(end) = Box::pin(self.transfers.receive(transfer, payload)).await {
                         self.outbox.push(end);
                     }
                 }
@@ -556,7 +558,7 @@ impl Session {
                 alarm
                     .as_mut()
                     .reset(self.last_heard + config.keepalive_interval);
-                self.after_sign_in().await;
+                Box::pin(self.after_sign_in()).await;
             }
         }
     }
