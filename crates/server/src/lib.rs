@@ -79,6 +79,7 @@ pub async fn serve(
         .refresh(&*ctx.store)
         .map_err(std::io::Error::other)?;
     tokio::spawn(announce_presence(Arc::downgrade(&ctx), presence));
+    tokio::spawn(ring_alarms(Arc::downgrade(&ctx)));
     let tracker = TaskTracker::new();
     let active = Arc::new(AtomicUsize::new(0));
     loop {
@@ -140,6 +141,23 @@ async fn announce_presence(
         tokio::time::sleep_until(at).await;
         match ctx.upgrade() {
             Some(ctx) => ctx.hub.announce_presence(&room),
+            None => return,
+        }
+    }
+}
+
+/// Rings the sessions' alarms as they fall due (see [`Context::ring_alarms`]). Holds the
+/// context weakly: it ends once the server has stopped.
+async fn ring_alarms(ctx: std::sync::Weak<Context>) {
+    let Some(tick) = ctx.upgrade().map(|ctx| ctx.alarm_tick()) else {
+        return;
+    };
+    let mut ticks = tokio::time::interval(tick);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticks.tick().await;
+        match ctx.upgrade() {
+            Some(ctx) => ctx.ring_alarms(),
             None => return,
         }
     }
