@@ -8,10 +8,16 @@
 # e.g.:  bench/rotate.sh 5 "fanout -n 100 -m 200000" \
 #          history=target/release/parley no-history=target/release/parley:--no-history
 # The bench itself is always $PARLEY (default: the release build), so only the server varies.
+# TLS=1 runs server and bench with TLS on (the default is off). Fan-out prints deliveries/s,
+# idle KiB per connection, a join storm seconds until all are in.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=${PARLEY:-$ROOT/target/release/parley}
 DIR=${RUN:-/tmp/bench}/rotate
+tls=--no-tls
+[ -n "${TLS:-}" ] && tls=
+# Each run's server makes a new certificate: trust on first use, afresh each run.
+export PARLEY_KNOWN_HOSTS=$DIR/server/known_hosts
 PORT=${PORT:-12400}
 rounds=$1 bench_args=$2
 shift 2
@@ -22,7 +28,9 @@ ulimit -n "$(ulimit -Hn)"
 # thread_cpu PID: CPU seconds per thread name of process PID, from /proc.
 thread_cpu() {
   for task in /proc/"$1"/task/*; do
-    echo "$(cat "$task/comm") $(awk '{print ($14 + $15) / 100}' "$task/stat")"
+    # A thread may end while this looks (the blocking pool's do).
+    stat=$(cat "$task/stat" 2>/dev/null) && comm=$(cat "$task/comm" 2>/dev/null) || continue
+    echo "$comm $(echo "$stat" | awk '{print ($14 + $15) / 100}')"
   done | awk '{cpu[$1] += $2} END {for (name in cpu) printf "  %s %.2f s\n", name, cpu[name]}'
 }
 
@@ -34,13 +42,14 @@ for _ in $(seq 1 "$rounds"); do
     rm -rf "$DIR/server" && mkdir -p "$DIR/server"
     # $flags is a list of words on purpose.
     # shellcheck disable=SC2086
-    "$binary" server "$PORT" --host 127.0.0.1 --no-tls --shared-dir "$DIR/server/shared" \
+    # shellcheck disable=SC2086
+    "$binary" server "$PORT" --host 127.0.0.1 $tls --shared-dir "$DIR/server/shared" \
       --data-dir "$DIR/server/data" --max-connections 100000 --disk-reserve 0 $flags \
       >"$DIR/server/log" 2>&1 &
     pid=$!
     for _ in $(seq 1 100); do grep -q "sharing the folder" "$DIR/server/log" && break; sleep 0.1; done
     # shellcheck disable=SC2086
-    result=$("$P" bench $bench_args --no-tls -p "$PORT" --pid "$pid" --timeout 300)
+    result=$("$P" bench $bench_args $tls -p "$PORT" --pid "$pid" --timeout 300)
     thread_cpu "$pid" >"$DIR/threads-$label.txt"
     kill "$pid"; wait "$pid" 2>/dev/null
     echo "$label $(echo "$result" | python3 -c '
@@ -49,6 +58,10 @@ d = json.load(sys.stdin)
 if "deliveries_per_s" in d:
     print(round(d["deliveries_per_s"] / 1e6, 3), "M/s, p99", d["lat_us"]["p99"], "µs, server",
           d["cpu"]["server_pct"], "%, bench", d["cpu"]["bench_pct"], "%")
+elif "server_kib_per_conn" in d:
+    print(d["server_kib_per_conn"], "KiB per connection, set up in", d["setup_s"], "s")
+elif "all_in_s" in d:
+    print(d["all_in_s"], "s until all are in,", d["all_views_right_s"], "s until every view is right")
 else:
     print(json.dumps(d))')" | tee -a "$DIR/runs.txt"
   done
