@@ -366,7 +366,7 @@ where
     };
     let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
     let transfers_outbox = outbox.clone();
-    let mut writer = tokio::spawn(writer::write_loop(write_half, queue));
+    let writer = tokio::spawn(writer::write_loop(write_half, queue));
 
     let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
     let running = Context::enter(&ctx, id, &outbox);
@@ -388,40 +388,55 @@ where
     };
     async move {
         let end = session.read_loop(&mut frames).await;
-        // Messages read before the end are said, as they would have been had more followed,
-        // and a peer that can still read is answered: a refused message's error waits in
-        // `unconfirmed` behind the confirmations before it.
-        session.say_burst();
-        if !matches!(end, End::Broken(_) | End::WriteFailed | End::TooSlow) {
-            let _ = timeout(FLUSH_TIMEOUT, session.confirm_all()).await;
-        }
-        drop(running);
-        if session.web {
-            session.ctx.grants.revoke(session.id);
-        }
-
-        match &session.name {
-            Some(name) => {
-                session.ctx.hub.sign_out(session.id, end.part_reason());
-                info!("{name} ({}) left: {end}", session.peer);
-            }
-            None => info!("{} left without signing in: {end}", session.peer),
-        }
-        if let Some(bye) = end.bye() {
-            session.outbox.push_last(bye);
-        }
-        drop(session);
-        // The writer ends once it has written the bye; a client too slow to read gets it only
-        // if it reads within the flush timeout.
-        if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
-            writer.abort();
-            let _ = writer.await;
-        }
-        if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
-            linger(frames.into_inner()).await;
-        }
-        drop(active);
+        // Boxed: what follows the end waits too, and the connection's task would otherwise
+        // keep room for it all its life.
+        Box::pin(finish(session, frames, writer, running, active, end)).await;
     }
+}
+
+/// Ends a session that ended for `end`: says what was read, answers a peer that can still
+/// read, signs out, and waits (a bounded time) for the writer to deliver the last frames.
+async fn finish<R: AsyncRead + Unpin>(
+    mut session: Session,
+    frames: FramedRead<R, FrameCodec>,
+    mut writer: tokio::task::JoinHandle<()>,
+    running: Running,
+    active: ActiveGuard,
+    end: End,
+) {
+    // Messages read before the end are said, as they would have been had more followed,
+    // and a peer that can still read is answered: a refused message's error waits in
+    // `unconfirmed` behind the confirmations before it.
+    session.say_burst();
+    if !matches!(end, End::Broken(_) | End::WriteFailed | End::TooSlow) {
+        let _ = timeout(FLUSH_TIMEOUT, session.confirm_all()).await;
+    }
+    drop(running);
+    if session.web {
+        session.ctx.grants.revoke(session.id);
+    }
+
+    match &session.name {
+        Some(name) => {
+            session.ctx.hub.sign_out(session.id, end.part_reason());
+            info!("{name} ({}) left: {end}", session.peer);
+        }
+        None => info!("{} left without signing in: {end}", session.peer),
+    }
+    if let Some(bye) = end.bye() {
+        session.outbox.push_last(bye);
+    }
+    drop(session);
+    // The writer ends once it has written the bye; a client too slow to read gets it only
+    // if it reads within the flush timeout.
+    if timeout(FLUSH_TIMEOUT, &mut writer).await.is_err() {
+        writer.abort();
+        let _ = writer.await;
+    }
+    if !matches!(end, End::Closed | End::Broken(_) | End::WriteFailed) {
+        linger(frames.into_inner()).await;
+    }
+    drop(active);
 }
 
 /// Reads and discards what the peer still sends, until it closes or [`LINGER`] passes. Closing
@@ -505,80 +520,75 @@ impl Session {
                 // request must be waited for.
                 self.wakes.wake();
             }
-            let next = tokio::select! {
-                biased;
-                signal = self.outbox.signalled() => {
-                    match signal {
-                        Signal::Halt(Halt::Shutdown) => return End::Shutdown,
-                        Signal::Halt(Halt::TooSlow) => return End::TooSlow,
-                        Signal::Halt(Halt::WriteFailed) => return End::WriteFailed,
-                        Signal::Alarm => {}
-                    }
-                    match self.keepalive(config) {
-                        Ok(wake_at) => self.set_alarm(wake_at),
-                        Err(end) => return end,
-                    }
-                    // Silent for a while: give back the read buffer, which grew to hold the
-                    // largest frame read, the outgoing queue's room and the room for a
-                    // burst's wake-ups. Each grows again, from nothing, when frames come.
-                    if self.ping_sent {
-                        release_read_buffer(frames);
-                        self.outbox.shrink();
-                        self.wakes = Wakes::default();
-                        if self.gathered() == 0 {
-                            self.burst = None;
-                        }
-                    }
-                    continue;
-                }
-                stored = oldest_stored(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
-                    self.confirm_oldest(stored);
-                    continue;
-                }
-                next = frames.next(), if self.unconfirmed.len() < MAX_UNCONFIRMED => next,
-            };
-            self.last_heard = Instant::now();
-            self.ping_sent = false;
-            let frame = match next {
-                None => return End::Closed,
-                Some(Ok(frame)) => {
-                    // More is already waiting behind this frame: the client is streaming.
-                    let buffer = frames.read_buffer_mut();
-                    if !buffer.is_empty() && buffer.capacity() < BUSY_READ_BUFFER {
-                        buffer.reserve(BUSY_READ_BUFFER - buffer.len());
-                    }
-                    frame
-                }
-                Some(Err(FrameError::Io(err))) => return End::Broken(err),
-                Some(Err(err @ FrameError::TooLarge { .. })) => {
-                    return End::Violation(ErrorCode::FrameTooLarge, format!("{err}; closing."));
-                }
-                Some(Err(err)) => {
-                    return End::Violation(ErrorCode::BadFrame, format!("{err}; closing."));
-                }
-            };
             let signed_in = self.name.is_some();
-            match frame {
-                Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
-                Frame::Pong => {}
-                Frame::Data { transfer, payload } => {
-                    // Storing the data may wait; the messages before it may not. A refused
-                    // one is answered before the data, which may end its upload.
-                    // Both boxed, as a request's handling is: an idle connection's task
-                    // would otherwise hold room for their state while it waits for a frame.
-                    if self.say_burst() {
-                        Box::pin(self.confirm_all()).await;
+            // A block of its own: what is read moves into the boxed step below, and the loop's
+            // state keeps no room for it across the waits that follow (40 bytes each).
+            {
+                let next = tokio::select! {
+                    biased;
+                    signal = self.outbox.signalled() => {
+                        match signal {
+                            Signal::Halt(Halt::Shutdown) => return End::Shutdown,
+                            Signal::Halt(Halt::TooSlow) => return End::TooSlow,
+                            Signal::Halt(Halt::WriteFailed) => return End::WriteFailed,
+                            Signal::Alarm => {}
+                        }
+                        match self.keepalive(config) {
+                            Ok(wake_at) => self.set_alarm(wake_at),
+                            Err(end) => return end,
+                        }
+                        // Silent for a while: give back the read buffer, which grew to hold the
+                        // largest frame read, the outgoing queue's room and the room for a
+                        // burst's wake-ups. Each grows again, from nothing, when frames come.
+                        if self.ping_sent {
+                            release_read_buffer(frames);
+                            self.outbox.shrink();
+                            self.wakes = Wakes::default();
+                            if self.gathered() == 0 {
+                                self.burst = None;
+                            }
+                        }
+                        continue;
                     }
-                    self.wakes.wake();
-                    if let Some(end) = Box::pin(self.transfers.receive(transfer, payload)).await {
-                        self.outbox.push(end);
+                    stored = oldest_stored(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
+                        self.confirm_oldest(stored);
+                        continue;
                     }
-                }
-                Frame::Control(json) => {
+                    next = frames.next(), if self.unconfirmed.len() < MAX_UNCONFIRMED => next,
+                };
+                self.last_heard = Instant::now();
+                self.ping_sent = false;
+                let frame = match next {
+                    None => return End::Closed,
+                    Some(Ok(frame)) => {
+                        // More is already waiting behind this frame: the client is streaming.
+                        let buffer = frames.read_buffer_mut();
+                        if !buffer.is_empty() && buffer.capacity() < BUSY_READ_BUFFER {
+                            buffer.reserve(BUSY_READ_BUFFER - buffer.len());
+                        }
+                        frame
+                    }
+                    Some(Err(FrameError::Io(err))) => return End::Broken(err),
+                    Some(Err(err @ FrameError::TooLarge { .. })) => {
+                        return End::Violation(
+                            ErrorCode::FrameTooLarge,
+                            format!("{err}; closing."),
+                        );
+                    }
+                    Some(Err(err)) => {
+                        return End::Violation(ErrorCode::BadFrame, format!("{err}; closing."));
+                    }
+                };
+                match frame {
+                    Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
+                    Frame::Pong => {}
                     // Boxed: carrying out a request takes kilobytes of state, which an idle
-                    // connection, waiting in this loop, should not hold.
-                    if let Some(end) = Box::pin(self.handle(&json)).await {
-                        return end;
+                    // connection, waiting in this loop, should not hold. The frame moves into the
+                    // box, so the loop holds no room for it either.
+                    frame => {
+                        if let Some(end) = Box::pin(self.carry_out(frame)).await {
+                            return end;
+                        }
                     }
                 }
             }
@@ -589,6 +599,26 @@ impl Session {
                 self.set_alarm(self.last_heard + config.keepalive_interval);
                 Box::pin(self.after_sign_in()).await;
             }
+        }
+    }
+
+    /// Carries out a data or control frame; `Some` ends the session.
+    async fn carry_out(&mut self, frame: Frame) -> Option<End> {
+        match frame {
+            Frame::Data { transfer, payload } => {
+                // Storing the data may wait; the messages before it may not. A refused one is
+                // answered before the data, which may end its upload.
+                if self.say_burst() {
+                    self.confirm_all().await;
+                }
+                self.wakes.wake();
+                if let Some(end) = self.transfers.receive(transfer, payload).await {
+                    self.outbox.push(end);
+                }
+                None
+            }
+            Frame::Control(json) => self.handle(&json).await,
+            Frame::Ping | Frame::Pong => None,
         }
     }
 
