@@ -9,6 +9,10 @@
 //! taking whatever had arrived made batches of five messages at 15,000 a second, and a commit
 //! costs as much as dozens of rows. While the thread sleeps, handing a message over wakes
 //! nobody. A message arriving after a quiet spell is stored at once.
+//!
+//! The store may leave its search index behind (see `SqliteStore`); the thread catches it up
+//! once nothing has arrived for [`IDLE`], a step at a time so that a message arriving then
+//! waits for one step at most.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,6 +31,12 @@ const MAX_BATCH: usize = 512;
 /// How long a batch may gather after the previous commit: what a sender's confirmation may
 /// wait on top of the commit when messages arrive faster than this.
 const GATHER: Duration = Duration::from_millis(2);
+
+/// How long the thread waits with nothing to store before it indexes for search.
+const IDLE: Duration = Duration::from_millis(50);
+
+/// Most messages indexed for search in one step while idle: a few milliseconds of work.
+const INDEX_STEP: u64 = 4096;
 
 /// Resolves once the message is stored (`Ok`) or could not be (`Err`, with the reason).
 pub(crate) type Receipt = oneshot::Receiver<Result<(), String>>;
@@ -106,7 +116,28 @@ pub(crate) fn settled() -> Receipt {
 
 fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &AtomicU64) {
     let mut committed = Instant::now();
-    while let Ok(first) = incoming.recv() {
+    // What the last run stored may not all be indexed yet.
+    let mut unindexed = true;
+    loop {
+        let first = if unindexed {
+            match incoming.recv_timeout(IDLE) {
+                Ok(entry) => entry,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    unindexed = store.index_waiting(INDEX_STEP).unwrap_or_else(|err| {
+                        // The next search tries again, and reports it to whoever searched.
+                        error!("indexing messages for search failed: {err}");
+                        false
+                    });
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match incoming.recv() {
+                Ok(entry) => entry,
+                Err(_) => break,
+            }
+        };
         if let Some(rest) = GATHER.checked_sub(committed.elapsed()) {
             // The last commit was moments ago: more messages are coming.
             std::thread::sleep(rest);
@@ -137,8 +168,45 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &
         let last = messages.last().map_or(0, |m| m.id);
         stored_through.fetch_max(last, Ordering::Release);
         committed = Instant::now();
+        unindexed = true;
         for receipt in receipts {
             let _ = receipt.send(result.clone());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SqliteStore;
+
+    fn message(id: u64) -> Stored {
+        Stored {
+            id,
+            ts: id,
+            room: Some("lobby".into()),
+            from: "alice".into(),
+            to: None,
+            text: format!("message {id}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn what_is_stored_is_indexed_for_search_once_the_recorder_is_idle() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("parley.db")).unwrap());
+        let (recorder, thread) = Recorder::start(store.clone(), true).unwrap();
+        let receipts: Vec<Receipt> = (1..=10).map(|id| recorder.record(message(id))).collect();
+        for receipt in receipts {
+            receipt.await.unwrap().unwrap();
+        }
+        // Nothing tells when the thread has indexed: look, for a bounded time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while store.indexed_through() < 10 {
+            assert!(Instant::now() < deadline, "never indexed");
+            tokio::time::sleep(IDLE / 5).await;
+        }
+        drop(recorder);
+        thread.join().unwrap();
     }
 }

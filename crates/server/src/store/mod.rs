@@ -1,6 +1,7 @@
 //! Where messages are kept: a small trait, so that an embedded SQLite database serves one
 //! machine and a server database can serve several nodes later without touching the hub.
 
+mod chunk;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -51,6 +52,11 @@ pub trait Store: Send + Sync + 'static {
     /// private messages whose ids are in `undelivered` are also kept for their recipient's
     /// next sign-in.
     fn append(&self, messages: &[Stored], undelivered: &[u64]) -> Result<(), StoreError>;
+
+    /// Indexes for search some of the messages stored and not indexed yet, about `most` of
+    /// them; true if more wait. A store may leave indexing for later, to be done by this when
+    /// it is not busy storing: a search always sees every message stored all the same.
+    fn index_waiting(&self, most: u64) -> Result<bool, StoreError>;
 
     /// Removes and returns, oldest first, the private messages kept for `name`.
     fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError>;

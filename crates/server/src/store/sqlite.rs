@@ -3,24 +3,63 @@
 //! Schema changes are numbered migrations applied in order at open, tracked by SQLite's
 //! `user_version`.
 //!
-//! Full-text search uses an FTS5 index over the messages, filled in bulk rather than per
-//! message: indexing a message on its own (the trigger of schema 1) cost six times its insert,
-//! ~21 µs against ~4 µs, and took a quarter of a core at 15,000 messages/s. One `INSERT ...
-//! SELECT` over thousands of rows costs ~2 µs a row. So a message is indexed once
-//! [`INDEX_BATCH`] others wait with it, or just before a search, which therefore always sees
-//! everything stored; `search_index` records how far the index reaches.
+//! What is stored is shaped by what storing costs while messages are delivered: SQLite's cost
+//! is per row and per index entry far more than per byte. So a room's messages are kept as
+//! [`chunk`]s, the messages one room received in one commit as one row. Private messages, a
+//! small part of the traffic, keep a row each: they are looked up by who sent them to whom,
+//! and kept one by one for recipients who are offline.
+//!
+//! Full-text search uses an FTS5 index with a document per chunk (and per private message).
+//! A document matching a search is a chunk where the words occur; the messages of the chunk
+//! that match are found by the same tokenizer over the chunk's messages alone, in a small
+//! in-memory index. The index is filled later than messages are stored: the recorder fills it
+//! when it has nothing to store, or at once when [`INDEX_BOUND`] messages wait, and a search
+//! first indexes whatever waits, so it always sees everything stored. `search_index` records
+//! how far the index reaches.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Mutex;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+use super::chunk;
 use super::{Account, Store, StoreError, Stored, Thread};
 
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        Self::new(err)
+    }
+}
+
+/// A column of an unexpected type: a database changed by something other than Parley.
+impl From<rusqlite::types::FromSqlError> for StoreError {
+    fn from(err: rusqlite::types::FromSqlError) -> Self {
+        Self::new(err)
+    }
+}
+
+/// A step of the schema, from its index in [`MIGRATIONS`] to the next version.
+enum Migration {
+    Sql(&'static str),
+    /// A step SQL alone does not say.
+    Code(fn(&Connection) -> rusqlite::Result<()>),
+}
+
+impl Migration {
+    fn apply(&self, db: &Connection) -> rusqlite::Result<()> {
+        match self {
+            Self::Sql(sql) => db.execute_batch(sql),
+            Self::Code(step) => step(db),
+        }
+    }
+}
+
 /// Each migration takes the schema from its index to the next version.
-const MIGRATIONS: &[&str] = &[
+const MIGRATIONS: &[Migration] = &[
     // 1: messages, their indexes and the full-text index.
-    "CREATE TABLE messages (
+    Migration::Sql(
+        "CREATE TABLE messages (
         id INTEGER PRIMARY KEY,
         ts INTEGER NOT NULL,
         room TEXT,
@@ -36,8 +75,10 @@ const MIGRATIONS: &[&str] = &[
     CREATE TRIGGER messages_indexed AFTER INSERT ON messages BEGIN
         INSERT INTO messages_text (rowid, text) VALUES (new.id, new.text);
     END;",
+    ),
     // 2: accounts, and private messages kept for recipients who were offline.
-    "CREATE TABLE accounts (
+    Migration::Sql(
+        "CREATE TABLE accounts (
         name_key TEXT PRIMARY KEY,
         name TEXT NOT NULL,
         hash TEXT NOT NULL,
@@ -48,24 +89,84 @@ const MIGRATIONS: &[&str] = &[
         message_id INTEGER NOT NULL REFERENCES messages (id),
         PRIMARY KEY (recipient_key, message_id)
     );",
+    ),
     // 3: where an account's private history starts (messages sent to earlier guests of the
     // name stay theirs).
-    "ALTER TABLE accounts ADD COLUMN since_id INTEGER NOT NULL DEFAULT 0;",
-    // 4: the full-text index is filled in bulk (see the module's comment); the trigger had
-    // indexed every message so far.
-    "DROP TRIGGER messages_indexed;
+    Migration::Sql("ALTER TABLE accounts ADD COLUMN since_id INTEGER NOT NULL DEFAULT 0;"),
+    // 4: the full-text index is filled in bulk; the trigger had indexed every message so far.
+    Migration::Sql(
+        "DROP TRIGGER messages_indexed;
     CREATE TABLE search_index (through INTEGER NOT NULL);
     INSERT INTO search_index (through) SELECT coalesce(max(id), 0) FROM messages;",
+    ),
     // 5: only private messages are looked up by sender and recipient, so only they are in that
     // index: a room message, most of what is stored, updates one index fewer (~0.8 of ~4 µs).
-    "DROP INDEX messages_by_pair;
+    Migration::Sql(
+        "DROP INDEX messages_by_pair;
     CREATE INDEX messages_by_pair ON messages (sender_key, recipient_key, id)
         WHERE recipient_key IS NOT NULL;",
+    ),
+    // 6: room messages move into chunks, and the search index, a document per chunk, is
+    // built again from nothing (by the recorder, or by the first search).
+    Migration::Code(into_chunks),
 ];
 
-/// How many stored messages may wait to be indexed for search before the recorder indexes
-/// them; a search indexes whatever waits first, so this bounds its extra work too (~10 ms).
-const INDEX_BATCH: u64 = 4096;
+/// Schema 6: a chunk row per room and up to [`CHUNK_MOST`] messages of it; the search index
+/// of a row per message makes way for one of a document per chunk.
+fn into_chunks(db: &Connection) -> rusqlite::Result<()> {
+    db.execute_batch(
+        "CREATE TABLE chunks (
+            last_id INTEGER PRIMARY KEY,
+            room TEXT NOT NULL,
+            body BLOB NOT NULL
+        );
+        CREATE INDEX chunks_by_room ON chunks (room, last_id);",
+    )?;
+    {
+        let mut rows = db.prepare(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE room IS NOT NULL ORDER BY room, id"
+        ))?;
+        let mut insert =
+            db.prepare("INSERT INTO chunks (last_id, room, body) VALUES (?1, ?2, ?3)")?;
+        let mut room = String::new();
+        let mut last_id = 0;
+        let mut count = 0;
+        let mut body = Vec::new();
+        for message in rows.query_map([], stored)? {
+            let message = message?;
+            let message_room = message.room.as_deref().unwrap_or_default();
+            if count == CHUNK_MOST || (count > 0 && message_room != room) {
+                insert.execute(params![last_id as i64, room, body])?;
+                (count, body) = (0, Vec::new());
+            }
+            if count == 0 {
+                message_room.clone_into(&mut room);
+            }
+            chunk::encode(&message, &mut body);
+            (last_id, count) = (message.id, count + 1);
+        }
+        if count > 0 {
+            insert.execute(params![last_id as i64, room, body])?;
+        }
+    }
+    db.execute_batch(
+        "DELETE FROM messages WHERE room IS NOT NULL;
+        DROP INDEX messages_by_room;
+        DROP TABLE messages_text;
+        CREATE VIRTUAL TABLE search USING fts5 (text, content = '');
+        UPDATE search_index SET through = 0;",
+    )
+}
+
+/// Most messages in a chunk made from a database of an earlier schema; the recorder's chunks
+/// hold what arrived for a room within one commit, at most its batch (512).
+const CHUNK_MOST: usize = 512;
+
+/// How many stored messages (counted by id) may wait to be indexed for search before `append`
+/// indexes them at once. A search indexes whatever waits first, so this bounds how long a
+/// search may take after a long burst (~0.3 s); bursts shorter than it cost no indexing while
+/// they last.
+pub(crate) const INDEX_BOUND: u64 = 1 << 18;
 
 /// The SQLite store. One connection behind a std mutex: every call is a short, blocking
 /// database operation made from a blocking thread, never from the async runtime.
@@ -74,6 +175,12 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// The key up to which documents are indexed for search, for tests of who indexes when.
+    #[cfg(test)]
+    pub(crate) fn indexed_through(&self) -> u64 {
+        indexed_through(&self.db.lock().unwrap()).unwrap()
+    }
+
     /// Opens (creating if needed) the database at `path` and brings its schema up to date.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let mut db = Connection::open(path).map_err(StoreError::new)?;
@@ -95,6 +202,10 @@ impl SqliteStore {
                 MIGRATIONS.len()
             )));
         }
+        // Where a search looks for the words among a matching chunk's messages: in memory,
+        // this connection's own, emptied for each chunk.
+        db.execute_batch("CREATE VIRTUAL TABLE temp.probe USING fts5 (text)")
+            .map_err(StoreError::new)?;
         Ok(Self { db: Mutex::new(db) })
     }
 }
@@ -131,7 +242,7 @@ fn migrate(db: &mut Connection) -> rusqlite::Result<usize> {
         return Ok(version);
     }
     for migration in &MIGRATIONS[version..] {
-        tx.execute_batch(migration)?;
+        migration.apply(&tx)?;
     }
     tx.pragma_update(None, "user_version", MIGRATIONS.len() as i64)?;
     tx.commit()?;
@@ -158,31 +269,92 @@ fn account(row: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
     })
 }
 
-/// The id up to which stored messages are indexed for search.
+/// The key up to which documents are indexed for search: a chunk's key is its last
+/// message's id, a private message's its own.
 fn indexed_through(db: &Connection) -> Result<u64, StoreError> {
-    db.prepare_cached("SELECT through FROM search_index")
-        .and_then(|mut query| query.query_row([], |row| row.get::<_, i64>(0)))
-        .map(|id| id as u64)
-        .map_err(StoreError::new)
+    let through = db
+        .prepare_cached("SELECT through FROM search_index")?
+        .query_row([], |row| row.get::<_, i64>(0))?;
+    Ok(through as u64)
 }
 
-/// Indexes for search every stored message that is not yet, in one statement. Writes nothing
-/// when nothing waits, so a search then stays a read.
-fn index_waiting(db: &Connection) -> Result<(), StoreError> {
+/// The highest message id stored, 0 if none.
+fn last_key(db: &Connection) -> Result<u64, StoreError> {
+    let last = db
+        .prepare_cached(
+            "SELECT max(coalesce((SELECT max(id) FROM messages), 0), \
+             coalesce((SELECT max(last_id) FROM chunks), 0))",
+        )?
+        .query_row([], |row| row.get::<_, i64>(0))?;
+    Ok(last as u64)
+}
+
+/// Indexes for search the documents not indexed yet, those with keys up to `most` past what
+/// is indexed (all if `None`); true if more wait. Writes nothing when nothing waits, so a
+/// search then stays a read.
+///
+/// Keys only grow: a chunk's key is above every id stored before its commit. So everything
+/// up to the recorded key is indexed and everything above it is not.
+fn index_waiting(db: &Connection, most: Option<u64>) -> Result<bool, StoreError> {
+    let through = indexed_through(db)?;
+    let last = last_key(db)?;
+    if last <= through {
+        return Ok(false);
+    }
+    let upto = most.map_or(last, |most| last.min(through.saturating_add(most)));
+    let range = params![through as i64, upto as i64];
+    let mut insert = db.prepare_cached("INSERT INTO search (rowid, text) VALUES (?1, ?2)")?;
+    let mut chunks =
+        db.prepare_cached("SELECT last_id, body FROM chunks WHERE last_id > ?1 AND last_id <= ?2")?;
+    let mut rows = chunks.query(range)?;
+    let mut text = String::new();
+    while let Some(row) = rows.next()? {
+        text.clear();
+        for entry in chunk::decode(row.get_ref(1)?.as_blob()?) {
+            text.push_str(entry?.text);
+            // A separator, so that no word runs into the next message's.
+            text.push('\n');
+        }
+        insert.execute(params![row.get::<_, i64>(0)?, text])?;
+    }
     db.prepare_cached(
-        "INSERT INTO messages_text (rowid, text) SELECT id, text FROM messages \
-         WHERE id > (SELECT through FROM search_index)",
-    )
-    .and_then(|mut index| index.execute([]))
-    .and_then(|_| {
-        db.prepare_cached(
-            "UPDATE search_index SET through = (SELECT max(id) FROM messages) \
-             WHERE through < (SELECT coalesce(max(id), 0) FROM messages)",
-        )
-        .and_then(|mut update| update.execute([]))
-    })
-    .map(drop)
-    .map_err(StoreError::new)
+        "INSERT INTO search (rowid, text) SELECT id, text FROM messages \
+         WHERE id > ?1 AND id <= ?2",
+    )?
+    .execute(range)?;
+    db.prepare_cached("UPDATE search_index SET through = ?1")?
+        .execute(params![upto as i64])?;
+    Ok(upto < last)
+}
+
+/// The messages of a chunk of `room` that match `words` (an FTS5 query), newest first, found
+/// with `probe`, the connection's small in-memory index.
+fn matching(
+    db: &Connection,
+    room: &str,
+    body: &[u8],
+    words: &str,
+) -> Result<Vec<Stored>, StoreError> {
+    let entries = chunk::decode(body).collect::<Result<Vec<_>, _>>()?;
+    if let [only] = entries[..] {
+        // The chunk's document was this message alone, and it matched.
+        return Ok(vec![only.to_stored(room)]);
+    }
+    db.prepare_cached("DELETE FROM temp.probe")?.execute([])?;
+    let mut insert = db.prepare_cached("INSERT INTO temp.probe (rowid, text) VALUES (?1, ?2)")?;
+    for entry in &entries {
+        insert.execute(params![entry.id as i64, entry.text])?;
+    }
+    let ids = db
+        .prepare_cached("SELECT rowid FROM temp.probe WHERE probe MATCH ?1")?
+        .query_map(params![words], |row| row.get::<_, i64>(0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(entries
+        .iter()
+        .rev()
+        .filter(|entry| ids.contains(&(entry.id as i64)))
+        .map(|entry| entry.to_stored(room))
+        .collect())
 }
 
 const COLUMNS: &str = "id, ts, room, sender, recipient, text";
@@ -194,58 +366,73 @@ const PRIVATE_HISTORY: &str = "SELECT id, ts, room, sender, recipient, text FROM
      ((sender_key = ?1 AND recipient_key = ?2) OR (sender_key = ?2 AND recipient_key = ?1)) \
      ORDER BY id DESC LIMIT ?4";
 
+/// The chunks of room ?1 that may hold messages with ids below ?2, newest first. A room's
+/// chunks hold disjoint runs of ids, so the one chunk with a key at or above ?2 that may hold
+/// some is the first such.
+const ROOM_HISTORY: &str = "SELECT body FROM chunks WHERE room = ?1 AND last_id <= coalesce(\
+     (SELECT min(last_id) FROM chunks WHERE room = ?1 AND last_id >= ?2), ?2) \
+     ORDER BY last_id DESC";
+
 impl Store for SqliteStore {
     fn last_id(&self) -> Result<u64, StoreError> {
-        let db = self.db.lock().unwrap();
-        let id: Option<i64> = db
-            .query_row("SELECT max(id) FROM messages", [], |row| row.get(0))
-            .optional()
-            .map_err(StoreError::new)?
-            .flatten();
-        Ok(id.unwrap_or(0) as u64)
+        last_key(&self.db.lock().unwrap())
     }
 
     fn append(&self, messages: &[Stored], undelivered: &[u64]) -> Result<(), StoreError> {
         let mut db = self.db.lock().unwrap();
-        let tx = db.transaction().map_err(StoreError::new)?;
+        let tx = db.transaction()?;
         {
-            let mut insert = tx
-                .prepare_cached(
-                    "INSERT INTO messages (id, ts, room, sender, sender_key, recipient, \
-                     recipient_key, text) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-                )
-                .map_err(StoreError::new)?;
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO messages (id, ts, room, sender, sender_key, recipient, \
+                 recipient_key, text) VALUES (?1, ?2, NULL, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            // Each room's messages in this batch, as one chunk keyed by its last id.
+            let mut chunks: BTreeMap<&str, (u64, Vec<u8>)> = BTreeMap::new();
             for m in messages {
-                insert
-                    .execute(params![
-                        m.id as i64,
-                        m.ts as i64,
-                        m.room,
-                        m.from,
-                        m.from.to_ascii_lowercase(),
-                        m.to,
-                        m.to.as_ref().map(|to| to.to_ascii_lowercase()),
-                        m.text,
-                    ])
-                    .map_err(StoreError::new)?;
+                if let Some(room) = &m.room {
+                    let (last_id, body) = chunks.entry(room.as_str()).or_default();
+                    chunk::encode(m, body);
+                    *last_id = m.id;
+                    continue;
+                }
+                insert.execute(params![
+                    m.id as i64,
+                    m.ts as i64,
+                    m.from,
+                    m.from.to_ascii_lowercase(),
+                    m.to,
+                    m.to.as_ref().map(|to| to.to_ascii_lowercase()),
+                    m.text,
+                ])?;
             }
-            let mut keep = tx
-                .prepare_cached(
-                    "INSERT INTO undelivered (recipient_key, message_id) \
-                     SELECT recipient_key, id FROM messages WHERE id = ?1",
-                )
-                .map_err(StoreError::new)?;
+            let mut insert =
+                tx.prepare_cached("INSERT INTO chunks (last_id, room, body) VALUES (?1, ?2, ?3)")?;
+            for (room, (last_id, body)) in chunks {
+                insert.execute(params![last_id as i64, room, body])?;
+            }
+            let mut keep = tx.prepare_cached(
+                "INSERT INTO undelivered (recipient_key, message_id) \
+                 SELECT recipient_key, id FROM messages WHERE id = ?1",
+            )?;
             for id in undelivered {
-                keep.execute(params![*id as i64]).map_err(StoreError::new)?;
+                keep.execute(params![*id as i64])?;
             }
         }
         // Ids arrive in increasing order, so the batch's last is the highest stored.
         if let Some(last) = messages.last()
-            && last.id.saturating_sub(indexed_through(&tx)?) >= INDEX_BATCH
+            && last.id.saturating_sub(indexed_through(&tx)?) >= INDEX_BOUND
         {
-            index_waiting(&tx)?;
+            index_waiting(&tx, None)?;
         }
-        tx.commit().map_err(StoreError::new)
+        Ok(tx.commit()?)
+    }
+
+    fn index_waiting(&self, most: u64) -> Result<bool, StoreError> {
+        let mut db = self.db.lock().unwrap();
+        let tx = db.transaction()?;
+        let more = index_waiting(&tx, Some(most))?;
+        tx.commit()?;
+        Ok(more)
     }
 
     fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError> {
@@ -372,34 +559,37 @@ impl Store for SqliteStore {
         limit: usize,
     ) -> Result<Vec<Stored>, StoreError> {
         let db = self.db.lock().unwrap();
-        let before = before.map_or(i64::MAX, |id| id.min(i64::MAX as u64) as i64);
-        let limit = limit as i64;
-        let mut rows = match thread {
+        let before = before.unwrap_or(u64::MAX).min(i64::MAX as u64);
+        let mut page = Vec::with_capacity(limit.min(1024));
+        match thread {
+            Thread::Room(_) if limit == 0 => {}
             Thread::Room(room) => {
-                let mut query = db
-                    .prepare_cached(&format!(
-                        "SELECT {COLUMNS} FROM messages WHERE room = ?1 AND id < ?2 \
-                         ORDER BY id DESC LIMIT ?3"
-                    ))
-                    .map_err(StoreError::new)?;
-                query
-                    .query_map(params![room, before, limit], stored)
-                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                let mut query = db.prepare_cached(ROOM_HISTORY)?;
+                let mut chunks = query.query(params![room, before as i64])?;
+                'chunks: while let Some(row) = chunks.next()? {
+                    let entries =
+                        chunk::decode(row.get_ref(0)?.as_blob()?).collect::<Result<Vec<_>, _>>()?;
+                    for entry in entries.iter().rev().filter(|entry| entry.id < before) {
+                        page.push(entry.to_stored(room));
+                        if page.len() == limit {
+                            break 'chunks;
+                        }
+                    }
+                }
             }
             Thread::Private(a, b, since) => {
                 let (a, b) = (a.to_ascii_lowercase(), b.to_ascii_lowercase());
                 let since = (*since).min(i64::MAX as u64) as i64;
-                let mut query = db
-                    .prepare_cached(PRIVATE_HISTORY)
-                    .map_err(StoreError::new)?;
-                query
-                    .query_map(params![a, b, before, limit, since], stored)
-                    .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
+                let mut query = db.prepare_cached(PRIVATE_HISTORY)?;
+                for message in
+                    query.query_map(params![a, b, before as i64, limit as i64, since], stored)?
+                {
+                    page.push(message?);
+                }
             }
         }
-        .map_err(StoreError::new)?;
-        rows.reverse();
-        Ok(rows)
+        page.reverse();
+        Ok(page)
     }
 
     fn search(
@@ -416,36 +606,50 @@ impl Store for SqliteStore {
             .split_whitespace()
             .map(|word| format!("\"{}\"", word.replace('"', "\"\"")))
             .collect();
-        if query.is_empty() {
+        if query.is_empty() || limit == 0 {
             return Ok(Vec::new());
         }
-        let rooms = serde_json::to_string(rooms).expect("names serialize");
+        let query = query.join(" ");
+        let user = user.to_ascii_lowercase();
         let mut db = self.db.lock().unwrap();
-        let tx = db.transaction().map_err(StoreError::new)?;
-        index_waiting(&tx)?;
-        tx.commit().map_err(StoreError::new)?;
-        let mut statement = db
-            .prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM messages WHERE id IN \
-                 (SELECT rowid FROM messages_text WHERE messages_text MATCH ?1) AND \
-                 (room IN (SELECT value FROM json_each(?2)) OR \
-                  (room IS NULL AND id > ?5 AND (sender_key = ?3 OR recipient_key = ?3))) \
-                 ORDER BY id DESC LIMIT ?4"
-            ))
-            .map_err(StoreError::new)?;
-        statement
-            .query_map(
-                params![
-                    query.join(" "),
-                    rooms,
-                    user.to_ascii_lowercase(),
-                    limit as i64,
-                    private_since.min(i64::MAX as u64) as i64
-                ],
-                stored,
-            )
-            .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-            .map_err(StoreError::new)
+        let tx = db.transaction()?;
+        index_waiting(&tx, None)?;
+        tx.commit()?;
+        let mut documents = db
+            .prepare_cached("SELECT rowid FROM search WHERE search MATCH ?1 ORDER BY rowid DESC")?;
+        let mut chunk = db.prepare_cached("SELECT room, body FROM chunks WHERE last_id = ?1")?;
+        let mut private = db.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE id = ?1 AND id > ?2 \
+             AND (sender_key = ?3 OR recipient_key = ?3)"
+        ))?;
+        // Newest first, the `limit` newest found so far.
+        let mut found: Vec<Stored> = Vec::new();
+        for key in documents.query_map(params![query], |row| row.get::<_, i64>(0))? {
+            let key = key?;
+            // Every message of this document and the ones after it has an id up to `key`.
+            if found.len() == limit && found[limit - 1].id as i64 > key {
+                break;
+            }
+            let mut chunks = chunk.query(params![key])?;
+            if let Some(row) = chunks.next()? {
+                let room = row.get_ref(0)?.as_str()?;
+                if rooms.iter().any(|allowed| allowed == room) {
+                    found.extend(matching(&db, room, row.get_ref(1)?.as_blob()?, &query)?);
+                }
+            } else if let Some(message) = private
+                .query_row(
+                    params![key, private_since.min(i64::MAX as u64) as i64, user],
+                    stored,
+                )
+                .optional()?
+            {
+                found.push(message);
+            }
+            // Chunks of different rooms hold interleaved ids.
+            found.sort_unstable_by_key(|message| std::cmp::Reverse(message.id));
+            found.truncate(limit);
+        }
+        Ok(found)
     }
 }
 
@@ -623,8 +827,8 @@ mod tests {
     }
 
     #[test]
-    fn messages_are_indexed_in_bulk_and_searches_see_the_rest() {
-        let (_dir, store) = store();
+    fn indexing_waits_for_a_quiet_moment_and_searches_see_the_rest() {
+        let (dir, store) = store();
         let through = |store: &SqliteStore| indexed_through(&store.db.lock().unwrap()).unwrap();
         let batch = |from: u64, count: u64, word: &str| -> Vec<Stored> {
             (from..from + count)
@@ -632,7 +836,7 @@ mod tests {
                 .collect()
         };
         store.append(&batch(1, 10, "early"), &[]).unwrap();
-        assert_eq!(through(&store), 0, "a few messages wait to be indexed");
+        assert_eq!(through(&store), 0, "storing does not index");
         let found = store.search("bob", &["lobby".into()], 0, "early", 100);
         assert_eq!(
             found.unwrap().len(),
@@ -640,75 +844,223 @@ mod tests {
             "a search indexes what waits first"
         );
         assert_eq!(through(&store), 10);
-        let changes = store.db.lock().unwrap().total_changes();
+        // Another connection sees the database change with each commit made to it.
+        let other = Connection::open(dir.path().join("test.db")).unwrap();
+        let version = || -> i64 {
+            other
+                .pragma_query_value(None, "data_version", |row| row.get(0))
+                .unwrap()
+        };
+        let before = version();
         store
             .search("bob", &["lobby".into()], 0, "early", 100)
             .unwrap();
         assert_eq!(
-            store.db.lock().unwrap().total_changes(),
-            changes,
+            version(),
+            before,
             "with nothing waiting, a search writes nothing"
         );
+        store.index_waiting(100).unwrap();
+        assert_eq!(version(), before, "nor does indexing");
+        store.append(&batch(11, 10, "later"), &[]).unwrap();
+        assert_ne!(version(), before, "the check can fail");
 
-        store.append(&batch(11, INDEX_BATCH, "bulk"), &[]).unwrap();
-        assert_eq!(
-            through(&store),
-            10 + INDEX_BATCH,
-            "a full batch is indexed at once"
-        );
-        let found = store.search("bob", &["lobby".into()], 0, "bulk 11", 100);
+        // The recorder's steps while idle: each reaches `most` further, until none is left.
+        for from in [21, 31] {
+            store.append(&batch(from, 10, "later"), &[]).unwrap();
+        }
+        assert!(store.index_waiting(15).unwrap(), "more waits");
+        // Keys up to 10 + 15: the chunk ending at 20, not the one ending at 30.
+        assert_eq!(through(&store), 25);
+        let documents = || -> i64 {
+            let db = store.db.lock().unwrap();
+            db.query_row("SELECT count(*) FROM search_docsize", [], |row| row.get(0))
+                .unwrap()
+        };
+        assert_eq!(documents(), 2);
+        assert!(!store.index_waiting(100).unwrap(), "all indexed");
+        assert_eq!(through(&store), 40);
+        assert!(!store.index_waiting(100).unwrap());
+
+        // A burst as long as the bound is indexed as it is stored.
+        store.append(&batch(41, INDEX_BOUND, "bulk"), &[]).unwrap();
+        assert_eq!(through(&store), 40 + INDEX_BOUND, "indexed at once");
+        let found = store.search("bob", &["lobby".into()], 0, "bulk 41", 100);
         assert_eq!(
             found.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(),
-            [11]
+            [41]
         );
-        assert_index_whole(&store);
-    }
-
-    /// FTS5 checks its index against the messages: an entry missing or made twice fails.
-    fn assert_index_whole(store: &SqliteStore) {
-        store
-            .db
-            .lock()
-            .unwrap()
-            .execute(
-                "INSERT INTO messages_text (messages_text, rank) VALUES ('integrity-check', 1)",
-                [],
-            )
-            .expect("the index holds each message once");
     }
 
     #[test]
-    fn a_database_indexed_by_the_old_trigger_is_not_indexed_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("old.db");
-        {
-            // Schema 3, where a trigger indexed each message as it was inserted.
-            let db = Connection::open(&path).unwrap();
-            for migration in &MIGRATIONS[..3] {
-                db.execute_batch(migration).unwrap();
-            }
-            db.pragma_update(None, "user_version", 3).unwrap();
-            db.execute(
-                "INSERT INTO messages (id, ts, room, sender, sender_key, text) \
-                 VALUES (7, 1, 'lobby', 'alice', 'alice', 'indexed already')",
-                [],
-            )
-            .unwrap();
+    fn room_history_pages_back_across_chunks_of_interleaved_rooms() {
+        let (_dir, store) = store();
+        // Three commits, each a chunk for each room: lobby has odd ids, rust even ones.
+        for commit in 0..3 {
+            let messages: Vec<Stored> = (1..=10)
+                .map(|n| commit * 10 + n)
+                .map(|id| {
+                    let room = if id % 2 == 1 { "lobby" } else { "rust" };
+                    message(id, Some(room), "alice", None, &format!("m{id}"))
+                })
+                .collect();
+            store.append(&messages, &[]).unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap();
-        assert_eq!(indexed_through(&store.db.lock().unwrap()).unwrap(), 7);
+        let lobby = Thread::Room("lobby".into());
+        let ids = |before, limit| -> Vec<u64> {
+            store
+                .history(&lobby, before, limit)
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        assert_eq!(ids(None, 3), [25, 27, 29]);
+        assert_eq!(ids(None, 7), [17, 19, 21, 23, 25, 27, 29]);
+        // Below an id inside a chunk, and below one of the other room's.
+        assert_eq!(ids(Some(15), 3), [9, 11, 13]);
+        assert_eq!(ids(Some(16), 3), [11, 13, 15]);
+        assert_eq!(ids(Some(2), 5), [1]);
+        assert_eq!(ids(Some(1), 5), Vec::<u64>::new());
+        assert_eq!(ids(None, 0), Vec::<u64>::new());
+        assert_eq!(ids(None, 100).len(), 15);
+        let rust = store
+            .history(&Thread::Room("rust".into()), None, 1)
+            .unwrap();
+        assert_eq!(rust, [message(30, Some("rust"), "alice", None, "m30")]);
+    }
+
+    #[test]
+    fn search_finds_messages_not_chunks_newest_first() {
+        let (_dir, store) = store();
         store
             .append(
-                &[message(8, Some("lobby"), "bob", None, "indexed later")],
+                &[
+                    message(1, Some("lobby"), "alice", None, "deploy the"),
+                    message(2, Some("rust"), "bob", None, "deploy done"),
+                    message(3, Some("lobby"), "alice", None, "done. Deploy"),
+                    message(4, Some("lobby"), "carol", None, "the deploy is done"),
+                ],
                 &[],
             )
             .unwrap();
-        let found = store.search("carol", &["lobby".into()], 0, "indexed", 10);
+        store
+            .append(
+                &[
+                    message(5, Some("rust"), "bob", None, "deploy again"),
+                    message(6, Some("lobby"), "alice", None, "lunch"),
+                ],
+                &[],
+            )
+            .unwrap();
+        let rooms = ["lobby".to_owned(), "rust".to_owned()];
+        let ids = |words, limit| -> Vec<u64> {
+            store
+                .search("dave", &rooms, 0, words, limit)
+                .unwrap()
+                .iter()
+                .map(|m| m.id)
+                .collect()
+        };
+        // The lobby's first chunk holds both words, in three messages; one has both.
+        assert_eq!(ids("deploy done", 10), [4, 3, 2]);
+        assert_eq!(ids("deploy", 10), [5, 4, 3, 2, 1]);
+        assert_eq!(ids("deploy", 3), [5, 4, 3]);
+        // A phrase is not found across two messages of a chunk ("the" ends 1, "done" 2).
+        assert_eq!(ids("the-done", 10), Vec::<u64>::new());
+        assert_eq!(ids("deploy-is", 10), [4]);
+        let found = store.search("dave", &rooms, 0, "lunch", 10).unwrap();
+        assert_eq!(found, [message(6, Some("lobby"), "alice", None, "lunch")]);
+    }
+
+    /// The search index has a document for each chunk and each private message.
+    fn assert_index_whole(store: &SqliteStore) {
+        let db = store.db.lock().unwrap();
+        let count = |sql: &str| db.query_row(sql, [], |row| row.get::<_, i64>(0)).unwrap();
+        let documents = count("SELECT count(*) FROM search_docsize");
+        let chunks = count("SELECT count(*) FROM chunks");
+        let private = count("SELECT count(*) FROM messages");
+        assert_eq!(documents, chunks + private);
+        db.execute(
+            "INSERT INTO search (search, rank) VALUES ('integrity-check', 0)",
+            [],
+        )
+        .expect("the index is whole");
+    }
+
+    #[test]
+    fn a_database_of_schema_5_moves_its_room_messages_into_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            for migration in &MIGRATIONS[..5] {
+                migration.apply(&db).unwrap();
+            }
+            db.pragma_update(None, "user_version", 5).unwrap();
+            let mut insert = db
+                .prepare(
+                    "INSERT INTO messages (id, ts, room, sender, sender_key, recipient, \
+                     recipient_key, text) VALUES (?1, ?1, ?2, ?3, lower(?3), ?4, lower(?4), ?5)",
+                )
+                .unwrap();
+            for id in 1..=1200_i64 {
+                let room = ["lobby", "rust"][(id % 2) as usize];
+                let text = format!("old {id}");
+                insert
+                    .execute(params![id, room, "Alice", None::<String>, text])
+                    .unwrap();
+            }
+            insert
+                .execute(params![1201, None::<String>, "Alice", "Bob", "psst"])
+                .unwrap();
+            db.execute(
+                "INSERT INTO undelivered (recipient_key, message_id) VALUES ('bob', 1201)",
+                [],
+            )
+            .unwrap();
+            db.execute(
+                "INSERT INTO messages_text (messages_text) VALUES ('rebuild')",
+                [],
+            )
+            .unwrap();
+            db.execute("UPDATE search_index SET through = 1201", [])
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert_eq!(store.last_id().unwrap(), 1201);
+        let lobby = store
+            .history(&Thread::Room("lobby".into()), None, 1000)
+            .unwrap();
+        assert_eq!(lobby.len(), 600, "every message of the room, in chunks");
+        assert!(lobby.windows(2).all(|pair| pair[0].id + 2 == pair[1].id));
+        assert_eq!((lobby[0].id, lobby[0].text.as_str()), (2, "old 2"));
+        assert_eq!(lobby[0].from, "Alice");
+        let chunks: i64 = store
+            .db
+            .lock()
+            .unwrap()
+            .query_row("SELECT count(*) FROM chunks", [], |row| row.get(0))
+            .unwrap();
         assert_eq!(
-            found.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(),
-            [8, 7]
+            chunks, 4,
+            "two rooms, at most {CHUNK_MOST} messages a chunk"
         );
+        let rooms = ["lobby".to_owned(), "rust".to_owned()];
+        let found = store.search("carol", &rooms, 0, "old 1199", 10).unwrap();
+        assert_eq!(found.iter().map(|m| m.id).collect::<Vec<_>>(), [1199]);
         assert_index_whole(&store);
+        let private = Thread::Private("alice".into(), "bob".into(), 0);
+        assert_eq!(store.history(&private, None, 10).unwrap()[0].text, "psst");
+        assert_eq!(store.take_undelivered("bob").unwrap()[0].id, 1201);
+        // The next message continues the ids, in a chunk of its own.
+        store
+            .append(&[message(1202, Some("lobby"), "bob", None, "new")], &[])
+            .unwrap();
+        let last = store
+            .history(&Thread::Room("lobby".into()), None, 2)
+            .unwrap();
+        assert_eq!(last.iter().map(|m| m.id).collect::<Vec<_>>(), [1200, 1202]);
     }
 
     #[test]
