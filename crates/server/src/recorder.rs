@@ -36,7 +36,7 @@ const GATHER: Duration = Duration::from_millis(2);
 const IDLE: Duration = Duration::from_millis(50);
 
 /// Most messages indexed for search in one step while idle: a few milliseconds of work.
-const INDEX_STEP: u64 = 4096;
+const IDLE_STEP: u64 = 4096;
 
 /// Resolves once the message is stored (`Ok`) or could not be (`Err`, with the reason).
 pub(crate) type Receipt = oneshot::Receiver<Result<(), String>>;
@@ -123,7 +123,7 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &
             match incoming.recv_timeout(IDLE) {
                 Ok(entry) => entry,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    unindexed = store.index_waiting(INDEX_STEP).unwrap_or_else(|err| {
+                    unindexed = store.index_waiting(IDLE_STEP).unwrap_or_else(|err| {
                         // The next search tries again, and reports it to whoever searched.
                         error!("indexing messages for search failed: {err}");
                         false

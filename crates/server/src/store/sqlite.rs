@@ -13,7 +13,8 @@
 //! A document matching a search is a chunk where the words occur; the messages of the chunk
 //! that match are found by the same tokenizer over the chunk's messages alone, in a small
 //! in-memory index. The index is filled later than messages are stored: the recorder fills it
-//! when it has nothing to store, or at once when [`INDEX_BOUND`] messages wait, and a search
+//! when it has nothing to store, or a step with each commit while [`INDEX_BOUND`] messages
+//! wait, and a search
 //! first indexes whatever waits, so it always sees everything stored. `search_index` records
 //! how far the index reaches.
 
@@ -162,11 +163,20 @@ fn into_chunks(db: &Connection) -> rusqlite::Result<()> {
 /// hold what arrived for a room within one commit, at most its batch (512).
 const CHUNK_MOST: usize = 512;
 
-/// How many stored messages (counted by id) may wait to be indexed for search before `append`
-/// indexes them at once. A search indexes whatever waits first, so this bounds how long a
-/// search may take after a long burst (~0.3 s); bursts shorter than it cost no indexing while
-/// they last.
-pub(crate) const INDEX_BOUND: u64 = 1 << 18;
+/// How many stored messages (counted by id) may wait to be indexed for search before each
+/// commit also indexes [`INDEX_STEP`] of them. A search indexes whatever waits first, so this
+/// bounds how long a search may take after a long burst (~0.3 s); bursts shorter than it cost
+/// no indexing while they last.
+#[cfg(not(test))]
+const INDEX_BOUND: u64 = 1 << 18;
+/// Tests reach the bound with fewer messages.
+#[cfg(test)]
+const INDEX_BOUND: u64 = 1 << 12;
+
+/// How many messages (counted by id) a commit indexes while too many wait: a few milliseconds
+/// of work, several times what a commit stores, so that indexing keeps up without holding
+/// up any commit for long.
+const INDEX_STEP: u64 = 4096;
 
 /// The SQLite store. One connection behind a std mutex: every call is a short, blocking
 /// database operation made from a blocking thread, never from the async runtime.
@@ -422,7 +432,7 @@ impl Store for SqliteStore {
         if let Some(last) = messages.last()
             && last.id.saturating_sub(indexed_through(&tx)?) >= INDEX_BOUND
         {
-            index_waiting(&tx, None)?;
+            index_waiting(&tx, Some(INDEX_STEP))?;
         }
         Ok(tx.commit()?)
     }
@@ -882,9 +892,15 @@ mod tests {
         assert_eq!(through(&store), 40);
         assert!(!store.index_waiting(100).unwrap());
 
-        // A burst as long as the bound is indexed as it is stored.
-        store.append(&batch(41, INDEX_BOUND, "bulk"), &[]).unwrap();
-        assert_eq!(through(&store), 40 + INDEX_BOUND, "indexed at once");
+        // Past the bound, each commit indexes a step, so indexing keeps up with storing.
+        let mut from = 41;
+        while from < 41 + 4 * INDEX_BOUND {
+            store.append(&batch(from, 512, "bulk"), &[]).unwrap();
+            from += 512;
+            let waiting = from - 1 - through(&store);
+            assert!(waiting < INDEX_BOUND + 512, "{waiting} wait to be indexed");
+        }
+        assert!(through(&store) > 3 * INDEX_BOUND);
         let found = store.search("bob", &["lobby".into()], 0, "bulk 41", 100);
         assert_eq!(
             found.unwrap().iter().map(|m| m.id).collect::<Vec<_>>(),
