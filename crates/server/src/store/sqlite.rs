@@ -13,10 +13,9 @@
 //! A document matching a search is a chunk where the words occur; the messages of the chunk
 //! that match are found by the same tokenizer over the chunk's messages alone, in a small
 //! in-memory index. The index is filled later than messages are stored: the recorder fills it
-//! when it has nothing to store, or a step with each commit while [`INDEX_BOUND`] messages
-//! wait, and a search
-//! first indexes whatever waits, so it always sees everything stored. `search_index` records
-//! how far the index reaches.
+//! when it has nothing to store, and each commit fills a step of it while [`INDEX_BOUND`]
+//! messages wait. A search first indexes whatever waits, so it always sees everything stored.
+//! `search_index` records how far the index reaches.
 
 use std::collections::BTreeMap;
 use std::path::Path;
