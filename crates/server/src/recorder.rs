@@ -116,18 +116,21 @@ pub(crate) fn settled() -> Receipt {
 
 fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &AtomicU64) {
     let mut committed = Instant::now();
-    // What the last run stored may not all be indexed yet.
-    let mut unindexed = true;
+    // How long to wait for a message before indexing for search, if anything may wait to be
+    // indexed: what the last run stored may not all be.
+    let mut until_indexing = Some(IDLE);
     loop {
-        let first = if unindexed {
-            match incoming.recv_timeout(IDLE) {
+        let first = if let Some(wait) = until_indexing {
+            match incoming.recv_timeout(wait) {
                 Ok(entry) => entry,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    unindexed = store.index_waiting(IDLE_STEP).unwrap_or_else(|err| {
+                    let more = store.index_waiting(IDLE_STEP).unwrap_or_else(|err| {
                         // The next search tries again, and reports it to whoever searched.
                         error!("indexing messages for search failed: {err}");
                         false
                     });
+                    // Still quiet: the next step needs no new wait, only a look.
+                    until_indexing = more.then_some(Duration::ZERO);
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -168,7 +171,7 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &
         let last = messages.last().map_or(0, |m| m.id);
         stored_through.fetch_max(last, Ordering::Release);
         committed = Instant::now();
-        unindexed = true;
+        until_indexing = Some(IDLE);
         for receipt in receipts {
             let _ = receipt.send(result.clone());
         }
