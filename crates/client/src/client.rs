@@ -440,7 +440,7 @@ impl Client {
         S: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (read_half, mut write_half) = tokio::io::split(stream);
-        let mut frames = FramedRead::new(read_half, FrameCodec::client());
+        let mut frames = FramedRead::new(read_half, FrameCodec::client().whole_frames());
         let broken = |reason: String| ConnectError::Handshake {
             address: address.clone(),
             reason,

@@ -102,6 +102,8 @@ pub enum FrameError {
 pub struct FrameCodec {
     max_control: usize,
     max_data: usize,
+    /// How far ahead of the bytes that have arrived a frame's room is reserved.
+    reserve_ahead: usize,
 }
 
 impl FrameCodec {
@@ -122,6 +124,18 @@ impl FrameCodec {
         Self {
             max_control,
             max_data,
+            reserve_ahead: MAX_RESERVE_AHEAD,
+        }
+    }
+
+    /// For a reader that trusts its peer with memory (a client reading its server): a frame's
+    /// whole room is reserved as soon as its header arrives, and after a full data frame, room
+    /// for the next one. A download is then read in reads as large as a frame, into one buffer
+    /// per frame, rather than grown 64 KiB at a time, each growth copying what had arrived.
+    pub fn whole_frames(self) -> Self {
+        Self {
+            reserve_ahead: usize::MAX,
+            ..self
         }
     }
 
@@ -231,11 +245,17 @@ impl Decoder for FrameCodec {
         };
         let total = 4 + len;
         if src.len() < total {
-            src.reserve((total - src.len()).min(MAX_RESERVE_AHEAD));
+            src.reserve((total - src.len()).min(self.reserve_ahead));
             return Ok(None);
         }
         src.advance(HEADER_LEN);
         let mut payload = src.split_to(len - 1).freeze();
+        let streaming = kind == FrameKind::Data && len == self.max_data;
+        if streaming && src.is_empty() && self.reserve_ahead > MAX_RESERVE_AHEAD {
+            // Downloads come as a run of full frames: a buffer that holds exactly the next one
+            // is filled by a read and handed out whole, with nothing to copy.
+            src.reserve(4 + self.max_data);
+        }
         Ok(Some(match kind {
             FrameKind::Control => Frame::Control(payload),
             FrameKind::Ping => Frame::Ping,
@@ -316,6 +336,7 @@ fn put_header(dst: &mut BytesMut, kind: FrameKind, payload_len: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::limits::MAX_DATA_CHUNK;
 
     #[test]
     fn a_whole_frame_is_told_from_a_partial_one() {
@@ -460,6 +481,41 @@ mod tests {
         src.put_u32(8 << 20);
         src.put_u8(FrameKind::Control as u8);
         assert!(codec.decode(&mut src).unwrap().is_none());
+        assert!(
+            src.capacity() <= MAX_RESERVE_AHEAD + 64,
+            "{}",
+            src.capacity()
+        );
+    }
+
+    #[test]
+    fn a_reader_of_whole_frames_reserves_each_data_frame_at_once() {
+        let full = Frame::Data {
+            transfer: 7,
+            payload: Bytes::from(vec![1; MAX_DATA_CHUNK]),
+        };
+        let mut wire = BytesMut::new();
+        full.encode(&mut wire);
+        full.encode(&mut wire);
+        let frame_len = wire.len() / 2;
+
+        let mut codec = FrameCodec::client().whole_frames();
+        let mut src = BytesMut::from(&wire[..HEADER_LEN]);
+        assert!(codec.decode(&mut src).unwrap().is_none());
+        assert!(src.capacity() >= frame_len, "{}", src.capacity());
+
+        src.extend_from_slice(&wire[HEADER_LEN..frame_len]);
+        assert_eq!(codec.decode(&mut src).unwrap(), Some(full.clone()));
+        assert!(src.is_empty());
+        assert!(
+            src.capacity() >= frame_len,
+            "room for the next frame: {}",
+            src.capacity()
+        );
+
+        // Other readers still reserve a little at a time.
+        let mut src = BytesMut::from(&wire[..HEADER_LEN]);
+        assert!(FrameCodec::client().decode(&mut src).unwrap().is_none());
         assert!(
             src.capacity() <= MAX_RESERVE_AHEAD + 64,
             "{}",
