@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use parley_proto::ErrorCode;
 use parley_proto::event::{Event, TransferEnd, TransferStatus};
 use parley_proto::frame::FrameKind;
@@ -25,7 +25,6 @@ use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
 use parley_proto::paths;
 use parley_proto::reply::event_frame;
 use parley_proto::request::Uploaded;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -488,7 +487,7 @@ async fn send_file(download: Download) {
             let worked_out = if zero_copy {
                 send_spans(&file, transfer, offset, size, &lane, hash, &cancel).await?
             } else {
-                send_frames(&file, transfer, offset, size, &lane, hash).await?
+                send_frames(&file, transfer, offset, size, &lane, hash, &cancel).await?
             };
             if let Some(hash) = worked_out
                 // Remembered only if the file is still the version whose stamp was taken.
@@ -566,44 +565,99 @@ async fn send_spans(
 }
 
 /// Reads the file from `offset` into data frames, hashing the whole file on the way if asked
-/// to: for connections whose bytes must pass through the server (TLS encrypts them).
+/// to: for connections whose bytes must pass through the server (TLS encrypts them). The reading
+/// and hashing happen on a blocking thread, [`FRAMES_PER_READ`] frames a trip, so the worker
+/// that encrypts and writes is neither interrupted for every frame nor kept hashing.
 async fn send_frames(
-    file: &std::fs::File,
+    file: &Arc<std::fs::File>,
     transfer: u32,
     offset: u64,
     size: u64,
     lane: &mpsc::Sender<Data>,
     hash: bool,
+    cancel: &CancellationToken,
 ) -> std::io::Result<Option<blake3::Hash>> {
-    let mut file = tokio::fs::File::from_std(file.try_clone()?);
-    let mut hasher = hash.then(blake3::Hasher::new);
-    match &mut hasher {
-        Some(hasher) if offset > 0 => hash_prefix(&mut file, offset, hasher).await?,
-        _ => {
-            file.seek(std::io::SeekFrom::Start(offset)).await?;
-        }
+    let mut reader = FrameReader {
+        file: file.clone(),
+        transfer,
+        at: offset,
+        size,
+        hasher: hash.then(blake3::Hasher::new),
+    };
+    if let Some(mut hasher) = reader.hasher.take() {
+        let (file, cancel) = (file.clone(), cancel.clone());
+        let hasher = tokio::task::spawn_blocking(move || {
+            hash_range(&file, &mut hasher, offset, &cancel).map(|()| hasher)
+        });
+        reader.hasher = Some(hasher.await.map_err(std::io::Error::other)??);
     }
-    let mut left = size - offset;
-    while left > 0 {
-        let chunk = left.min(MAX_DATA_CHUNK as u64) as usize;
-        let mut frame = BytesMut::with_capacity(DATA_HEADER + chunk);
-        frame.put_slice(&data_header(transfer, chunk));
-        // The header promised `chunk` bytes; a read may return fewer without the file ending.
-        while frame.len() < DATA_HEADER + chunk {
-            let want = (DATA_HEADER + chunk - frame.len()) as u64;
-            if (&mut file).take(want).read_buf(&mut frame).await? == 0 {
-                return Err(std::io::Error::other("the file shrank while being sent"));
+    while reader.at < reader.size {
+        // Allocated here rather than on the blocking thread: freed by the writer, memory from
+        // a blocking thread's arena goes back to the system and faults in again for the next.
+        let frames = reader.buffers(FRAMES_PER_READ);
+        let (back, frames) = tokio::task::spawn_blocking(move || {
+            let frames = reader.read(frames);
+            (reader, frames)
+        })
+        .await
+        .map_err(std::io::Error::other)?;
+        reader = back;
+        for frame in frames? {
+            if lane.send(Data::Frame(frame)).await.is_err() {
+                return Err(std::io::Error::other("the connection closed"));
             }
         }
-        if let Some(hasher) = &mut hasher {
-            hasher.update(&frame[DATA_HEADER..]);
-        }
-        left -= chunk as u64;
-        if lane.send(Data::Frame(frame.freeze())).await.is_err() {
-            return Err(std::io::Error::other("the connection closed"));
-        }
     }
-    Ok(hasher.map(|hasher| hasher.finalize()))
+    Ok(reader.hasher.map(|hasher| hasher.finalize()))
+}
+
+/// Data frames read per trip to a blocking thread: 1 MiB, as much as the data lane holds.
+const FRAMES_PER_READ: usize = LANE_FRAMES;
+
+/// Where a download that passes through the server has got to.
+struct FrameReader {
+    file: Arc<std::fs::File>,
+    transfer: u32,
+    at: u64,
+    size: u64,
+    hasher: Option<blake3::Hasher>,
+}
+
+impl FrameReader {
+    /// Room for the next `most` data frames.
+    fn buffers(&self, most: usize) -> Vec<Vec<u8>> {
+        let mut at = self.at;
+        let mut buffers = Vec::with_capacity(most);
+        while buffers.len() < most && at < self.size {
+            let chunk = (self.size - at).min(MAX_DATA_CHUNK as u64);
+            buffers.push(Vec::with_capacity(DATA_HEADER + chunk as usize));
+            at += chunk;
+        }
+        buffers
+    }
+
+    /// Reads the next data frames into `buffers`, as many as there is room for.
+    fn read(&mut self, buffers: Vec<Vec<u8>>) -> std::io::Result<Vec<Bytes>> {
+        use std::io::{Read, Seek};
+        let mut file = &*self.file;
+        file.seek(std::io::SeekFrom::Start(self.at))?;
+        let mut frames = Vec::with_capacity(buffers.len());
+        for mut frame in buffers {
+            let chunk = (self.size - self.at).min(MAX_DATA_CHUNK as u64) as usize;
+            frame.extend_from_slice(&data_header(self.transfer, chunk));
+            file.take(chunk as u64).read_to_end(&mut frame)?;
+            // The header promised `chunk` bytes: a file that ends sooner has shrunk.
+            if frame.len() < DATA_HEADER + chunk {
+                return Err(std::io::Error::other("the file shrank while being sent"));
+            }
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&frame[DATA_HEADER..]);
+            }
+            self.at += chunk as u64;
+            frames.push(Bytes::from(frame));
+        }
+        Ok(frames)
+    }
 }
 
 /// Hashes the first `size` bytes of `file` with positioned reads, which leave the file's
@@ -613,9 +667,20 @@ fn hash_file(
     size: u64,
     cancel: &CancellationToken,
 ) -> std::io::Result<blake3::Hash> {
-    use std::os::unix::fs::FileExt;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0; HASH_BUFFER];
+    hash_range(file, &mut hasher, size, cancel)?;
+    Ok(hasher.finalize())
+}
+
+/// Feeds the first `size` bytes of `file` to `hasher`, as [`hash_file`] does.
+fn hash_range(
+    file: &std::fs::File,
+    hasher: &mut blake3::Hasher,
+    size: u64,
+    cancel: &CancellationToken,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0; HASH_BUFFER.min(size as usize)];
     let mut at = 0;
     while at < size {
         if cancel.is_cancelled() {
@@ -629,26 +694,5 @@ fn hash_file(
         hasher.update(&buf[..read]);
         at += read as u64;
     }
-    Ok(hasher.finalize())
-}
-
-/// Feeds the file's first `len` bytes to `hasher`, then leaves the file positioned after them.
-async fn hash_prefix(
-    file: &mut tokio::fs::File,
-    len: u64,
-    hasher: &mut blake3::Hasher,
-) -> std::io::Result<()> {
-    let mut buf = vec![0; MAX_DATA_CHUNK];
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(buf.len() as u64) as usize;
-        let read = file.read(&mut buf[..want]).await?;
-        if read == 0 {
-            return Err(std::io::Error::other("the file shrank while being sent"));
-        }
-        hasher.update(&buf[..read]);
-        left -= read as u64;
-    }
-    file.seek(std::io::SeekFrom::Start(len)).await?;
     Ok(())
 }

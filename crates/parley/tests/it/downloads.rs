@@ -378,14 +378,23 @@ async fn a_file_changed_in_place_is_hashed_anew() {
 #[tokio::test]
 async fn a_file_shrinking_during_a_download_fails_it_and_the_connection_lives_on() {
     let server = TestServer::start().await;
+    let (alice, _events) = server.join("alice").await;
+    a_shrinking_file_fails_its_download(&server, &alice).await;
+}
+
+/// Downloads a file that shrinks once the first data has arrived: the download fails, nothing
+/// is saved, and `alice`'s connection still chats and downloads.
+pub(crate) async fn a_shrinking_file_fails_its_download(
+    server: &TestServer,
+    alice: &parley_client::Client,
+) {
     let shared = server.shared.path().join("shrinking.bin");
     sparse(&shared, 1 << 30);
-    let (alice, _events) = server.join("alice").await;
     let dir = tempfile::tempdir().unwrap();
 
     let mut cut = false;
     let outcome = download::download(
-        &alice,
+        alice,
         "shrinking.bin",
         dir.path(),
         |_| {},
@@ -421,6 +430,6 @@ async fn a_file_shrinking_during_a_download_fails_it_and_the_connection_lives_on
         .await
         .unwrap();
     assert!(sent.id > 0);
-    let saved = save(&alice, "shrinking.bin", dir.path()).await.unwrap();
+    let saved = save(alice, "shrinking.bin", dir.path()).await.unwrap();
     assert_eq!(fs::metadata(&saved.path).unwrap().len(), 1 << 20);
 }

@@ -319,6 +319,18 @@ async fn a_real_certificate_is_verified_against_the_roots() {
 }
 
 #[tokio::test]
+async fn a_file_shrinking_during_a_tls_download_fails_it_and_the_connection_lives_on() {
+    // With TLS the server reads the file in, a few frames at a time, rather than sending it
+    // from the page cache: a file that ends early must still end the transfer cleanly.
+    let (server, _data) = tls_server(TlsMode::SelfSigned).await;
+    let known = tempfile::tempdir().unwrap();
+    let (alice, _events) = Client::connect(&pinned(&server, &known.path().join("k"), "alice"))
+        .await
+        .unwrap();
+    crate::downloads::a_shrinking_file_fails_its_download(&server, &alice).await;
+}
+
+#[tokio::test]
 async fn files_cross_tls_byte_identical_both_ways() {
     // With TLS the server reads file bytes in to encrypt them: a file it has never hashed, a
     // resumed download, and an upload whose hash it already knows each take their own path.
