@@ -123,9 +123,22 @@ async fn transfer_uploads_and_downloads_a_verified_file() {
     assert_eq!(report["complete"], true, "{report}");
     assert!(number(&report, "/upload/MBps") > 0.0);
     assert!(number(&report, "/download/MBps") > 0.0);
+    assert_eq!(report["download"]["verified"], true, "{report}");
     let path = report["path"].as_str().unwrap();
     let stored = server.dir.path().join("SharedFiles").join(path);
     assert_eq!(std::fs::metadata(&stored).unwrap().len(), 3 << 20);
+
+    // Unchecked, as curl downloads, for comparing the server with a web server.
+    let report = bench(
+        &server,
+        addr,
+        &["transfer", "--size", "3M", "--no-verify"],
+        &[],
+    )
+    .await;
+    assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["download"]["verified"], false, "{report}");
+    assert!(number(&report, "/download/MBps") > 0.0);
 }
 
 #[tokio::test]
