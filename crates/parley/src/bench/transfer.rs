@@ -31,6 +31,10 @@ pub struct Args {
     /// against a web server on the same work, rather than the client's checking too.
     #[arg(long)]
     no_verify: bool,
+    /// Download this file of the shared folder, without uploading one first: to measure
+    /// downloads again and again from the page cache.
+    #[arg(long, value_name = "PATH")]
+    download: Option<String>,
 }
 
 /// Options of `parley bench chat-during-transfer`.
@@ -164,40 +168,49 @@ pub async fn run(args: Args) -> anyhow::Result<Report> {
 async fn measure(args: Args) -> anyhow::Result<Report> {
     let (client, _events) = connect(&args.target, "bench-transfer").await?;
     let pid = args.target.pid;
-    let up = upload(&client, args.size, pid).await?;
+    let (up, path) = match args.download.clone() {
+        Some(path) => (None, path),
+        None => {
+            let up = upload(&client, args.size, pid).await?;
+            let path = up.path.clone();
+            (Some(up), path)
+        }
+    };
     let cpu = CpuWindow::start(pid);
     let started = Instant::now();
-    download(
-        &client,
-        &up.path,
-        !args.no_verify,
-        &CancellationToken::new(),
-    )
-    .await?;
+    let size = download(&client, &path, !args.no_verify, &CancellationToken::new()).await?;
     let down = Moved {
         seconds: started.elapsed().as_secs_f64(),
         cpu: cpu.finish(),
-        path: up.path.clone(),
+        path,
     };
     let _ = client.quit().await;
-    let rate = |moved: &Moved| args.size as f64 / moved.seconds / 1e6;
+    let rate = |moved: &Moved| size as f64 / moved.seconds / 1e6;
+    let moved = |moved: &Moved| json!({"seconds": round3(moved.seconds), "MBps": round1(rate(moved)), "cpu": moved.cpu});
+    let uploaded = match &up {
+        Some(up) => format!(
+            "upload {:.0} MB/s (server CPU {}%), ",
+            rate(up),
+            up.cpu["server_pct"]
+        ),
+        None => String::new(),
+    };
     let summary = format!(
-        "transfer ({}): {} bytes; upload {:.0} MB/s (server CPU {}%), download{} {:.0} MB/s (server CPU {}%); the file stays in the shared folder as {}",
+        "transfer ({}): {size} bytes; {uploaded}download{} {:.0} MB/s (server CPU {}%); the file is in the shared folder as {}",
         if args.target.no_tls { "plain" } else { "TLS" },
-        args.size,
-        rate(&up),
-        up.cpu["server_pct"],
         if args.no_verify { " (unchecked)" } else { "" },
         rate(&down),
         down.cpu["server_pct"],
         down.path,
     );
+    let mut download = moved(&down);
+    download["verified"] = json!(!args.no_verify);
     let json = json!({
         "mode": "transfer",
         "tls": !args.target.no_tls,
-        "bytes": args.size,
-        "upload": {"seconds": round3(up.seconds), "MBps": round1(rate(&up)), "cpu": up.cpu},
-        "download": {"seconds": round3(down.seconds), "MBps": round1(rate(&down)), "cpu": down.cpu, "verified": !args.no_verify},
+        "bytes": size,
+        "upload": up.as_ref().map(moved),
+        "download": download,
         "path": down.path,
         "complete": true,
     });

@@ -128,16 +128,19 @@ async fn transfer_uploads_and_downloads_a_verified_file() {
     let stored = server.dir.path().join("SharedFiles").join(path);
     assert_eq!(std::fs::metadata(&stored).unwrap().len(), 3 << 20);
 
-    // Unchecked, as curl downloads, for comparing the server with a web server.
+    // The same file again, without an upload, and unchecked as curl downloads: for comparing
+    // the server with a web server.
     let report = bench(
         &server,
         addr,
-        &["transfer", "--size", "3M", "--no-verify"],
+        &["transfer", "--download", path, "--no-verify"],
         &[],
     )
     .await;
     assert_eq!(report["complete"], true, "{report}");
+    assert_eq!(report["upload"], serde_json::Value::Null, "{report}");
     assert_eq!(report["download"]["verified"], false, "{report}");
+    assert_eq!(report["bytes"], 3 << 20, "{report}");
     assert!(number(&report, "/download/MBps") > 0.0);
 }
 
