@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use parley_client::tls::{Security, Trust};
-use parley_client::{Client, ConnectError, ConnectOptions};
+use parley_client::{Client, ConnectError, ConnectOptions, Events};
 use parley_server::TlsMode;
 use tokio::io::AsyncWriteExt;
 
@@ -318,15 +318,22 @@ async fn a_real_certificate_is_verified_against_the_roots() {
     );
 }
 
+/// A server with a self-signed certificate, and alice signed in to it, having pinned it in a
+/// known-hosts file that lives as long as the returned folder.
+async fn alice_over_tls() -> (TestServer, Client, Events, tempfile::TempDir) {
+    let (server, _data) = tls_server(TlsMode::SelfSigned).await;
+    let known = tempfile::tempdir().unwrap();
+    let (alice, events) = Client::connect(&pinned(&server, &known.path().join("k"), "alice"))
+        .await
+        .unwrap();
+    (server, alice, events, known)
+}
+
 #[tokio::test]
 async fn a_file_shrinking_during_a_tls_download_fails_it_and_the_connection_lives_on() {
     // With TLS the server reads the file in, a few frames at a time, rather than sending it
     // from the page cache: a file that ends early must still end the transfer cleanly.
-    let (server, _data) = tls_server(TlsMode::SelfSigned).await;
-    let known = tempfile::tempdir().unwrap();
-    let (alice, _events) = Client::connect(&pinned(&server, &known.path().join("k"), "alice"))
-        .await
-        .unwrap();
+    let (server, alice, _events, _known) = alice_over_tls().await;
     crate::downloads::a_shrinking_file_fails_its_download(&server, &alice).await;
 }
 
@@ -334,11 +341,7 @@ async fn a_file_shrinking_during_a_tls_download_fails_it_and_the_connection_live
 async fn files_cross_tls_byte_identical_both_ways() {
     // With TLS the server reads file bytes in to encrypt them: a file it has never hashed, a
     // resumed download, and an upload whose hash it already knows each take their own path.
-    let (server, _data) = tls_server(TlsMode::SelfSigned).await;
-    let known = tempfile::tempdir().unwrap();
-    let (alice, _events) = Client::connect(&pinned(&server, &known.path().join("k"), "alice"))
-        .await
-        .unwrap();
+    let (server, alice, _events, _known) = alice_over_tls().await;
     let original: Vec<u8> = (0..3_000_000u32)
         .map(|i| (i * 31 + i / 997) as u8)
         .collect();
