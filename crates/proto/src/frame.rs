@@ -102,8 +102,9 @@ pub enum FrameError {
 pub struct FrameCodec {
     max_control: usize,
     max_data: usize,
-    /// How far ahead of the bytes that have arrived a frame's room is reserved.
-    reserve_ahead: usize,
+    /// Whether a frame's whole room is reserved as soon as its header arrives
+    /// ([`FrameCodec::whole_frames`]), rather than [`MAX_RESERVE_AHEAD`] at a time.
+    whole_frames: bool,
 }
 
 impl FrameCodec {
@@ -124,7 +125,7 @@ impl FrameCodec {
         Self {
             max_control,
             max_data,
-            reserve_ahead: MAX_RESERVE_AHEAD,
+            whole_frames: false,
         }
     }
 
@@ -134,7 +135,7 @@ impl FrameCodec {
     /// per frame, rather than grown 64 KiB at a time, each growth copying what had arrived.
     pub fn whole_frames(self) -> Self {
         Self {
-            reserve_ahead: usize::MAX,
+            whole_frames: true,
             ..self
         }
     }
@@ -245,13 +246,18 @@ impl Decoder for FrameCodec {
         };
         let total = 4 + len;
         if src.len() < total {
-            src.reserve((total - src.len()).min(self.reserve_ahead));
+            let missing = total - src.len();
+            src.reserve(if self.whole_frames {
+                missing
+            } else {
+                missing.min(MAX_RESERVE_AHEAD)
+            });
             return Ok(None);
         }
         src.advance(HEADER_LEN);
         let mut payload = src.split_to(len - 1).freeze();
-        let streaming = kind == FrameKind::Data && len == self.max_data;
-        if streaming && src.is_empty() && self.reserve_ahead > MAX_RESERVE_AHEAD {
+        let full_data = kind == FrameKind::Data && len == self.max_data;
+        if self.whole_frames && full_data && src.is_empty() {
             // Downloads come as a run of full frames: a buffer that holds exactly the next one
             // is filled by a read and handed out whole, with nothing to copy.
             src.reserve(4 + self.max_data);

@@ -546,7 +546,7 @@ async fn send_spans(
     });
     let mut at = offset;
     while at < size {
-        let len = (size - at).min(MAX_DATA_CHUNK as u64) as usize;
+        let len = chunk_at(at, size);
         let span = Span {
             header: data_header(transfer, len),
             file: file.clone(),
@@ -577,20 +577,26 @@ async fn send_frames(
     hash: bool,
     cancel: &CancellationToken,
 ) -> std::io::Result<Option<blake3::Hash>> {
+    let hasher = match hash {
+        false => None,
+        // A resumed download's hash covers the part the client already has.
+        true if offset > 0 => {
+            let (file, cancel) = (file.clone(), cancel.clone());
+            let prefix = tokio::task::spawn_blocking(move || {
+                let mut hasher = blake3::Hasher::new();
+                hash_range(&file, &mut hasher, offset, &cancel).map(|()| hasher)
+            });
+            Some(prefix.await.map_err(std::io::Error::other)??)
+        }
+        true => Some(blake3::Hasher::new()),
+    };
     let mut reader = FrameReader {
         file: file.clone(),
         transfer,
         at: offset,
         size,
-        hasher: hash.then(blake3::Hasher::new),
+        hasher,
     };
-    if let Some(mut hasher) = reader.hasher.take() {
-        let (file, cancel) = (file.clone(), cancel.clone());
-        let hasher = tokio::task::spawn_blocking(move || {
-            hash_range(&file, &mut hasher, offset, &cancel).map(|()| hasher)
-        });
-        reader.hasher = Some(hasher.await.map_err(std::io::Error::other)??);
-    }
     while reader.at < reader.size {
         // Allocated here rather than on the blocking thread: freed by the writer, memory from
         // a blocking thread's arena goes back to the system and faults in again for the next.
@@ -611,6 +617,11 @@ async fn send_frames(
     Ok(reader.hasher.map(|hasher| hasher.finalize()))
 }
 
+/// The file bytes in the data frame that starts at `at` of a file of `size` bytes.
+fn chunk_at(at: u64, size: u64) -> usize {
+    (size - at).min(MAX_DATA_CHUNK as u64) as usize
+}
+
 /// Data frames read per trip to a blocking thread: 1 MiB, as much as the data lane holds.
 const FRAMES_PER_READ: usize = LANE_FRAMES;
 
@@ -629,9 +640,9 @@ impl FrameReader {
         let mut at = self.at;
         let mut buffers = Vec::with_capacity(most);
         while buffers.len() < most && at < self.size {
-            let chunk = (self.size - at).min(MAX_DATA_CHUNK as u64);
-            buffers.push(Vec::with_capacity(DATA_HEADER + chunk as usize));
-            at += chunk;
+            let chunk = chunk_at(at, self.size);
+            buffers.push(Vec::with_capacity(DATA_HEADER + chunk));
+            at += chunk as u64;
         }
         buffers
     }
@@ -643,7 +654,7 @@ impl FrameReader {
         file.seek(std::io::SeekFrom::Start(self.at))?;
         let mut frames = Vec::with_capacity(buffers.len());
         for mut frame in buffers {
-            let chunk = (self.size - self.at).min(MAX_DATA_CHUNK as u64) as usize;
+            let chunk = chunk_at(self.at, self.size);
             frame.extend_from_slice(&data_header(self.transfer, chunk));
             file.take(chunk as u64).read_to_end(&mut frame)?;
             // The header promised `chunk` bytes: a file that ends sooner has shrunk.

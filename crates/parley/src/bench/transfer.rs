@@ -31,8 +31,8 @@ pub struct Args {
     /// against a web server on the same work, rather than the client's checking too.
     #[arg(long)]
     no_verify: bool,
-    /// Download this file of the shared folder, without uploading one first: to measure
-    /// downloads again and again from the page cache.
+    /// Download this file of the shared folder, without uploading one first (--size is then
+    /// not used): to measure downloads again and again from the page cache.
     #[arg(long, value_name = "PATH")]
     download: Option<String>,
 }
