@@ -59,7 +59,8 @@ if "deliveries_per_s" in d:
     print(round(d["deliveries_per_s"] / 1e6, 3), "M/s, p99", d["lat_us"]["p99"], "µs, server",
           d["cpu"]["server_pct"], "%, bench", d["cpu"]["bench_pct"], "%")
 elif "server_kib_per_conn" in d:
-    print(d["server_kib_per_conn"], "KiB per connection, set up in", d["setup_s"], "s")
+    print(d["server_kib_per_conn"], "KiB per connection,", d["server_kib_per_conn_held"],
+          "after holding, set up in", d["setup_s"], "s")
 elif "all_in_s" in d:
     print(d["all_in_s"], "s until all are in,", d["all_views_right_s"], "s until every view is right")
 else:

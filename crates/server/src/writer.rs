@@ -6,8 +6,9 @@
 //! through this process; with TLS they must be read in to be encrypted.
 
 use std::fs::File;
-use std::future::Future;
+use std::future::{Future, poll_fn};
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 
 use bytes::{Buf, Bytes};
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, WriteHalf};
@@ -78,10 +79,12 @@ pub(crate) async fn write_loop<W: Sink>(mut write_half: W, queue: OutboxReader) 
     }
 }
 
-/// The body of [`write_loop`]. An idle connection's writer waits here, so the future is kept
-/// small: what is large and rare (sending from a file) is boxed.
+/// The body of [`write_loop`]. An idle connection's writer waits here, so every state of this
+/// future is kept small: a writer that has no data lane (most never download) waits for its
+/// queue alone, and what is large and rare (waiting on the lane too, sending from a file) is
+/// boxed.
 async fn drain<W: Sink>(write_half: &mut W, queue: &OutboxReader) -> io::Result<()> {
-    // Made by the first download; until then, waiting on it never resolves.
+    // Made by the first download.
     let mut lane: Option<mpsc::Receiver<Data>> = None;
     loop {
         // A fresh batch each time: kept, it would hold memory per idle connection.
@@ -104,19 +107,41 @@ async fn drain<W: Sink>(write_half: &mut W, queue: &OutboxReader) -> io::Result<
         if lane.is_none() {
             lane = queue.take_lane();
         }
-        tokio::select! {
-            biased;
-            () = queue.ready() => {}
-            Some(data) = next_data(&mut lane) => match data {
-                Data::Frame(frame) => write_half.write_all(&frame).await?,
-                Data::Span(span) => Box::pin(write_span(write_half, &span)).await?,
-            },
+        let Some(receiver) = &mut lane else {
+            queue.ready().await;
+            continue;
+        };
+        match Box::pin(next_data(queue, receiver)).await {
+            Next::Frames => {}
+            Next::Data(Data::Frame(frame)) => write_half.write_all(&frame).await?,
+            Next::Data(Data::Span(span)) => Box::pin(write_span(write_half, &span)).await?,
+            // Every sender is gone: no more downloads come this way (a new lane would).
+            Next::LaneClosed => lane = None,
         }
     }
     if let Some(last) = queue.take_last() {
         write_half.write_all(&last).await?;
     }
     write_half.shutdown().await
+}
+
+/// What a writer with a data lane woke for.
+enum Next {
+    /// There may be frames in the queue (or a new lane, or no more senders).
+    Frames,
+    /// File data from the lane.
+    Data(Data),
+    /// The lane's senders are all gone.
+    LaneClosed,
+}
+
+/// Waits for frames in the queue or data in the lane, frames first when both are there.
+async fn next_data(queue: &OutboxReader, lane: &mut mpsc::Receiver<Data>) -> Next {
+    tokio::select! {
+        biased;
+        () = queue.ready() => Next::Frames,
+        data = lane.recv() => data.map_or(Next::LaneClosed, Next::Data),
+    }
 }
 
 /// What pads a data frame whose file shrank.
@@ -148,21 +173,23 @@ async fn write_span<W: Sink>(w: &mut W, span: &Span) -> io::Result<()> {
     Ok(())
 }
 
-/// The next item of the data lane, if there is one; pending while there is no lane.
-async fn next_data(lane: &mut Option<mpsc::Receiver<Data>>) -> Option<Data> {
-    match lane {
-        Some(lane) => lane.recv().await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Writes every frame of `batch` with as few system calls as the transport allows.
+/// Writes every frame of `batch` (at most [`WRITE_BATCH`]) with as few system calls as the
+/// transport allows.
 async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut Vec<Bytes>) -> io::Result<()> {
     let mut first = 0;
     while first < batch.len() {
-        let slices: Vec<IoSlice<'_>> = batch[first..].iter().map(|b| IoSlice::new(b)).collect();
-        let mut written = w.write_vectored(&slices).await?;
-        drop(slices);
+        // The slices are made afresh on each poll, on the stack: kept across the wait, they
+        // would be room in every writer's task, or an allocation per write.
+        let mut written = poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut count = 0;
+            for (slice, frame) in slices.iter_mut().zip(&batch[first..]) {
+                *slice = IoSlice::new(frame);
+                count += 1;
+            }
+            Pin::new(&mut *w).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
