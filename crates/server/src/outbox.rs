@@ -22,7 +22,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use std::future::{Future, poll_fn};
+use std::task::Poll;
+
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, mpsc};
 
 use crate::transfer::Data;
@@ -39,7 +43,7 @@ pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
         shutting_down: AtomicBool::new(false),
         alarm_at: AtomicU64::new(0),
         alarm_rang: AtomicBool::new(false),
-        halt: Notify::new(),
+        halt: AtomicWaker::new(),
     });
     (
         Outbox {
@@ -90,11 +94,13 @@ struct Shared {
     alarm_at: AtomicU64,
     /// Set when the alarm rang, until the session sees it.
     alarm_rang: AtomicBool,
-    /// Wakes the session once any of the four flags is set. A `Notify` lives inline here,
-    /// where a cancellation token would be one more allocation per connection; and each
-    /// session waits on its own, where waiting on the server's shutdown token made every
-    /// session's every wake-up take that token's one lock.
-    halt: Notify,
+    /// Wakes the session once any of the four flags is set. Only the session waits here, so
+    /// the waker it left is all there is to keep: waiting holds no room in its task, where a
+    /// `Notify`'s waiter was 64 bytes of every connection's, and a wake-up takes no lock. It
+    /// lives inline, where a cancellation token would be one more allocation per connection;
+    /// and each session waits on its own, where waiting on the server's shutdown token made
+    /// every session's every wake-up take that token's one lock.
+    halt: AtomicWaker,
 }
 
 /// What the session is woken for: its alarm rang, or it must end.
@@ -168,7 +174,7 @@ impl Outbox {
             queue.shut = true;
             drop(queue);
             self.shared.overflowed.store(true, Ordering::Release);
-            self.shared.halt.notify_one();
+            self.shared.halt.wake();
             return false;
         }
         queue.queued += frame.len();
@@ -189,28 +195,35 @@ impl Outbox {
 
     /// Resolves once a push has found the queue full or the writer failed, so that the
     /// session must end for the reason given, or once the session's alarm has rung. Only the
-    /// session waits here.
-    pub(crate) async fn signalled(&self) -> Signal {
-        loop {
-            if self.shared.shutting_down.load(Ordering::Acquire) {
-                return Signal::Halt(Halt::Shutdown);
+    /// session waits here, and its wait holds nothing but this handle.
+    pub(crate) fn signalled(&self) -> impl Future<Output = Signal> + '_ {
+        poll_fn(|cx| {
+            if let Some(signal) = self.signal() {
+                return Poll::Ready(signal);
             }
-            if self.shared.write_failed.load(Ordering::Acquire) {
-                return Signal::Halt(Halt::WriteFailed);
-            }
-            if self.shared.overflowed.load(Ordering::Acquire) {
-                return Signal::Halt(Halt::TooSlow);
-            }
-            // Looked at before it is changed: this runs on every turn of the session's loop,
-            // and a write would take the cache line from those pushing into the queue.
-            if self.shared.alarm_rang.load(Ordering::Acquire)
-                && self.shared.alarm_rang.swap(false, Ordering::AcqRel)
-            {
-                return Signal::Alarm;
-            }
-            // A signal sent before this wait left a permit: no wake-up is lost.
-            self.shared.halt.notified().await;
+            self.shared.halt.register(cx.waker());
+            // A flag set before the waker was left woke nobody: look again.
+            self.signal().map_or(Poll::Pending, Poll::Ready)
+        })
+    }
+
+    /// The signal waiting for the session, if any; a shutdown first, an alarm last.
+    fn signal(&self) -> Option<Signal> {
+        let shared = &self.shared;
+        if shared.shutting_down.load(Ordering::Acquire) {
+            return Some(Signal::Halt(Halt::Shutdown));
         }
+        if shared.write_failed.load(Ordering::Acquire) {
+            return Some(Signal::Halt(Halt::WriteFailed));
+        }
+        if shared.overflowed.load(Ordering::Acquire) {
+            return Some(Signal::Halt(Halt::TooSlow));
+        }
+        // Looked at before it is changed: this runs on every turn of the session's loop, and
+        // a write would take the cache line from those pushing into the queue.
+        (shared.alarm_rang.load(Ordering::Acquire)
+            && shared.alarm_rang.swap(false, Ordering::AcqRel))
+        .then_some(Signal::Alarm)
     }
 
     /// Sets the session's alarm for `at`, in milliseconds of the server's clock (at least 1),
@@ -251,7 +264,7 @@ pub(crate) struct Halter(Arc<Shared>);
 impl Halter {
     pub(crate) fn shut_down(&self) {
         self.0.shutting_down.store(true, Ordering::Release);
-        self.0.halt.notify_one();
+        self.0.halt.wake();
     }
 
     /// Rings the session's alarm if it is set for `now` (milliseconds of the server's clock)
@@ -267,7 +280,7 @@ impl Halter {
                 .is_ok()
         {
             self.0.alarm_rang.store(true, Ordering::Release);
-            self.0.halt.notify_one();
+            self.0.halt.wake();
         }
     }
 }
@@ -356,7 +369,7 @@ impl OutboxReader {
     /// Tells the session that writing failed: it ends.
     pub(crate) fn fail(&self) {
         self.shared.write_failed.store(true, Ordering::Release);
-        self.shared.halt.notify_one();
+        self.shared.halt.wake();
     }
 
     /// The frame set by [`Outbox::push_last`], once every [`Outbox`] is gone.

@@ -171,32 +171,16 @@ impl Context {
         }
     }
 
-    /// Counts session `id` as running until the guard is dropped, unless the server is
+    /// Counts session `id` as running until its [`Session`] is dropped, unless the server is
     /// shutting down, in which case the session is halted at once.
-    fn enter(ctx: &Arc<Context>, id: SessionId, outbox: &Outbox) -> Running {
-        let mut sessions = ctx.sessions.lock().unwrap();
+    fn enter(&self, id: SessionId, outbox: &Outbox) {
+        let mut sessions = self.sessions.lock().unwrap();
         let halter = outbox.halter();
         if sessions.closed {
             halter.shut_down();
         } else {
             sessions.running.insert(id, halter);
         }
-        Running {
-            ctx: ctx.clone(),
-            id,
-        }
-    }
-}
-
-/// A session counted as running; dropped, even by a panic, it no longer is.
-struct Running {
-    ctx: Arc<Context>,
-    id: SessionId,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        self.ctx.sessions.lock().unwrap().running.remove(&self.id);
     }
 }
 
@@ -369,7 +353,7 @@ where
     let writer = tokio::spawn(writer::write_loop(write_half, queue));
 
     let id = ctx.next_session.fetch_add(1, Ordering::Relaxed);
-    let running = Context::enter(&ctx, id, &outbox);
+    ctx.enter(id, &outbox);
     let mut session = Session {
         id,
         ctx,
@@ -390,7 +374,7 @@ where
         let end = session.read_loop(&mut frames).await;
         // Boxed: what follows the end waits too, and the connection's task would otherwise
         // keep room for it all its life.
-        Box::pin(finish(session, frames, writer, running, active, end)).await;
+        Box::pin(finish(session, frames, writer, active, end)).await;
     }
 }
 
@@ -400,7 +384,6 @@ async fn finish<R: AsyncRead + Unpin>(
     mut session: Session,
     frames: FramedRead<R, FrameCodec>,
     mut writer: tokio::task::JoinHandle<()>,
-    running: Running,
     active: ActiveGuard,
     end: End,
 ) {
@@ -411,7 +394,6 @@ async fn finish<R: AsyncRead + Unpin>(
     if !matches!(end, End::Broken(_) | End::WriteFailed | End::TooSlow) {
         let _ = timeout(FLUSH_TIMEOUT, session.confirm_all()).await;
     }
-    drop(running);
     if session.web {
         session.ctx.grants.revoke(session.id);
     }
@@ -470,8 +452,9 @@ struct Session {
     id: SessionId,
     ctx: Arc<Context>,
     outbox: Outbox,
-    /// Set once `hello` succeeds.
-    name: Option<String>,
+    /// Set once `hello` succeeds. A `Box<str>`, 8 bytes smaller than a `String`: this struct
+    /// lives in every connection's task, whose size steps by 128 bytes.
+    name: Option<Box<str>>,
     last_heard: Instant,
     ping_sent: bool,
     peer: SocketAddr,
@@ -495,17 +478,23 @@ struct Session {
     wakes: Wakes,
 }
 
+/// Dropped, even by a panic, a session no longer counts as running (see [`Context::enter`]):
+/// the guard is the session itself, which holds the context and its id already, rather than
+/// a guard of its own in every connection's task.
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.ctx.sessions.lock().unwrap().running.remove(&self.id);
+    }
+}
+
 impl Session {
     async fn read_loop<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) -> End
     where
         R: AsyncRead + Unpin,
     {
-        // Its own handle: the session is borrowed mutably while the configuration is read.
-        let ctx = self.ctx.clone();
-        let config = &ctx.config;
         // The alarm is set again only when it rings, so a busy connection costs nothing per
         // frame: on ringing it checks how long the client has really been silent.
-        self.set_alarm(self.last_heard + config.handshake_timeout);
+        self.set_alarm(self.last_heard + self.ctx.config.handshake_timeout);
         loop {
             let burst_read = !starts_with_frame(frames.read_buffer());
             if burst_read || self.unconfirmed.len() + self.gathered() >= MAX_UNCONFIRMED {
@@ -533,7 +522,7 @@ impl Session {
                             Signal::Halt(Halt::WriteFailed) => return End::WriteFailed,
                             Signal::Alarm => {}
                         }
-                        match self.keepalive(config) {
+                        match self.keepalive() {
                             Ok(wake_at) => self.set_alarm(wake_at),
                             Err(end) => return end,
                         }
@@ -596,10 +585,15 @@ impl Session {
                 *frames.decoder_mut() = FrameCodec::server();
                 // Most connections go quiet once signed in: the hello's buffer is not kept.
                 release_read_buffer(frames);
-                self.set_alarm(self.last_heard + config.keepalive_interval);
+                self.set_alarm(self.last_heard + self.ctx.config.keepalive_interval);
                 Box::pin(self.after_sign_in()).await;
             }
         }
+    }
+
+    /// The name signed in with (empty before `hello`).
+    fn me(&self) -> String {
+        self.name.as_deref().unwrap_or_default().to_owned()
     }
 
     /// Carries out a data or control frame; `Some` ends the session.
@@ -716,7 +710,8 @@ impl Session {
 
     /// Called when the alarm rings: pings a quiet client, gives up on a silent one, and says
     /// when to look again.
-    fn keepalive(&mut self, config: &Config) -> Result<Instant, End> {
+    fn keepalive(&mut self) -> Result<Instant, End> {
+        let config = &self.ctx.config;
         if self.name.is_none() {
             return Err(End::HandshakeTimeout);
         }
@@ -835,10 +830,7 @@ impl Session {
                 .users(users.room.as_deref(), users.after.as_deref())
                 .map(|list| ok_frame::<request::Users>(id, &list)),
             RequestBody::List(list) => {
-                let (shared, user) = (
-                    self.ctx.shared.clone(),
-                    self.name.clone().unwrap_or_default(),
-                );
+                let (shared, user) = (self.ctx.shared.clone(), self.me());
                 // File system calls block; they run on tokio's blocking pool.
                 tokio::task::spawn_blocking(move || shared.list(&user, &list.path))
                     .await
@@ -961,7 +953,7 @@ impl Session {
 
     /// Stored messages of a room the client is in, or of its private conversation with someone.
     async fn history(&self, history: request::History) -> Result<Vec<Stored>, Refusal> {
-        let me = self.name.clone().unwrap_or_default();
+        let me = self.me();
         let thread = match (history.with, history.room) {
             (Some(with), _) => Thread::Private(me, with, self.private_since),
             (None, Some(room)) => {
@@ -993,7 +985,7 @@ impl Session {
 
     /// Stored messages the client may see (its rooms' and its private ones) with all `words`.
     async fn search(&self, search: request::Search) -> Result<Vec<Stored>, Refusal> {
-        let me = self.name.clone().unwrap_or_default();
+        let me = self.me();
         let rooms = self.ctx.hub.rooms_of(self.id);
         let limit = search.limit.clamp(1, MAX_HISTORY);
         let store = self.ctx.store.clone();
@@ -1008,10 +1000,7 @@ impl Session {
         download: request::Download,
     ) -> Result<(request::Downloading, OpenFile), Refusal> {
         self.transfers.check_new(download.transfer)?;
-        let (shared, user) = (
-            self.ctx.shared.clone(),
-            self.name.clone().unwrap_or_default(),
-        );
+        let (shared, user) = (self.ctx.shared.clone(), self.me());
         let path = download.path;
         let file = tokio::task::spawn_blocking(move || shared.open_file(&user, &path))
             .await
@@ -1062,7 +1051,7 @@ impl Session {
             .transfers
             .take_verified(finish.transfer, &finish.blake3)
             .await?;
-        let user = self.name.clone().unwrap_or_default();
+        let user = self.me();
         let uploaded = upload.publish(hash, &user).await?;
         let (path, size) = (&uploaded.path, uploaded.size);
         info!("{user} shared {path:?} ({size} bytes)");
@@ -1150,7 +1139,7 @@ impl Session {
         }
         signed_in?;
         debug!(client = ?hello.client, "signed in as {}", hello.name);
-        self.name = Some(hello.name);
+        self.name = Some(hello.name.into_boxed_str());
         Ok(())
     }
 
@@ -1248,7 +1237,7 @@ impl Session {
             return;
         }
         let store = self.ctx.store.clone();
-        let name = self.name.clone().unwrap_or_default();
+        let name = self.me();
         match read(move || store.take_undelivered(&name)).await {
             Ok(kept) => {
                 for message in kept {
@@ -1269,7 +1258,7 @@ impl Session {
     /// `register`: the signed-in name becomes an account.
     async fn register(&self, register: request::Register) -> Result<(), Refusal> {
         accounts::check_strength(&register.password)?;
-        let name = self.name.clone().unwrap_or_default();
+        let name = self.me();
         let hash = hash_password(register.password).await?;
         let store = self.ctx.store.clone();
         let owner = name.clone();
@@ -1290,7 +1279,7 @@ impl Session {
 
     /// `passwd`: a new password for the signed-in account, given the current one.
     async fn passwd(&self, passwd: request::Passwd) -> Result<(), Refusal> {
-        let name = self.name.clone().unwrap_or_default();
+        let name = self.me();
         let store = self.ctx.store.clone();
         let lookup = name.clone();
         let Some(account) = read(move || store.account(&lookup)).await? else {
@@ -1413,4 +1402,65 @@ fn negotiate(offered: &[u16]) -> Option<u16> {
         .copied()
         .filter(|v| SUPPORTED_VERSIONS.contains(v))
         .max()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicUsize;
+
+    use super::*;
+    use crate::outbox;
+    use crate::recorder::Recorder;
+    use crate::store::SqliteStore;
+
+    /// A tokio task is a cell of a 32-byte header, 16 bytes of the scheduler's handle and the
+    /// task's id, the future (plus 8 for the server's task tracker, and 8 for the stage's
+    /// tag) and a 48-byte trailer, rounded up to a multiple of 128 bytes. Every idle plain
+    /// connection is one session task and one writer task, so each future's budget is what
+    /// keeps its cell at 512 and 384 bytes (docs/benchmarks.md, "Idle memory").
+    const SESSION_FUTURE_BUDGET: usize = 512 - 32 - 16 - 16 - 48;
+    const WRITER_FUTURE_BUDGET: usize = 384 - 32 - 16 - 8 - 48;
+
+    #[tokio::test]
+    async fn an_idle_connections_tasks_stay_within_their_size_classes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(&dir.path().join("parley.db")).unwrap());
+        let (recorder, recording) = Recorder::start(store.clone(), true).unwrap();
+        let (hub, _presence) = Hub::new(0, recorder, 100);
+        let shared = SharedFolder::open(dir.path()).unwrap();
+        let ctx = Arc::new(Context::new(Config::default(), hub, store, shared));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+
+        // The writer is made apart, over the client's end: the session's own is spawned.
+        let (_read_half, write_half) = client.into_split();
+        let (_outbox, queue) = outbox::channel(1024);
+        let writer = writer::write_loop(write_half, queue);
+        let session = run(
+            stream,
+            peer,
+            ctx.clone(),
+            Instant::now(),
+            ActiveGuard::new(&Arc::new(AtomicUsize::new(0))),
+            Arrival::Native { read_ahead: None },
+        );
+        let (session_size, writer_size) = (size_of_val(&session), size_of_val(&writer));
+        assert!(
+            session_size <= SESSION_FUTURE_BUDGET,
+            "a plain session's future is {session_size} bytes, over its budget of {SESSION_FUTURE_BUDGET}"
+        );
+        assert!(
+            writer_size <= WRITER_FUTURE_BUDGET,
+            "a plain writer's future is {writer_size} bytes, over its budget of {WRITER_FUTURE_BUDGET}"
+        );
+        drop((session, writer));
+        drop(ctx);
+        tokio::task::spawn_blocking(move || recording.join())
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

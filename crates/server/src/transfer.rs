@@ -76,8 +76,6 @@ fn data_header(transfer: u32, len: usize) -> [u8; DATA_HEADER] {
 pub(crate) struct Transfers {
     /// The session's queue, which makes the data lane on the first download.
     outbox: Outbox,
-    /// Where downloads send their data frames, once the first has started.
-    lane: Option<mpsc::Sender<Data>>,
     /// The connection's writer can send file bytes from the page cache (plain TCP).
     zero_copy: bool,
     /// Made by the first transfer: most connections never start one, and the maps would be
@@ -88,6 +86,8 @@ pub(crate) struct Transfers {
 /// The transfers in progress.
 #[derive(Default)]
 struct Running {
+    /// Where downloads send their data frames, once the first has started.
+    lane: Option<mpsc::Sender<Data>>,
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
     uploads: HashMap<u32, Upload>,
 }
@@ -293,7 +293,6 @@ impl Transfers {
     pub(crate) fn new(outbox: Outbox, zero_copy: bool) -> Self {
         Self {
             outbox,
-            lane: None,
             zero_copy,
             running: None,
         }
@@ -333,9 +332,11 @@ impl Transfers {
         shared: Arc<SharedFolder>,
     ) {
         let cancel = CancellationToken::new();
-        let lane = self
+        let outbox = &self.outbox;
+        let running = self.running.get_or_insert_default();
+        let lane = running
             .lane
-            .get_or_insert_with(|| self.outbox.open_lane(LANE_FRAMES))
+            .get_or_insert_with(|| outbox.open_lane(LANE_FRAMES))
             .clone();
         let task = tokio::spawn(send_file(Download {
             open,
@@ -346,7 +347,7 @@ impl Transfers {
             shared,
             zero_copy: self.zero_copy,
         }));
-        self.running().downloads.insert(transfer, (cancel, task));
+        running.downloads.insert(transfer, (cancel, task));
     }
 
     /// Receives `upload` as transfer `transfer`.
