@@ -526,16 +526,8 @@ impl Session {
                             Ok(wake_at) => self.set_alarm(wake_at),
                             Err(end) => return end,
                         }
-                        // Silent for a while: give back the read buffer, which grew to hold the
-                        // largest frame read, the outgoing queue's room and the room for a
-                        // burst's wake-ups. Each grows again, from nothing, when frames come.
                         if self.ping_sent {
-                            release_read_buffer(frames);
-                            self.outbox.shrink();
-                            self.wakes = Wakes::default();
-                            if self.gathered() == 0 {
-                                self.burst = None;
-                            }
+                            self.give_back_room(frames);
                         }
                         continue;
                     }
@@ -570,7 +562,10 @@ impl Session {
                 };
                 match frame {
                     Frame::Ping => self.outbox.push(Bytes::from_static(&PONG_FRAME)),
-                    Frame::Pong => {}
+                    // The answer to a ping, which only a client silent for a while is sent:
+                    // what the ping itself took (the queue's room, the read buffer) is given
+                    // back once it has served.
+                    Frame::Pong => self.give_back_room(frames),
                     // Boxed: carrying out a request takes kilobytes of state, which an idle
                     // connection, waiting in this loop, should not hold. The frame moves into the
                     // box, so the loop holds no room for it either.
@@ -588,6 +583,18 @@ impl Session {
                 self.set_alarm(self.last_heard + self.ctx.config.keepalive_interval);
                 Box::pin(self.after_sign_in()).await;
             }
+        }
+    }
+
+    /// Gives back what a busy connection holds and a silent one does not need: the read
+    /// buffer, which grew to hold the largest frame read, the outgoing queue's room and the
+    /// room for a burst's wake-ups. Each grows again, from nothing, when frames come.
+    fn give_back_room<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) {
+        release_read_buffer(frames);
+        self.outbox.shrink();
+        self.wakes = Wakes::default();
+        if self.gathered() == 0 {
+            self.burst = None;
         }
     }
 

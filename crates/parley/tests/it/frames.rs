@@ -208,6 +208,50 @@ async fn a_silent_connection_is_closed_after_the_handshake_timeout() {
     expect_bye(&mut conn, "handshake_timeout").await;
 }
 
+/// Answering a ping makes the server give back the connection's read buffer and queue room
+/// (an idle connection holds neither); the next request, however large and however it is cut,
+/// is read whole all the same, and its reply queued and written.
+#[tokio::test]
+async fn a_client_answering_pings_is_served_after_its_buffers_are_given_back() {
+    let server = TestServer::with_config(Config {
+        // An answered ping is followed by the next one a timeout later.
+        keepalive_interval: Duration::from_millis(100),
+        keepalive_timeout: Duration::from_millis(400),
+        ..Config::default()
+    })
+    .await;
+    let mut conn = server.raw().await;
+    conn.hello("alice").await;
+    let text = "x".repeat(parley_proto::limits::MAX_TEXT_BYTES);
+    for id in 1..=3 {
+        // Two pings answered: the buffers are given back after each pong.
+        while conn.recv_frame().await != Some(Frame::Ping) {}
+        conn.send_bytes(&Frame::Pong.to_bytes()).await;
+        while conn.recv_frame().await != Some(Frame::Ping) {}
+        let say = parley_proto::control_frame(
+            &json!({"id": id, "type": "say", "room": "lobby", "text": text}),
+        );
+        // The second pong and the start of the request in one write, the rest in two more, as
+        // a slow network may deliver them: what follows the pong is not given back with it.
+        let (head, rest) = say.split_at(3);
+        conn.send_bytes(&[&Frame::Pong.to_bytes()[..], head].concat())
+            .await;
+        conn.send_bytes(&rest[..rest.len() / 2]).await;
+        conn.send_bytes(&rest[rest.len() / 2..]).await;
+        let reply = loop {
+            let message = conn.recv_json().await;
+            if message["type"] != "event" {
+                break message;
+            }
+        };
+        assert_eq!(
+            (reply["type"].as_str(), reply["id"].as_u64()),
+            (Some("ok"), Some(id)),
+            "{reply}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn connections_over_the_cap_are_refused() {
     let server = TestServer::with_config(Config {
