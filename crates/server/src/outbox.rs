@@ -19,10 +19,9 @@
 //! loop's turn.
 
 use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-
-use std::future::{Future, poll_fn};
 use std::task::Poll;
 
 use bytes::Bytes;
