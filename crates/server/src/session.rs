@@ -1421,10 +1421,11 @@ mod tests {
     use crate::store::SqliteStore;
 
     /// A tokio task is a cell of a 32-byte header, 16 bytes of the scheduler's handle and the
-    /// task's id, the future (plus 8 for the server's task tracker, and 8 for the stage's
-    /// tag) and a 48-byte trailer, rounded up to a multiple of 128 bytes. Every idle plain
-    /// connection is one session task and one writer task, so each future's budget is what
-    /// keeps its cell at 512 and 384 bytes (docs/benchmarks.md, "Idle memory").
+    /// task's id, the future with an 8-byte tag for its stage, and a 48-byte trailer, rounded
+    /// up to a multiple of 128 bytes; the session's future is also wrapped by the server's task
+    /// tracker (8 bytes more), the writer's is not. Every idle plain connection is one session
+    /// task and one writer task, so each future's budget is what keeps its cell at 512 and
+    /// 384 bytes (docs/benchmarks.md, "Idle memory under 2 KiB").
     const SESSION_FUTURE_BUDGET: usize = 512 - 32 - 16 - 16 - 48;
     const WRITER_FUTURE_BUDGET: usize = 384 - 32 - 16 - 8 - 48;
 
