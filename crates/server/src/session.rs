@@ -61,8 +61,11 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 const LINGER: Duration = Duration::from_secs(1);
 
 /// Messages a session may have delivered but not yet confirmed (stored) before it stops
-/// reading requests: bounds what one connection holds in the recorder's queue.
-const MAX_UNCONFIRMED: usize = 256;
+/// reading requests, and their most bytes of text: bounds what one connection holds in the
+/// recorder's queue. The recorder commits every ~10 ms under load, so a sender at 35,000
+/// messages a second has ~400 unconfirmed; at the bytes' bound, 64 of the longest.
+const MAX_UNCONFIRMED: usize = 1024;
+const MAX_UNCONFIRMED_TEXT: usize = 256 * 1024;
 
 /// A new connection's read buffer, in bytes: enough for a `hello`, small because most
 /// connections sit idle; it grows to the largest frame read, and is given back when silent.
@@ -366,7 +369,7 @@ where
         registered: false,
         web,
         transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
-        unconfirmed: VecDeque::new(),
+        unconfirmed: Unconfirmed::default(),
         burst: None,
         wakes: Wakes::default(),
     };
@@ -441,8 +444,8 @@ pub(crate) async fn linger<R: AsyncRead + Unpin>(mut read_half: R) {
 #[derive(Default)]
 struct Burst {
     room: String,
-    /// The requests' ids, in the order read.
-    requests: Vec<u64>,
+    /// The requests' ids and their texts' length, in the order read.
+    requests: Vec<(u64, usize)>,
     texts: Vec<String>,
     /// The texts' length in bytes, against [`MAX_BURST_TEXT`].
     text_bytes: usize,
@@ -466,10 +469,9 @@ struct Session {
     web: bool,
     /// Downloads in progress; dropped (and so stopped) with the session.
     transfers: Transfers,
-    /// Messages delivered and not yet stored, oldest first: the request id, the receipt, and
-    /// the confirmation to send once stored. The session reads on meanwhile (up to
-    /// [`MAX_UNCONFIRMED`]), so a sender's rate is not one message per disk commit.
-    unconfirmed: VecDeque<(u64, Receipt, Bytes)>,
+    /// Messages delivered and not yet stored. The session reads on meanwhile, so a sender's
+    /// rate is not one message per disk commit.
+    unconfirmed: Unconfirmed,
     /// Room messages read and not yet said; made by the first, dropped when the client falls
     /// silent.
     burst: Option<Box<Burst>>,
@@ -497,12 +499,12 @@ impl Session {
         self.set_alarm(self.last_heard + self.ctx.config.handshake_timeout);
         loop {
             let burst_read = !starts_with_frame(frames.read_buffer());
-            if burst_read || self.unconfirmed.len() + self.gathered() >= MAX_UNCONFIRMED {
+            if burst_read || self.unconfirmed.full_with(self.gathered()) {
                 self.say_burst();
             }
             if !self.wakes.is_empty()
                 && (self.wakes.pushed() >= MAX_DEFERRED_PUSHES
-                    || self.unconfirmed.len() >= MAX_UNCONFIRMED
+                    || self.unconfirmed.full_with((0, 0))
                     || burst_read)
             {
                 // The burst is read, or reading waits for the store: either way the next
@@ -531,11 +533,11 @@ impl Session {
                         }
                         continue;
                     }
-                    stored = oldest_stored(&mut self.unconfirmed), if !self.unconfirmed.is_empty() => {
+                    stored = self.unconfirmed.oldest_stored(), if !self.unconfirmed.is_empty() => {
                         self.confirm_oldest(stored);
                         continue;
                     }
-                    next = frames.next(), if self.unconfirmed.len() < MAX_UNCONFIRMED => next,
+                    next = frames.next(), if !self.unconfirmed.full_with((0, 0)) => next,
                 };
                 self.last_heard = Instant::now();
                 self.ping_sent = false;
@@ -587,13 +589,15 @@ impl Session {
     }
 
     /// Gives back what a busy connection holds and a silent one does not need: the read
-    /// buffer, which grew to hold the largest frame read, the outgoing queue's room and the
-    /// room for a burst's wake-ups. Each grows again, from nothing, when frames come.
+    /// buffer, which grew to hold the largest frame read, the outgoing queue's room, the room
+    /// for a burst's wake-ups and for unconfirmed messages. Each grows again, from nothing,
+    /// when frames come.
     fn give_back_room<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) {
         release_read_buffer(frames);
         self.outbox.shrink();
         self.wakes = Wakes::default();
-        if self.gathered() == 0 {
+        self.unconfirmed.shrink();
+        if self.gathered().0 == 0 {
             self.burst = None;
         }
     }
@@ -638,16 +642,18 @@ impl Session {
             burst.room = say.room;
         }
         burst.text_bytes += say.text.len();
-        burst.requests.push(request);
+        burst.requests.push((request, say.text.len()));
         burst.texts.push(say.text);
         if burst.requests.len() >= MAX_BURST || burst.text_bytes >= MAX_BURST_TEXT {
             self.say_burst();
         }
     }
 
-    /// Room messages read and not yet said.
-    fn gathered(&self) -> usize {
-        self.burst.as_ref().map_or(0, |burst| burst.requests.len())
+    /// Room messages read and not yet said, and their bytes of text.
+    fn gathered(&self) -> (usize, usize) {
+        self.burst
+            .as_ref()
+            .map_or((0, 0), |burst| (burst.requests.len(), burst.text_bytes))
     }
 
     /// Says the room messages gathered so far, in one buffer for all recipients; their
@@ -666,19 +672,25 @@ impl Session {
             .ctx
             .hub
             .say(self.id, &burst.room, burst.texts.drain(..), &mut self.wakes);
-        for (request, result) in burst.requests.drain(..).zip(said) {
-            self.unconfirmed.push_back(match result {
-                Ok((sent, receipt)) => (request, receipt, ok_frame::<request::Say>(request, &sent)),
+        for ((request, text_bytes), result) in burst.requests.drain(..).zip(said) {
+            match result {
+                Ok((sent, receipt)) => self.unconfirmed.push(
+                    request,
+                    receipt,
+                    ok_frame::<request::Say>(request, &sent),
+                    text_bytes,
+                ),
                 // Settled at once: its error leaves in its turn, after earlier confirmations.
                 Err(refusal) => {
                     refused = true;
-                    (
+                    self.unconfirmed.push(
                         request,
                         recorder::settled(),
                         error_frame(request, refusal.code, &refusal.message),
-                    )
+                        0,
+                    );
                 }
-            });
+            }
         }
         refused
     }
@@ -686,7 +698,7 @@ impl Session {
     /// Waits for the oldest unconfirmed message to be stored, then queues its confirmation (or
     /// the error saying it was delivered but not stored).
     async fn confirm_next(&mut self) {
-        let stored = oldest_stored(&mut self.unconfirmed).await;
+        let stored = self.unconfirmed.oldest_stored().await;
         self.confirm_oldest(stored);
     }
 
@@ -699,7 +711,7 @@ impl Session {
 
     /// Queues the oldest unconfirmed message's confirmation, given whether it was `stored`.
     fn confirm_oldest(&mut self, stored: Result<(), Refusal>) {
-        let Some((id, _, confirmation)) = self.unconfirmed.pop_front() else {
+        let Some((id, confirmation)) = self.unconfirmed.pop() else {
             return;
         };
         match stored {
@@ -784,13 +796,13 @@ impl Session {
                 self.gather(id, say);
                 return None;
             }
-            RequestBody::Msg(msg) => match self.msg(msg).await {
-                Ok((sent, receipt)) => {
+            RequestBody::Msg(msg) => match (msg.text.len(), self.msg(msg).await) {
+                (text_bytes, Ok((sent, receipt))) => {
                     let confirmation = ok_frame::<request::Msg>(id, &sent);
-                    self.unconfirmed.push_back((id, receipt, confirmation));
+                    self.unconfirmed.push(id, receipt, confirmation, text_bytes);
                     return None;
                 }
-                Err(refusal) => Err(refusal),
+                (_, Err(refusal)) => Err(refusal),
             },
             RequestBody::Register(register) => self
                 .register(register)
@@ -1364,15 +1376,57 @@ fn release_read_buffer<R>(frames: &mut FramedRead<R, FrameCodec>) {
     }
 }
 
-/// Waits for the oldest of `unconfirmed` to be stored (none waiting counts as stored).
-async fn oldest_stored(unconfirmed: &mut VecDeque<(u64, Receipt, Bytes)>) -> Result<(), Refusal> {
-    let Some((_, receipt, _)) = unconfirmed.front_mut() else {
-        return Ok(());
-    };
-    match receipt.await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(reason)) => Err(storage_failed(reason)),
-        Err(_) => Err(storage_failed("the recorder stopped".into())),
+/// A session's messages delivered and not yet stored, oldest first, each with its request
+/// id, its receipt, the confirmation to send once stored and its bytes of text; bounded by
+/// [`MAX_UNCONFIRMED`] and [`MAX_UNCONFIRMED_TEXT`].
+#[derive(Default)]
+struct Unconfirmed {
+    waiting: VecDeque<(u64, Receipt, Bytes, usize)>,
+    /// Their text, held in the recorder's queue until stored.
+    text_bytes: usize,
+}
+
+impl Unconfirmed {
+    fn is_empty(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// Whether the bounds are reached once `(messages, text_bytes)` more wait.
+    fn full_with(&self, (messages, text_bytes): (usize, usize)) -> bool {
+        self.waiting.len() + messages >= MAX_UNCONFIRMED
+            || self.text_bytes + text_bytes >= MAX_UNCONFIRMED_TEXT
+    }
+
+    fn push(&mut self, request: u64, receipt: Receipt, confirmation: Bytes, text_bytes: usize) {
+        self.text_bytes += text_bytes;
+        self.waiting
+            .push_back((request, receipt, confirmation, text_bytes));
+    }
+
+    /// Gives back the room a burst of messages made, if none waits now.
+    fn shrink(&mut self) {
+        if self.waiting.is_empty() {
+            self.waiting = VecDeque::new();
+        }
+    }
+
+    /// Takes the oldest: its request id and its confirmation.
+    fn pop(&mut self) -> Option<(u64, Bytes)> {
+        let (request, _, confirmation, text_bytes) = self.waiting.pop_front()?;
+        self.text_bytes -= text_bytes;
+        Some((request, confirmation))
+    }
+
+    /// Waits for the oldest to be stored (none waiting counts as stored).
+    async fn oldest_stored(&mut self) -> Result<(), Refusal> {
+        let Some((_, receipt, _, _)) = self.waiting.front_mut() else {
+            return Ok(());
+        };
+        match receipt.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(storage_failed(reason)),
+            Err(_) => Err(storage_failed("the recorder stopped".into())),
+        }
     }
 }
 
@@ -1419,6 +1473,37 @@ mod tests {
     use crate::outbox;
     use crate::recorder::Recorder;
     use crate::store::SqliteStore;
+
+    #[test]
+    fn unconfirmed_messages_are_bounded_by_count_and_by_text() {
+        let mut short = Unconfirmed::default();
+        for id in 0..MAX_UNCONFIRMED as u64 - 1 {
+            assert!(!short.full_with((0, 0)), "{id} wait");
+            short.push(id, recorder::settled(), Bytes::new(), 10);
+        }
+        assert!(!short.full_with((0, 0)));
+        assert!(short.full_with((1, 10)), "one more reaches the count");
+
+        let mut long = Unconfirmed::default();
+        let mut waiting = 0;
+        while !long.full_with((0, 0)) {
+            long.push(waiting, recorder::settled(), Bytes::new(), 4096);
+            waiting += 1;
+        }
+        assert_eq!(waiting as usize, MAX_UNCONFIRMED_TEXT / 4096);
+        // Confirming the oldest makes room for its text again.
+        assert_eq!(long.pop().map(|(id, _)| id), Some(0));
+        assert!(!long.full_with((0, 0)));
+        assert!(long.full_with((0, 4096)));
+        while long.pop().is_some() {}
+        assert_eq!(long.text_bytes, 0);
+        long.shrink();
+        assert_eq!(
+            long.waiting.capacity(),
+            0,
+            "an empty queue's room is given back"
+        );
+    }
 
     /// A tokio task is a cell of a 32-byte header, 16 bytes of the scheduler's handle and the
     /// task's id, the future with an 8-byte tag for its stage, and a 48-byte trailer, rounded

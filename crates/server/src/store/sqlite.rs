@@ -203,6 +203,15 @@ impl SqliteStore {
         when_free(|| db.pragma_update(None, "journal_mode", "WAL")).map_err(StoreError::new)?;
         db.pragma_update(None, "synchronous", "NORMAL")
             .map_err(StoreError::new)?;
+        // Copy the WAL into the database every 8,192 pages (32 MiB) rather than SQLite's 1,000:
+        // the pages each commit rewrites (the tables' last leaves, the search index's merged
+        // segments) are copied once per checkpoint, and the checkpoint ends in an fsync. A
+        // tenth of the recorder's work under load at 1,000. The WAL file is kept at most twice
+        // that size once checkpointed.
+        db.pragma_update(None, "wal_autocheckpoint", 8192)
+            .map_err(StoreError::new)?;
+        db.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+            .map_err(StoreError::new)?;
         let version = when_free(|| migrate(&mut db)).map_err(StoreError::new)?;
         if version > MIGRATIONS.len() {
             return Err(StoreError::new(format!(
