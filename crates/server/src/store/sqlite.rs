@@ -109,6 +109,11 @@ const MIGRATIONS: &[Migration] = &[
     // 6: room messages move into chunks, and the search index, a document per chunk, is
     // built again from nothing (by the recorder, or by the first search).
     Migration::Code(into_chunks),
+    // 7: the search index merges its segments only once a level holds 16 (FTS5's
+    // `crisismerge`), not a little at every write from 4 on (`automerge`): under load that
+    // never pauses, its merging was a sixth of the recorder's work, and a search looks
+    // through a few more segments (at most 15 a level), a few microseconds each.
+    Migration::Sql("INSERT INTO search (search, rank) VALUES ('automerge', 0);"),
 ];
 
 /// Schema 6: a chunk row per room and up to [`CHUNK_MOST`] messages of it; the search index
@@ -844,15 +849,17 @@ mod tests {
         );
     }
 
+    /// `count` messages from alice to the lobby from id `from`, each saying `word` and its id.
+    fn batch(from: u64, count: u64, word: &str) -> Vec<Stored> {
+        (from..from + count)
+            .map(|id| message(id, Some("lobby"), "alice", None, &format!("{word} {id}")))
+            .collect()
+    }
+
     #[test]
     fn indexing_waits_for_a_quiet_moment_and_searches_see_the_rest() {
         let (dir, store) = store();
         let through = |store: &SqliteStore| indexed_through(&store.db.lock().unwrap()).unwrap();
-        let batch = |from: u64, count: u64, word: &str| -> Vec<Stored> {
-            (from..from + count)
-                .map(|id| message(id, Some("lobby"), "alice", None, &format!("{word} {id}")))
-                .collect()
-        };
         store.append(&batch(1, 10, "early"), &[]).unwrap();
         assert_eq!(through(&store), 0, "storing does not index");
         let found = store.search("bob", &["lobby".into()], 0, "early", 100);
@@ -1010,6 +1017,46 @@ mod tests {
             [],
         )
         .expect("the index is whole");
+    }
+
+    #[test]
+    fn the_search_index_finds_everything_across_its_merges() {
+        let (_dir, store) = store();
+        let automerge: i64 = store
+            .db
+            .lock()
+            .unwrap()
+            .query_row(
+                "SELECT v FROM search_config WHERE k = 'automerge'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(automerge, 0, "merging waits for a level's 16 segments");
+        // Each step is a segment of its own: 40 of them merge at 16 on the first level.
+        for step in 0..40u64 {
+            let from = 1 + step * 10;
+            store
+                .append(&batch(from, 10, &format!("step{step} common")), &[])
+                .unwrap();
+            assert!(!store.index_waiting(10).unwrap());
+        }
+        for step in [0, 15, 16, 39] {
+            let found = store
+                .search("bob", &["lobby".into()], 0, &format!("step{step}"), 100)
+                .unwrap();
+            assert_eq!(found.len(), 10, "step {step}");
+            assert!(
+                found
+                    .iter()
+                    .all(|m| m.id > step * 10 && m.id <= step * 10 + 10)
+            );
+        }
+        let common = store
+            .search("bob", &["lobby".into()], 0, "common", 500)
+            .unwrap();
+        assert_eq!(common.len(), 400);
+        assert_index_whole(&store);
     }
 
     #[test]
