@@ -12,9 +12,9 @@
 //!
 //! Under load that never pauses, what the thread costs per message is what fan-out loses to
 //! history: the machine's cores are all busy, and the thread's share is taken from delivery.
-//! Fewer, larger commits are what cut it (docs/benchmarks.md, "Storing history": 3.6 to
-//! 2.3 s of the thread's CPU per million messages with [`GATHER`] at 8 ms rather than 2 and
-//! the database's larger checkpoints).
+//! Fewer, larger commits are what cut it (docs/benchmarks.md, "Storing history": from 3.6 to
+//! 2.3–2.7 s of the thread's CPU per million messages with [`GATHER`] at 8 ms rather than 2
+//! and the database's larger checkpoints).
 //!
 //! The store may leave its search index behind (see `SqliteStore`); the thread catches it up
 //! once nothing has arrived for [`IDLE`], a step at a time so that a message arriving then

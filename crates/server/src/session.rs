@@ -504,7 +504,7 @@ impl Session {
             }
             if !self.wakes.is_empty()
                 && (self.wakes.pushed() >= MAX_DEFERRED_PUSHES
-                    || self.unconfirmed.full_with((0, 0))
+                    || self.unconfirmed.is_full()
                     || burst_read)
             {
                 // The burst is read, or reading waits for the store: either way the next
@@ -537,7 +537,7 @@ impl Session {
                         self.confirm_oldest(stored);
                         continue;
                     }
-                    next = frames.next(), if !self.unconfirmed.full_with((0, 0)) => next,
+                    next = frames.next(), if !self.unconfirmed.is_full() => next,
                 };
                 self.last_heard = Instant::now();
                 self.ping_sent = false;
@@ -1391,6 +1391,11 @@ impl Unconfirmed {
         self.waiting.is_empty()
     }
 
+    /// Whether the bounds are reached: no more requests are read until the oldest is stored.
+    fn is_full(&self) -> bool {
+        self.full_with((0, 0))
+    }
+
     /// Whether the bounds are reached once `(messages, text_bytes)` more wait.
     fn full_with(&self, (messages, text_bytes): (usize, usize)) -> bool {
         self.waiting.len() + messages >= MAX_UNCONFIRMED
@@ -1478,22 +1483,22 @@ mod tests {
     fn unconfirmed_messages_are_bounded_by_count_and_by_text() {
         let mut short = Unconfirmed::default();
         for id in 0..MAX_UNCONFIRMED as u64 - 1 {
-            assert!(!short.full_with((0, 0)), "{id} wait");
+            assert!(!short.is_full(), "{id} wait");
             short.push(id, recorder::settled(), Bytes::new(), 10);
         }
-        assert!(!short.full_with((0, 0)));
+        assert!(!short.is_full());
         assert!(short.full_with((1, 10)), "one more reaches the count");
 
         let mut long = Unconfirmed::default();
         let mut waiting = 0;
-        while !long.full_with((0, 0)) {
+        while !long.is_full() {
             long.push(waiting, recorder::settled(), Bytes::new(), 4096);
             waiting += 1;
         }
         assert_eq!(waiting as usize, MAX_UNCONFIRMED_TEXT / 4096);
         // Confirming the oldest makes room for its text again.
         assert_eq!(long.pop().map(|(id, _)| id), Some(0));
-        assert!(!long.full_with((0, 0)));
+        assert!(!long.is_full());
         assert!(long.full_with((0, 4096)));
         while long.pop().is_some() {}
         assert_eq!(long.text_bytes, 0);
