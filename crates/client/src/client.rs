@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_util::StreamExt;
-use parley_proto::event::{Bye, Event, TransferEnd};
+use parley_proto::event::{Bye, Event, TransferEnd, UploadProgress};
 use parley_proto::frame::FrameKind;
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
 use parley_proto::request::{
@@ -26,7 +26,7 @@ use parley_proto::{
 };
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 use tokio_util::codec::FramedRead;
 
@@ -332,6 +332,8 @@ struct Shared {
     quitting: AtomicBool,
     /// Where each download's data goes, by transfer id. A std mutex: held only to look up.
     transfers: Mutex<HashMap<u32, mpsc::Sender<Chunk>>>,
+    /// How much of each upload the server has stored, by transfer id: room in its window.
+    stored: Mutex<HashMap<u32, watch::Sender<u64>>>,
     next_transfer: AtomicU32,
     welcome: Welcome,
     address: String,
@@ -517,6 +519,7 @@ impl Client {
             next_id: AtomicU64::new(1),
             quitting: AtomicBool::new(false),
             transfers: Mutex::new(HashMap::new()),
+            stored: Mutex::new(HashMap::new()),
             next_transfer: AtomicU32::new(1),
             welcome,
             address,
@@ -599,6 +602,9 @@ impl Client {
         size: u64,
     ) -> Result<Outgoing, RequestError> {
         let (registration, rx) = self.register_transfer();
+        // Ready for progress before asking: it may follow the reply at once.
+        let (progress, stored) = watch::channel(0);
+        (self.shared.stored.lock().unwrap()).insert(registration.transfer, progress);
         let request = Upload {
             folder: folder.to_owned(),
             name: name.to_owned(),
@@ -610,6 +616,8 @@ impl Client {
             info,
             client: self.clone(),
             rx,
+            stored,
+            sent: 0,
             registration,
         })
     }
@@ -676,16 +684,24 @@ pub struct Outgoing {
     client: Client,
     /// Where a `transfer_end` arrives if the server cancels or fails the upload early.
     rx: mpsc::Receiver<Chunk>,
+    /// How many bytes the server has stored, as its `upload_progress` events say.
+    stored: watch::Receiver<u64>,
+    /// How many bytes were sent.
+    sent: u64,
     registration: Registration,
 }
 
 impl Outgoing {
-    /// Sends the next bytes of the file (at most `info.max_chunk`). Fails if the server ended
-    /// the upload (cancelled, or failed), or the connection closed.
+    /// Sends the next bytes of the file (at most `info.max_chunk`), once they fit in the
+    /// server's window (`info.window`): requests sent meanwhile then wait behind a window of
+    /// data at most, however slow the server's disk. Fails if the server ended the upload
+    /// (cancelled, or failed), or the connection closed.
     pub async fn send(&mut self, bytes: &[u8]) -> Result<(), UploadStopped> {
         if let Ok(Chunk::End(end)) = self.rx.try_recv() {
             return Err(UploadStopped::Ended(end));
         }
+        self.room_for(bytes.len() as u64).await?;
+        self.sent += bytes.len() as u64;
         let mut frame = BytesMut::with_capacity(9 + bytes.len());
         frame.put_u32((5 + bytes.len()) as u32);
         frame.put_u8(FrameKind::Data as u8);
@@ -697,6 +713,30 @@ impl Outgoing {
             .send(frame.freeze())
             .await
             .map_err(|_| UploadStopped::Closed)
+    }
+
+    /// Waits until `len` more bytes fit in the window, or the upload ends.
+    async fn room_for(&mut self, len: u64) -> Result<(), UploadStopped> {
+        let window = self.info.window;
+        loop {
+            let in_flight = self.sent.saturating_sub(*self.stored.borrow_and_update());
+            // No window (an older server), or room; a frame larger than the window goes alone.
+            if window == 0 || in_flight == 0 || in_flight + len <= window {
+                return Ok(());
+            }
+            tokio::select! {
+                changed = self.stored.changed() => {
+                    if changed.is_err() {
+                        return Err(UploadStopped::Closed);
+                    }
+                }
+                chunk = self.rx.recv() => match chunk {
+                    Some(Chunk::End(end)) => return Err(UploadStopped::Ended(end)),
+                    Some(Chunk::Data(_)) => {}
+                    None => return Err(UploadStopped::Closed),
+                },
+            }
+        }
     }
 
     /// Concludes the upload with the file's BLAKE3 hash (hex). The request travels behind the
@@ -731,6 +771,7 @@ struct Registration {
 impl Drop for Registration {
     fn drop(&mut self) {
         self.shared.transfers.lock().unwrap().remove(&self.transfer);
+        self.shared.stored.lock().unwrap().remove(&self.transfer);
     }
 }
 
@@ -813,6 +854,18 @@ async fn read_loop<S: AsyncRead>(
                 }
             }
             Ok(ServerMessage::Event(Event::Bye(bye))) => break Closed::ByServer(bye),
+            Ok(ServerMessage::Event(Event::UploadProgress(UploadProgress {
+                transfer,
+                stored,
+            }))) => {
+                if let Some(progress) = shared.stored.lock().unwrap().get(&transfer) {
+                    progress.send_if_modified(|known| {
+                        let newer = stored > *known;
+                        *known = (*known).max(stored);
+                        newer
+                    });
+                }
+            }
             Ok(ServerMessage::Event(Event::TransferEnd(end))) => {
                 let sink = shared.transfers.lock().unwrap().remove(&end.transfer);
                 if let Some(sink) = sink {
@@ -836,7 +889,9 @@ async fn read_loop<S: AsyncRead>(
         pending.open = false;
         pending.waiters.clear();
     }
-    // Likewise every download's stream ends, without a `Chunk::End`.
+    // Likewise every download's stream ends, without a `Chunk::End`, and uploads waiting for
+    // room stop waiting.
     shared.transfers.lock().unwrap().clear();
+    shared.stored.lock().unwrap().clear();
     let _ = events.send(ClientEvent::Closed(closed)).await;
 }

@@ -90,7 +90,9 @@ pub fn event_line(event: &Event) -> Option<String> {
         }
         // A large room's size changes with every batch of arrivals: a line each would drown
         // the conversation. `/who` tells the size.
-        Event::Members(_) | Event::Bye(_) | Event::TransferEnd(_) => return None,
+        Event::Members(_) | Event::Bye(_) | Event::TransferEnd(_) | Event::UploadProgress(_) => {
+            return None;
+        }
     })
 }
 

@@ -23,6 +23,8 @@ pub enum Event {
     Bye(Bye),
     /// A transfer ended; it follows the transfer's last data frame.
     TransferEnd(TransferEnd),
+    /// How much of an upload the server has stored: room in its window for more data.
+    UploadProgress(UploadProgress),
     /// Someone shared a file (sent to everyone online but the uploader).
     Shared(Shared),
     /// The last messages of a room, sent after signing in and after joining it: history, not
@@ -83,6 +85,17 @@ pub struct TransferEnd {
     /// For a failed transfer: why, for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+}
+
+/// How much of an upload the server has written to its staging file. Sent as the upload's
+/// data is stored, at least each time a quarter of its window more is, so that a client keeping
+/// at most `window` bytes (see `Uploading`) sent and not yet stored always gets room again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadProgress {
+    /// The upload's id.
+    pub transfer: u32,
+    /// Bytes of the file stored so far, counted from its start.
+    pub stored: u64,
 }
 
 /// The outcome of a transfer.

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{
     Backlog, Bye, Departure, Event, Members, Presence, Private, RoomMessage, Shared, TransferEnd,
+    UploadProgress,
 };
 use crate::frame::control_frame;
 use crate::{ErrorCode, request::Call};
@@ -76,6 +77,7 @@ impl ServerMessage {
             Members(Members),
             Bye(Bye),
             TransferEnd(TransferEnd),
+            UploadProgress(UploadProgress),
             Shared(Shared),
             Backlog(Backlog),
             #[serde(other)]
@@ -93,6 +95,7 @@ impl ServerMessage {
             Wire::Members(m) => ServerMessage::Event(Event::Members(m)),
             Wire::Bye(m) => ServerMessage::Event(Event::Bye(m)),
             Wire::TransferEnd(m) => ServerMessage::Event(Event::TransferEnd(m)),
+            Wire::UploadProgress(m) => ServerMessage::Event(Event::UploadProgress(m)),
             Wire::Shared(m) => ServerMessage::Event(Event::Shared(m)),
             Wire::Backlog(m) => ServerMessage::Event(Event::Backlog(m)),
             Wire::Unknown => ServerMessage::Unknown,
@@ -255,9 +258,13 @@ mod tests {
                 room: "lobby".into(),
                 messages: Vec::new(),
             }),
+            Event::UploadProgress(UploadProgress {
+                transfer: 1,
+                stored: 1 << 20,
+            }),
         ];
         // The match has no wildcard: a new kind fails to compile until it has a sample here.
-        let mut covered = [false; 9];
+        let mut covered = [false; 10];
         for event in samples {
             covered[match &event {
                 Event::Message(_) => 0,
@@ -269,6 +276,7 @@ mod tests {
                 Event::TransferEnd(_) => 6,
                 Event::Shared(_) => 7,
                 Event::Backlog(_) => 8,
+                Event::UploadProgress(_) => 9,
             }] = true;
             let json = payload(event_frame(&event));
             assert_eq!(

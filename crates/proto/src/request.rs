@@ -428,6 +428,11 @@ pub struct Uploading {
     pub transfer: u32,
     /// Most file bytes to put in one data frame.
     pub max_chunk: usize,
+    /// Most bytes the client should have sent and not yet seen stored (`upload_progress`
+    /// events): the server reads that much ahead of its disk, so requests sent behind the data
+    /// are not kept waiting for it. 0 (or absent, from an older server) sets no bound.
+    #[serde(default)]
+    pub window: u64,
 }
 
 /// `finish`: all of an upload's data was sent; `blake3` is the hash of the whole file.

@@ -891,6 +891,7 @@ impl Session {
                     let uploading = request::Uploading {
                         transfer,
                         max_chunk: MAX_DATA_CHUNK,
+                        window: crate::transfer::UPLOAD_WINDOW,
                     };
                     ok_frame::<request::Upload>(id, &uploading)
                 })

@@ -7,27 +7,36 @@
 //! `transfer_end` event travels the same lane, behind the last data frame, so it can never
 //! overtake the data it concludes.
 //!
-//! Uploads: the session's reader hands each data frame to a blocking thread that writes it to
-//! the upload's staged file and hashes it, while the reader reads the next one. One write is in
-//! flight at a time, so TCP, not memory, holds back a fast sender. `finish` checks size and
-//! hash before the file is published. An upload dropped unfinished (cancelled, failed, or
-//! its connection gone) removes its staged file.
+//! Uploads: the session's reader queues each data frame for a task of the upload's own, which
+//! writes it to the staged file and hashes it on a blocking thread, one write in flight at a
+//! time. The queue holds up to [`UPLOAD_WINDOW`] bytes, and the task reports what it has stored
+//! (`upload_progress`) so that the client keeps no more than that in flight: the reader then
+//! never waits for the disk, and a request sent behind a window of data is answered at once,
+//! however slow the disk. (It waited for every write before: on a disk slower than the
+//! network, a message from an uploading client waited behind all the data in the socket's
+//! buffers, megabytes at the disk's pace.) A client that ignores the window is held back by
+//! the queue's bound, and then by TCP, as before. `finish` checks size and hash before the file
+//! is published. An upload dropped unfinished (cancelled, failed, or its connection gone) stops
+//! its task and removes its staged file.
 
 use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use parley_proto::ErrorCode;
-use parley_proto::event::{Event, TransferEnd, TransferStatus};
+use parley_proto::event::{Event, TransferEnd, TransferStatus, UploadProgress};
 use parley_proto::frame::FrameKind;
 use parley_proto::limits::{MAX_DATA_CHUNK, MAX_TRANSFERS};
 use parley_proto::paths;
 use parley_proto::reply::event_frame;
 use parley_proto::request::Uploaded;
-use tokio::sync::mpsc;
+use tokio::sync::mpsc::error::TryRecvError;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 use tracing::{debug, warn};
 
 use crate::config::Config;
@@ -38,6 +47,25 @@ use crate::outbox::Outbox;
 /// Data frames queued per connection: with [`MAX_DATA_CHUNK`] bytes each, at most 1 MiB of file
 /// is read ahead of the socket.
 const LANE_FRAMES: usize = 4;
+
+/// Bytes of an upload the server takes ahead of its disk, and tells the client it may have sent
+/// and not yet seen stored (the `window` of the `upload` result). A window's worth is in the
+/// connection's memory at most, per upload; 4 MiB keeps a loopback upload at full speed (see
+/// docs/benchmarks.md, "Uploads").
+pub(crate) const UPLOAD_WINDOW: u64 = 4 << 20;
+
+/// An `upload_progress` goes out each time this much more is stored. At most the window less a
+/// frame's bytes, so a client waiting for room always gets it: by the time everything it sent
+/// is stored, less than this is unreported.
+const PROGRESS_STEP: u64 = UPLOAD_WINDOW / 4;
+
+/// What a queued frame costs beyond its bytes: a client sending tiny frames is held back by
+/// their number too, since each takes a queue slot of its own.
+const FRAME_COST: usize = 64;
+
+/// The room in an upload's queue: its window, and the frames' own cost for frames of 512 bytes
+/// or more.
+const QUEUE_ROOM: usize = (UPLOAD_WINDOW + UPLOAD_WINDOW / 8) as usize;
 
 /// Bytes in a data frame before the file bytes: length, kind, transfer id.
 const DATA_HEADER: usize = 4 + 1 + 4;
@@ -89,7 +117,108 @@ struct Running {
     /// Where downloads send their data frames, once the first has started.
     lane: Option<mpsc::Sender<Data>>,
     downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
-    uploads: HashMap<u32, Upload>,
+    uploads: HashMap<u32, Receiving>,
+}
+
+/// An upload of this connection in progress: the session queues its data, and a task of its
+/// own stores it (see [`store`]).
+struct Receiving {
+    /// The bytes announced.
+    size: u64,
+    /// The bytes queued so far.
+    received: u64,
+    /// Where the data goes, each frame with its share of `room`, given back once it is stored.
+    frames: mpsc::UnboundedSender<(Bytes, OwnedSemaphorePermit)>,
+    room: Arc<Semaphore>,
+    /// Set by whoever ends the upload first, which alone sends its `transfer_end`: the task,
+    /// when a write fails; the session, on a cancel, too much data or `finish`.
+    ended: Arc<AtomicBool>,
+    /// The task: gives the upload back, every byte stored, once `frames` is closed. Dropped, it
+    /// stops, and the staged file is removed.
+    storing: AbortOnDropHandle<Result<Upload, String>>,
+}
+
+impl Receiving {
+    /// Marks the upload as ended; false if it already was (its writes failed).
+    fn end(&self) -> bool {
+        !self.ended.swap(true, Ordering::AcqRel)
+    }
+}
+
+/// Stores an upload's frames in order, one write in flight at a time, and tells the client
+/// what is stored (`upload_progress`) each [`PROGRESS_STEP`] and whenever it has caught up.
+/// Once `frames` closes it waits for the last write and gives the upload back. A failed write
+/// ends the upload: the `transfer_end` goes out from here, since a client waiting for room in
+/// its window sends nothing the session could answer.
+async fn store(
+    mut upload: Upload,
+    transfer: u32,
+    mut frames: mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>,
+    ended: Arc<AtomicBool>,
+    outbox: Outbox,
+) -> Result<Upload, String> {
+    let mut reported = 0;
+    // The room of the frame being written, given back once it is.
+    let mut writing = None;
+    let result = loop {
+        let (bytes, room) = match frames.try_recv() {
+            Ok(frame) => frame,
+            Err(TryRecvError::Disconnected) => break upload.settle().await.map(drop),
+            Err(TryRecvError::Empty) => {
+                // Caught up: once the last write is done, all that came is stored.
+                if let Err(err) = upload.settle().await {
+                    break Err(err);
+                }
+                writing = None;
+                report(&outbox, transfer, upload.received, &mut reported, 1);
+                match frames.recv().await {
+                    Some(frame) => frame,
+                    None => break Ok(()),
+                }
+            }
+        };
+        let len = bytes.len() as u64;
+        // Returns once the write before is done.
+        if let Err(err) = upload.write(bytes).await {
+            break Err(err);
+        }
+        writing = Some(room);
+        report(
+            &outbox,
+            transfer,
+            upload.received - len,
+            &mut reported,
+            PROGRESS_STEP,
+        );
+    };
+    drop(writing);
+    match result {
+        Ok(()) => Ok(upload),
+        Err(err) => {
+            warn!("writing upload {transfer} failed: {err}");
+            let message = format!("The server could not store the file: {err}.");
+            if !ended.swap(true, Ordering::AcqRel) {
+                outbox.push(end_frame(
+                    transfer,
+                    TransferStatus::Failed,
+                    Some(message.clone()),
+                ));
+            }
+            Err(message)
+        }
+    }
+}
+
+/// Sends an `upload_progress` for `stored` bytes if at least `step` more are stored than
+/// `reported` last time.
+fn report(outbox: &Outbox, transfer: u32, stored: u64, reported: &mut u64, step: u64) {
+    if stored >= *reported + step {
+        *reported = stored;
+        outbox.push(event_frame(&Event::UploadProgress(UploadProgress {
+            transfer,
+            stored,
+        })));
+    }
 }
 
 /// An upload being received.
@@ -306,6 +435,10 @@ impl Transfers {
     pub(crate) fn check_new(&mut self, transfer: u32) -> Result<(), Refusal> {
         let running = self.running();
         running.downloads.retain(|_, (_, task)| !task.is_finished());
+        // An upload whose writes failed has ended (and said so).
+        running
+            .uploads
+            .retain(|_, upload| !upload.storing.is_finished());
         if running.downloads.contains_key(&transfer) || running.uploads.contains_key(&transfer) {
             return Err(Refusal {
                 code: ErrorCode::BadTransfer,
@@ -350,31 +483,61 @@ impl Transfers {
         running.downloads.insert(transfer, (cancel, task));
     }
 
-    /// Receives `upload` as transfer `transfer`.
+    /// Receives `upload` as transfer `transfer`: a task of its own stores its data.
     pub(crate) fn start_upload(&mut self, transfer: u32, upload: Upload) {
-        self.running().uploads.insert(transfer, upload);
+        let (frames, queued) = mpsc::unbounded_channel();
+        let ended = Arc::new(AtomicBool::new(false));
+        let size = upload.size;
+        let storing = tokio::spawn(store(
+            upload,
+            transfer,
+            queued,
+            ended.clone(),
+            self.outbox.clone(),
+        ));
+        let receiving = Receiving {
+            size,
+            received: 0,
+            frames,
+            room: Arc::new(Semaphore::new(QUEUE_ROOM)),
+            ended,
+            storing: AbortOnDropHandle::new(storing),
+        };
+        self.running().uploads.insert(transfer, receiving);
     }
 
-    /// Stores one data frame of an upload. Data for no upload in progress (one just cancelled,
-    /// say) is dropped. Returns a `transfer_end` to send if the upload failed.
+    /// Queues one data frame of an upload for storing; waits only if the client sent more than
+    /// its window. Data for no upload in progress (one just cancelled, or failed) is dropped.
+    /// Returns a `transfer_end` to send if the upload failed.
     pub(crate) async fn receive(&mut self, transfer: u32, bytes: Bytes) -> Option<Bytes> {
-        let upload = self.running().uploads.get_mut(&transfer)?;
-        let failure = if upload.received + bytes.len() as u64 > upload.size {
-            format!(
-                "More data arrived than the {} bytes announced.",
-                upload.size
-            )
-        } else {
-            match upload.write(bytes).await {
-                Ok(()) => return None,
-                Err(err) => {
-                    warn!("writing upload {transfer} failed: {err}");
-                    format!("The server could not store the file: {err}.")
-                }
-            }
+        let running = self.running();
+        let upload = running.uploads.get_mut(&transfer)?;
+        if upload.received + bytes.len() as u64 > upload.size {
+            let end = upload.end().then(|| {
+                let failure = format!(
+                    "More data arrived than the {} bytes announced.",
+                    upload.size
+                );
+                end_frame(transfer, TransferStatus::Failed, Some(failure))
+            });
+            running.uploads.remove(&transfer);
+            return end;
+        }
+        upload.received += bytes.len() as u64;
+        // At most a frame's bytes and cost, well within what a u32 counts.
+        let cost = (bytes.len() + FRAME_COST) as u32;
+        let room = match upload.room.clone().try_acquire_many_owned(cost) {
+            Ok(room) => Ok(room),
+            // Beyond the window: the client ignored it, and waits for the disk.
+            Err(TryAcquireError::NoPermits) => upload.room.clone().acquire_many_owned(cost).await,
+            Err(TryAcquireError::Closed) => unreachable!("an upload's room is never closed"),
         };
-        self.running().uploads.remove(&transfer);
-        Some(end_frame(transfer, TransferStatus::Failed, Some(failure)))
+        let queued = room.map(|room| upload.frames.send((bytes, room)));
+        if !matches!(queued, Ok(Ok(()))) {
+            // Its task failed a write, said so, and took no more.
+            running.uploads.remove(&transfer);
+        }
+        None
     }
 
     /// Takes a complete upload out with its hash, if its size and hash are right; a wrong one is
@@ -384,27 +547,38 @@ impl Transfers {
         transfer: u32,
         blake3: &str,
     ) -> Result<(Upload, blake3::Hash), Refusal> {
-        let mut upload = self
+        let receiving = self
             .running()
             .uploads
             .remove(&transfer)
+            // One whose writes failed has ended already.
+            .filter(Receiving::end)
             .ok_or_else(|| Refusal {
                 code: ErrorCode::BadTransfer,
                 message: format!("There is no upload {transfer} in progress."),
             })?;
-        if upload.received != upload.size {
+        if receiving.received != receiving.size {
             return Err(Refusal {
                 code: ErrorCode::ChecksumMismatch,
                 message: format!(
                     "Only {} of the {} bytes announced arrived; the upload was discarded.",
-                    upload.received, upload.size
+                    receiving.received, receiving.size
                 ),
             });
         }
+        // Closing the queue lets the task store what is in it and give the upload back.
+        let Receiving {
+            frames, storing, ..
+        } = receiving;
+        drop(frames);
+        let stored = storing.await.unwrap_or_else(|err| Err(err.to_string()));
+        let mut upload = stored.map_err(|message| Refusal {
+            code: ErrorCode::NoSpace,
+            message,
+        })?;
         let hash = match upload.hash().await {
             Ok(hash) => hash,
             Err(err) => {
-                warn!("writing upload {transfer} failed: {err}");
                 return Err(Refusal {
                     code: ErrorCode::NoSpace,
                     message: format!("The server could not store the file: {err}."),
@@ -423,7 +597,10 @@ impl Transfers {
     /// Stops transfer `transfer`. A download's `transfer_end` follows its data in the lane; an
     /// upload's is returned, to be sent at once.
     pub(crate) fn cancel(&mut self, transfer: u32) -> Result<Option<Bytes>, Refusal> {
-        if self.running().uploads.remove(&transfer).is_some() {
+        // One whose writes failed has ended already.
+        if let Some(upload) = self.running().uploads.remove(&transfer)
+            && upload.end()
+        {
             return Ok(Some(end_frame(transfer, TransferStatus::Cancelled, None)));
         }
         match self.running().downloads.get(&transfer) {
@@ -707,4 +884,161 @@ fn hash_range(
         at += read as u64;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs::OpenOptions;
+    use std::io::Read;
+    use std::path::Path;
+    use std::pin::pin;
+    use std::time::Duration;
+
+    use parley_proto::reply::ServerMessage;
+    use tokio::time::timeout;
+
+    use super::*;
+    use crate::outbox::{self, OutboxReader};
+
+    /// Long enough for anything that does not wait on the stalled disk.
+    const PROMPT: Duration = Duration::from_secs(10);
+
+    /// An upload of `size` bytes whose staged file is `file`, in a shared folder at `dir`.
+    fn upload_into(dir: &Path, size: u64, file: std::fs::File) -> Upload {
+        let shared = Arc::new(SharedFolder::open(dir).unwrap());
+        shared.promise(size, 0).unwrap().unwrap();
+        let (staged, _) = shared.stage().unwrap();
+        Upload {
+            staged,
+            file: Some(Box::new(Staged {
+                file,
+                hasher: blake3::Hasher::new(),
+            })),
+            writing: None,
+            folder: String::new(),
+            name: "big.bin".into(),
+            size,
+            received: 0,
+            shared,
+            published: false,
+        }
+    }
+
+    /// A disk that writes only when the test says: a named pipe, written through one end (a
+    /// write blocks once its 64 KiB buffer is full) and read, when the test wants the disk to
+    /// go on, through the other.
+    fn stalled_disk(dir: &Path) -> (std::fs::File, std::fs::File) {
+        let path = dir.join("disk");
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        // Opened for reading and writing, a pipe's end opens at once, with no reader yet.
+        let written = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .unwrap();
+        let read = OpenOptions::new().read(true).open(&path).unwrap();
+        (written, read)
+    }
+
+    /// The next event the session's queue holds, waiting for it if need be.
+    async fn next_event(queue: &OutboxReader, taken: &mut Vec<Bytes>) -> Event {
+        loop {
+            if !taken.is_empty() {
+                let frame = taken.remove(0);
+                match ServerMessage::decode(&frame[5..]).unwrap() {
+                    ServerMessage::Event(event) => return event,
+                    other => panic!("not an event: {other:?}"),
+                }
+            }
+            queue.take(taken, 64);
+            if taken.is_empty() {
+                timeout(PROMPT, queue.ready()).await.expect("no event came");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_window_of_data_is_taken_while_the_disk_is_stalled() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, mut platter) = stalled_disk(dir.path());
+        let size = 2 * UPLOAD_WINDOW;
+        let (outbox, queue) = outbox::channel(1 << 20);
+        let mut transfers = Transfers::new(outbox, false);
+        transfers.start_upload(1, upload_into(dir.path(), size, disk));
+
+        // A whole window is taken without waiting for the disk, which has taken 64 KiB of it:
+        // a request behind it would be answered at once. So is a little more, for the frames'
+        // own cost.
+        let chunk = Bytes::from(vec![7; MAX_DATA_CHUNK]);
+        let fits = QUEUE_ROOM / (MAX_DATA_CHUNK + FRAME_COST);
+        assert!(fits as u64 * MAX_DATA_CHUNK as u64 >= UPLOAD_WINDOW);
+        for _ in 0..fits {
+            let taken = timeout(PROMPT, transfers.receive(1, chunk.clone())).await;
+            assert_eq!(taken, Ok(None), "waited for the disk within the window");
+        }
+        // Beyond that, the connection waits for the disk.
+        let mut beyond = pin!(transfers.receive(1, chunk.clone()));
+        assert!(
+            timeout(Duration::from_millis(200), &mut beyond)
+                .await
+                .is_err(),
+            "took more than the window with the disk stalled"
+        );
+
+        // The disk goes on: the frame is taken, and what is stored is reported.
+        let sent = (fits + 1) as u64 * MAX_DATA_CHUNK as u64;
+        let reading = std::thread::spawn(move || {
+            let mut on_disk = vec![0; sent as usize];
+            platter.read_exact(&mut on_disk).map(|()| on_disk)
+        });
+        assert_eq!(timeout(PROMPT, beyond).await, Ok(None));
+        let mut taken = Vec::new();
+        let mut reported = 0;
+        while reported < sent {
+            match next_event(&queue, &mut taken).await {
+                Event::UploadProgress(progress) => {
+                    assert_eq!(progress.transfer, 1);
+                    assert!(progress.stored > reported, "{progress:?} after {reported}");
+                    reported = progress.stored;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(reported, sent);
+        let on_disk = reading.join().unwrap().unwrap();
+        assert!(on_disk.iter().all(|&b| b == 7));
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_ends_the_upload_from_its_task() {
+        let dir = tempfile::tempdir().unwrap();
+        // Opened for reading only: every write fails.
+        let unwritable = std::fs::File::open(dir.path()).unwrap();
+        let (outbox, queue) = outbox::channel(1 << 20);
+        let mut transfers = Transfers::new(outbox, false);
+        let upload = upload_into(dir.path(), 1 << 20, unwritable);
+        let staged = dir.path().join(".parley/staging").join(&upload.staged);
+        transfers.start_upload(1, upload);
+
+        assert_eq!(
+            transfers.receive(1, Bytes::from_static(b"data")).await,
+            None
+        );
+        // Told with no further frame from the client, which may be waiting for room.
+        let mut taken = Vec::new();
+        match next_event(&queue, &mut taken).await {
+            Event::TransferEnd(end) => {
+                assert_eq!((end.transfer, end.status), (1, TransferStatus::Failed));
+                assert!(end.message.unwrap().contains("could not store"));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        // Over: cancelling it is too late, and its id and its staged file are free.
+        let cancel = transfers.cancel(1).map(|_| ()).unwrap_err();
+        assert_eq!(cancel.code, ErrorCode::BadTransfer);
+        assert!(transfers.check_new(1).is_ok());
+        assert!(!staged.exists(), "{} is left", staged.display());
+        queue.take(&mut taken, 64);
+        assert!(taken.is_empty(), "a second end was sent");
+    }
 }

@@ -201,12 +201,16 @@ async fn chat_stays_live_during_a_download() {
         },
     );
     let chat = async {
-        going_rx.await.unwrap();
+        within("64 MiB of the download", going_rx).await.unwrap();
         ChatLatency::measure("a download", &alice, &mut alice_events, &bob).await;
         // Still transferring: the chat did not wait for the transfer to end.
-        alice.cancel(1).await.unwrap();
+        within("the cancel's reply", alice.cancel(1)).await.unwrap();
     };
-    let (download, ()) = tokio::join!(download, chat);
+    // Each of the chat's waits is bounded; this bounds the download's end after the cancel.
+    let (download, ()) =
+        tokio::time::timeout(TRANSFER_AND_CHAT, async { tokio::join!(download, chat) })
+            .await
+            .expect("the download did not end after its cancel");
     assert!(
         matches!(download, Err(DownloadError::Cancelled)),
         "{download:?}"

@@ -148,6 +148,17 @@ pub async fn wait_for<T>(
     .expect("the awaited event did not come within the wait")
 }
 
+/// How long a transfer with [`ChatLatency::measure`] beside it may take, at most: its 80
+/// messages may each take up to 2 s before the measurement fails.
+pub const TRANSFER_AND_CHAT: Duration = Duration::from_secs(300);
+
+/// Awaits `future` for at most [`WAIT`]; fails naming `what` if it takes longer.
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    timeout(WAIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
 /// Waits until `events` has announced that each of `names` joined `room` (arrivals may come
 /// one per event or many in one).
 pub async fn await_arrivals(events: &mut Events, room: &str, names: &[&str]) {
@@ -446,10 +457,12 @@ impl ChatLatency {
         let mut worst_delivery = Duration::ZERO;
         let mut round_trips = Vec::new();
         for i in 0..40 {
-            other
-                .call(say(format!("to the busy one {i}")))
-                .await
-                .unwrap();
+            within(
+                "a message to the busy one",
+                other.call(say(format!("to the busy one {i}"))),
+            )
+            .await
+            .unwrap();
             let message = wait_for(busy_events, |e| match e {
                 ClientEvent::Server(Event::Message(m)) => Some(m.clone()),
                 _ => None,
@@ -462,9 +475,12 @@ impl ChatLatency {
             worst_delivery =
                 worst_delivery.max(Duration::from_millis(now.saturating_sub(message.ts)));
             let sent = Instant::now();
-            busy.call(say(format!("from the busy one {i}")))
-                .await
-                .unwrap();
+            within(
+                "a message from the busy one",
+                busy.call(say(format!("from the busy one {i}"))),
+            )
+            .await
+            .unwrap();
             round_trips.push(sent.elapsed());
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -379,13 +379,19 @@ async fn chat_stays_live_during_an_upload() {
         },
     );
     let chat = async {
-        going_rx.await.unwrap();
+        within("64 MiB of the upload", going_rx).await.unwrap();
         ChatLatency::measure("an upload", &alice, &mut alice_events, &bob).await;
         // Still transferring: the chat did not wait for the transfer to end.
         let id = transfer.load(std::sync::atomic::Ordering::Relaxed);
-        alice.cancel(id).await.unwrap();
+        within("the cancel's reply", alice.cancel(id))
+            .await
+            .unwrap();
     };
-    let (upload, ()) = tokio::join!(upload, chat);
+    // Each of the chat's waits is bounded; this bounds the upload's end after the cancel.
+    let (upload, ()) =
+        tokio::time::timeout(TRANSFER_AND_CHAT, async { tokio::join!(upload, chat) })
+            .await
+            .expect("the upload did not end after its cancel");
     assert!(matches!(upload, Err(UploadError::Cancelled)), "{upload:?}");
     assert_eq!(staged(server.shared.path()), 0);
 }
@@ -411,4 +417,53 @@ async fn uploads_in_progress_count_against_the_disk_reserve_together() {
     alice.cancel(first.info.transfer).await.unwrap();
     let third = alice.upload("", "third.bin", 2 << 30).await;
     assert!(third.is_ok(), "{:?}", third.err());
+}
+
+#[tokio::test]
+async fn the_server_reports_what_it_stored_so_a_client_keeps_to_its_window() {
+    let server = TestServer::start().await;
+    let mut raw = server.raw().await;
+    raw.hello("alice").await;
+    let size: u64 = 12 << 20;
+    raw.send_json(serde_json::json!({"id": 1, "type": "upload", "name": "big.bin", "size": size, "transfer": 3})).await;
+    let reply = raw.recv_json().await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    let window = reply["result"]["window"].as_u64().unwrap();
+    let chunk = reply["result"]["max_chunk"].as_u64().unwrap();
+    assert!(window >= 4 * chunk && size >= 3 * window, "{reply}");
+
+    // Sends within the window, as a client should, reading progress whenever it is full.
+    let block = vec![5u8; chunk as usize];
+    let (mut sent, mut stored) = (0, 0);
+    while stored < size {
+        if sent < size && sent + chunk <= stored + window {
+            let data = parley_proto::Frame::Data {
+                transfer: 3,
+                payload: block.clone().into(),
+            };
+            raw.send_bytes(&data.to_bytes()).await;
+            sent += chunk;
+            continue;
+        }
+        let event = raw.recv_json().await;
+        assert_eq!(event["type"], "upload_progress", "{event}");
+        assert_eq!(event["transfer"], 3);
+        let now = event["stored"].as_u64().unwrap();
+        assert!(
+            now > stored && now <= sent,
+            "stored {now} after {stored}, {sent} sent"
+        );
+        stored = now;
+    }
+    let hash = blake3::hash(&vec![5u8; size as usize]).to_hex().to_string();
+    raw.send_json(serde_json::json!({"id": 2, "type": "finish", "transfer": 3, "blake3": hash}))
+        .await;
+    let finished = raw.recv_json().await;
+    assert_eq!(finished["type"], "ok", "{finished}");
+    assert_eq!(
+        fs::metadata(server.shared.path().join("big.bin"))
+            .unwrap()
+            .len(),
+        size
+    );
 }
