@@ -875,7 +875,7 @@ impl Session {
                 }
                 Err(refusal) => Err(refusal),
             },
-            RequestBody::Cancel(cancel) => match self.transfers.cancel(cancel.transfer) {
+            RequestBody::Cancel(cancel) => match self.transfers.cancel(cancel.transfer).await {
                 Ok(upload_end) => {
                     self.outbox.push(ok_frame::<request::Cancel>(id, &Empty {}));
                     if let Some(end) = upload_end {
