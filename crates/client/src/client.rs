@@ -859,9 +859,12 @@ async fn read_loop<S: AsyncRead>(
                 stored,
             }))) => {
                 if let Some(progress) = shared.stored.lock().unwrap().get(&transfer) {
+                    // Only ever more: one arriving late is stale.
                     progress.send_if_modified(|known| {
                         let newer = stored > *known;
-                        *known = (*known).max(stored);
+                        if newer {
+                            *known = stored;
+                        }
                         newer
                     });
                 }

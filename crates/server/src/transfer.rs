@@ -49,9 +49,10 @@ use crate::outbox::Outbox;
 const LANE_FRAMES: usize = 4;
 
 /// Bytes of an upload the server takes ahead of its disk, and tells the client it may have sent
-/// and not yet seen stored (the `window` of the `upload` result). A window's worth is in the
-/// connection's memory at most, per upload; 4 MiB keeps a loopback upload at full speed (see
-/// docs/benchmarks.md, "Uploads").
+/// and not yet seen stored (the `window` of the `upload` result). Memory per upload is about
+/// this at most (see [`Transfers::receive`]). With 4 MiB, plain uploads on loopback run as fast
+/// as they did without a window, and TLS ones faster (docs/benchmarks.md, "Uploads: reading
+/// ahead of the disk"); other sizes were not measured.
 pub(crate) const UPLOAD_WINDOW: u64 = 4 << 20;
 
 /// An `upload_progress` goes out each time this much more is stored. At most the window less a
@@ -335,7 +336,7 @@ impl Upload {
     }
 
     /// Writes `bytes` and hashes them on a blocking thread, after the write before: the frame
-    /// moves there without a copy, and the next frame is read meanwhile.
+    /// moves there without a copy, and the caller goes on to the next meanwhile.
     pub(crate) async fn write(&mut self, bytes: Bytes) -> std::io::Result<()> {
         self.settle().await?;
         self.received += bytes.len() as u64;
