@@ -17,8 +17,10 @@ use futures_util::StreamExt;
 use parley_proto::event::{Bye, Event, TransferEnd, UploadProgress};
 use parley_proto::frame::FrameKind;
 use parley_proto::frame::{PING_FRAME, PONG_FRAME};
+use parley_proto::limits::MAX_DATA_CHUNK;
 use parley_proto::request::{
-    Call, Cancel, Download, Downloading, Finish, Hello, Quit, Upload, Uploaded, Uploading, Welcome,
+    Call, Cancel, Download, DownloadProgress, Downloading, Finish, Hello, Quit, RequestBody,
+    Upload, Uploaded, Uploading, Welcome,
 };
 use parley_proto::{
     ErrorCode, Frame, FrameCodec, FrameError, Reply, Request, SUPPORTED_VERSIONS, ServerMessage,
@@ -38,8 +40,16 @@ const WRITE_QUEUE: usize = 256;
 /// Upload data frames waiting for the socket: a few chunks of read-ahead, no more.
 const DATA_QUEUE: usize = 4;
 
-/// Chunks of one download waiting to be written; the reader stops reading when it is full.
-const TRANSFER_QUEUE: usize = 16;
+/// Bytes of a download the server may send beyond what the application has taken (the
+/// `window` of `download`). The reader queues that much without waiting for the application,
+/// so events behind the data arrive at once however slow the disk it is written to. (They
+/// waited behind everything in the sockets' buffers before, megabytes at the disk's pace.)
+const DOWNLOAD_WINDOW: u64 = 8 << 20;
+
+/// Chunks of one transfer waiting for the application: a download's window of full data frames,
+/// the frame that may cross it, and its end. The reader stops reading when it is full, which a
+/// server keeping to the window never makes it do.
+const TRANSFER_QUEUE: usize = (DOWNLOAD_WINDOW as usize).div_ceil(MAX_DATA_CHUNK) + 2;
 
 /// Events waiting for the application. When it falls this far behind, the reader stops reading
 /// and the server, not this process, absorbs (and bounds) the backlog.
@@ -632,12 +642,15 @@ impl Client {
             path: path.to_owned(),
             offset,
             transfer,
+            window: DOWNLOAD_WINDOW,
         };
         let info = self.call(request).await?;
         Ok(Incoming {
             info,
             rx,
-            _registration: registration,
+            taken: 0,
+            reported: 0,
+            registration,
         })
     }
 
@@ -667,13 +680,41 @@ pub struct Incoming {
     /// The file's name and size, the transfer id and where the data starts.
     pub info: Downloading,
     rx: mpsc::Receiver<Chunk>,
-    _registration: Registration,
+    /// Bytes handed to the application, and how many of them the server has been told of.
+    taken: u64,
+    reported: u64,
+    registration: Registration,
 }
 
 impl Incoming {
-    /// The next chunk; `None` if the connection closed before the transfer ended.
+    /// The next chunk; `None` if the connection closed before the transfer ended. Calling it
+    /// says that the chunks before are dealt with (written, say): the server sends at most its
+    /// window (`info.window`) beyond them.
     pub async fn next(&mut self) -> Option<Chunk> {
-        self.rx.recv().await
+        self.report().await;
+        let chunk = self.rx.recv().await;
+        if let Some(Chunk::Data(bytes)) = &chunk {
+            self.taken += bytes.len() as u64;
+        }
+        chunk
+    }
+
+    /// Tells the server what was taken, once a quarter of the window is unreported. So it is
+    /// told before it stops: when the queue runs dry, less than a quarter went unreported.
+    async fn report(&mut self) {
+        let step = self.info.window / 4;
+        if self.info.window == 0 || self.taken - self.reported < step.max(1) {
+            return;
+        }
+        self.reported = self.taken;
+        let progress = DownloadProgress {
+            transfer: self.info.transfer,
+            received: self.taken,
+        };
+        self.registration
+            .shared
+            .send_unanswered(progress.into())
+            .await;
     }
 }
 
@@ -766,6 +807,15 @@ pub enum UploadStopped {
 struct Registration {
     transfer: u32,
     shared: Arc<Shared>,
+}
+
+impl Shared {
+    /// Sends a request whose reply nobody awaits: the reader drops a reply no waiter has the
+    /// id of. For reports that need no answer; a connection closed is seen by the next call.
+    async fn send_unanswered(&self, body: RequestBody) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let _ = self.writer.send(control_frame(&Request { id, body })).await;
+    }
 }
 
 impl Drop for Registration {

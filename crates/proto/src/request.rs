@@ -43,6 +43,8 @@ pub enum RequestBody {
     List(List),
     /// Stream a shared file to the client.
     Download(Download),
+    /// Say how much of a download the client has taken, so the server sends more.
+    DownloadProgress(DownloadProgress),
     /// Stop a transfer.
     Cancel(Cancel),
     /// Start sending a file to the shared folder.
@@ -136,8 +138,24 @@ impl Request {
 
 /// Every request `type`; a test checks it against [`RequestBody`].
 const KNOWN_TYPES: &[&str] = &[
-    "hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list", "download", "cancel",
-    "upload", "finish", "history", "search", "register", "passwd",
+    "hello",
+    "say",
+    "msg",
+    "join",
+    "part",
+    "rooms",
+    "users",
+    "quit",
+    "list",
+    "download",
+    "download_progress",
+    "cancel",
+    "upload",
+    "finish",
+    "history",
+    "search",
+    "register",
+    "passwd",
 ];
 
 macro_rules! call {
@@ -379,8 +397,17 @@ pub struct Download {
     pub offset: u64,
     /// The client's id for this transfer.
     pub transfer: u32,
+    /// Most bytes the server should send beyond what the client has said it took
+    /// (`download_progress`). The client reads that much ahead of its disk, so events sent behind
+    /// the data are not kept waiting for it. 0 (or absent, from an older client) sets no bound.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub window: u64,
 }
 call!(Download => Downloading);
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
 
 /// The result of `download`: what is coming. Data frames follow, then a `transfer_end` event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -395,7 +422,23 @@ pub struct Downloading {
     pub size: u64,
     /// Where the data starts: the requested offset, or 0 if that was beyond the end.
     pub offset: u64,
+    /// The window the server keeps to: the request's. 0 (or absent, from an older server) when
+    /// it keeps to none, and wants no `download_progress`.
+    #[serde(default)]
+    pub window: u64,
 }
+
+/// `download_progress`: the client has taken `received` bytes of download `transfer` (counted
+/// from the download's offset), so the server may send up to the window beyond that. Send it
+/// before what is unreported reaches the window, or the download stalls.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DownloadProgress {
+    /// The download.
+    pub transfer: u32,
+    /// Bytes taken so far.
+    pub received: u64,
+}
+call!(DownloadProgress => Empty);
 
 /// `cancel`: stop the transfer `transfer`; a `transfer_end` with status `cancelled` follows.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -589,6 +632,12 @@ mod tests {
                 path: text(),
                 offset: 0,
                 transfer: 1,
+                window: 1,
+            }
+            .into(),
+            DownloadProgress {
+                transfer: 1,
+                received: 1,
             }
             .into(),
             Cancel { transfer: 1 }.into(),
@@ -611,7 +660,7 @@ mod tests {
         ];
         // The match is exhaustive and numbers every kind: a new kind needs an arm here, and
         // then a sample above, or `seen` is not all true.
-        let mut seen = [false; 17];
+        let mut seen = [false; 18];
         for body in &bodies {
             let json = serde_json::to_value(body).unwrap();
             let kind = json["type"].as_str().unwrap().to_owned();
@@ -634,6 +683,7 @@ mod tests {
                 RequestBody::Search(_) => 14,
                 RequestBody::Register(_) => 15,
                 RequestBody::Passwd(_) => 16,
+                RequestBody::DownloadProgress(_) => 17,
             }] = true;
         }
         assert!(

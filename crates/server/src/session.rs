@@ -867,14 +867,23 @@ impl Session {
                     // transfer starts only once its reply is queued.
                     self.outbox
                         .push(ok_frame::<request::Download>(id, &downloading));
-                    let (transfer, offset) = (downloading.transfer, downloading.offset);
+                    let request::Downloading {
+                        transfer,
+                        offset,
+                        window,
+                        ..
+                    } = downloading;
                     let shared = self.ctx.shared.clone();
                     self.transfers
-                        .start_download(transfer, file, offset, shared);
+                        .start_download(transfer, file, offset, window, shared);
                     return None;
                 }
                 Err(refusal) => Err(refusal),
             },
+            RequestBody::DownloadProgress(progress) => {
+                (self.transfers).download_progress(progress.transfer, progress.received);
+                Ok(ok_frame::<request::DownloadProgress>(id, &Empty {}))
+            }
             RequestBody::Cancel(cancel) => match self.transfers.cancel(cancel.transfer).await {
                 Ok(upload_end) => {
                     self.outbox.push(ok_frame::<request::Cancel>(id, &Empty {}));
@@ -1042,6 +1051,7 @@ impl Session {
                 name: file.name.clone(),
                 size: file.size,
                 offset,
+                window: download.window,
             },
             file,
         ))

@@ -5,7 +5,10 @@
 //! channel, so a transfer reads ahead by a few chunks at most: memory per transfer stays constant
 //! whatever the file's size, and a slow reader slows the transfer, not the server. The
 //! `transfer_end` event travels the same lane, behind the last data frame, so it can never
-//! overtake the data it concludes.
+//! overtake the data it concludes. A client that asks for a window (`download`'s `window`) gets
+//! no more than that beyond what it has reported taking (`download_progress`): it can then read
+//! everything that arrives at once, however slow its disk, so events sent behind the data are
+//! not kept waiting for the disk either.
 //!
 //! Uploads: the session's reader queues each data frame for a task of the upload's own, which
 //! writes it to the staged file and hashes it on a blocking thread, one write in flight at a
@@ -33,7 +36,7 @@ use parley_proto::paths;
 use parley_proto::reply::event_frame;
 use parley_proto::request::Uploaded;
 use tokio::sync::mpsc::error::TryRecvError;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
@@ -118,8 +121,16 @@ pub(crate) struct Transfers {
 struct Running {
     /// Where downloads send their data frames, once the first has started.
     lane: Option<mpsc::Sender<Data>>,
-    downloads: HashMap<u32, (CancellationToken, JoinHandle<()>)>,
+    downloads: HashMap<u32, Sending>,
     uploads: HashMap<u32, Receiving>,
+}
+
+/// A download of this connection in progress.
+struct Sending {
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+    /// What the client has reported taking, for a download with a window.
+    taken: Option<watch::Sender<u64>>,
 }
 
 /// An upload of this connection in progress: the session queues its data, and a task of its
@@ -441,7 +452,9 @@ impl Transfers {
     /// Checks that `transfer` may start now: a free id, and room for one more.
     pub(crate) fn check_new(&mut self, transfer: u32) -> Result<(), Refusal> {
         let running = self.running();
-        running.downloads.retain(|_, (_, task)| !task.is_finished());
+        running
+            .downloads
+            .retain(|_, sending| !sending.task.is_finished());
         // An upload whose writes failed has ended (and said so); any other that ends leaves.
         running
             .uploads
@@ -463,15 +476,24 @@ impl Transfers {
         Ok(())
     }
 
-    /// Starts streaming `open` from `offset` as transfer `transfer`.
+    /// Starts streaming `open` from `offset` as transfer `transfer`, at most `window` bytes
+    /// (if not 0) beyond what the client reports taking.
     pub(crate) fn start_download(
         &mut self,
         transfer: u32,
         open: OpenFile,
         offset: u64,
+        window: u64,
         shared: Arc<SharedFolder>,
     ) {
         let cancel = CancellationToken::new();
+        let (taken, window) = match window {
+            0 => (None, Window::default()),
+            window => {
+                let (taken, reported) = watch::channel(0);
+                (Some(taken), Window(Some((window, reported))))
+            }
+        };
         let outbox = &self.outbox;
         let running = self.running.get_or_insert_default();
         let lane = running
@@ -483,11 +505,36 @@ impl Transfers {
             transfer,
             offset,
             lane,
+            window,
             cancel: cancel.clone(),
             shared,
             zero_copy: self.zero_copy,
         }));
-        running.downloads.insert(transfer, (cancel, task));
+        let sending = Sending {
+            cancel,
+            task,
+            taken,
+        };
+        running.downloads.insert(transfer, sending);
+    }
+
+    /// Notes that the client has taken `received` bytes of download `transfer`, which may let
+    /// it send more. A report for a download that has ended (or never had a window) changes
+    /// nothing: it may cross the download's last frames.
+    pub(crate) fn download_progress(&mut self, transfer: u32, received: u64) {
+        let taken = self.running.as_ref().and_then(|running| {
+            let sending = running.downloads.get(&transfer)?;
+            sending.taken.as_ref()
+        });
+        if let Some(taken) = taken {
+            // Only ever more: a client's reports are in order, but a count going back would
+            // only stall its own download.
+            taken.send_if_modified(|known| {
+                let more = received > *known;
+                *known = (*known).max(received);
+                more
+            });
+        }
     }
 
     /// Receives `upload` as transfer `transfer`: a task of its own stores its data.
@@ -624,8 +671,8 @@ impl Transfers {
             return Ok(Some(end_frame(transfer, TransferStatus::Cancelled, None)));
         }
         match self.running().downloads.get(&transfer) {
-            Some((cancel, task)) if !task.is_finished() => {
-                cancel.cancel();
+            Some(sending) if !sending.task.is_finished() => {
+                sending.cancel.cancel();
                 Ok(None)
             }
             _ => Err(Refusal {
@@ -639,8 +686,8 @@ impl Transfers {
 impl Drop for Transfers {
     /// The session ended: every download stops.
     fn drop(&mut self) {
-        for (cancel, _) in self.running.iter().flat_map(|r| r.downloads.values()) {
-            cancel.cancel();
+        for sending in self.running.iter().flat_map(|r| r.downloads.values()) {
+            sending.cancel.cancel();
         }
     }
 }
@@ -651,10 +698,44 @@ struct Download {
     transfer: u32,
     offset: u64,
     lane: mpsc::Sender<Data>,
+    window: Window,
     cancel: CancellationToken,
     shared: Arc<SharedFolder>,
     /// The connection can send file bytes from the page cache (see [`Data::Span`]).
     zero_copy: bool,
+}
+
+/// How far a download may run ahead of its client: its window and what the client has
+/// reported taking; none, for a client that asked for no window.
+#[derive(Default)]
+struct Window(Option<(u64, watch::Receiver<u64>)>);
+
+/// Where a download's data frames go: the data lane, as the window allows.
+struct Outlet {
+    lane: mpsc::Sender<Data>,
+    window: Window,
+    /// File bytes sent so far.
+    sent: u64,
+}
+
+impl Outlet {
+    /// Queues a data frame carrying `len` file bytes, once less than the window is unreported,
+    /// so a frame takes what is unreported up to a frame beyond the window, never more. Fails
+    /// if the connection has closed.
+    async fn send(&mut self, data: Data, len: usize) -> std::io::Result<()> {
+        if let Some((window, taken)) = &mut self.window.0 {
+            let sent = self.sent;
+            // An error means the session has gone; its downloads are cancelled then.
+            let _ = taken
+                .wait_for(|taken| sent.saturating_sub(*taken) < *window)
+                .await;
+        }
+        self.sent += len as u64;
+        self.lane
+            .send(data)
+            .await
+            .map_err(|_| std::io::Error::other("the connection closed"))
+    }
 }
 
 /// Streams the file and ends with a `transfer_end` event. The hash covers the whole file, the
@@ -666,6 +747,7 @@ async fn send_file(download: Download) {
         transfer,
         offset,
         lane,
+        window,
         cancel,
         shared,
         zero_copy,
@@ -680,12 +762,17 @@ async fn send_file(download: Download) {
     let known = shared.known_hash(&stamp);
     let file = Arc::new(file);
     let hash = known.is_none();
+    let mut outlet = Outlet {
+        lane,
+        window,
+        sent: 0,
+    };
     let outcome = cancel
         .run_until_cancelled(async {
             let worked_out = if zero_copy {
-                send_spans(&file, transfer, offset, size, &lane, hash, &cancel).await?
+                send_spans(&file, transfer, offset, size, &mut outlet, hash, &cancel).await?
             } else {
-                send_frames(&file, transfer, offset, size, &lane, hash, &cancel).await?
+                send_frames(&file, transfer, offset, size, &mut outlet, hash, &cancel).await?
             };
             if let Some(hash) = worked_out
                 // Remembered only if the file is still the version whose stamp was taken.
@@ -722,7 +809,7 @@ async fn send_file(download: Download) {
             }
         }
     };
-    let _ = lane
+    let _ = (outlet.lane)
         .send(Data::Frame(event_frame(&Event::TransferEnd(end))))
         .await;
 }
@@ -734,7 +821,7 @@ async fn send_spans(
     transfer: u32,
     offset: u64,
     size: u64,
-    lane: &mpsc::Sender<Data>,
+    outlet: &mut Outlet,
     hash: bool,
     cancel: &CancellationToken,
 ) -> std::io::Result<Option<blake3::Hash>> {
@@ -751,9 +838,7 @@ async fn send_spans(
             offset: at,
             len,
         };
-        if lane.send(Data::Span(span)).await.is_err() {
-            return Err(std::io::Error::other("the connection closed"));
-        }
+        outlet.send(Data::Span(span), len).await?;
         at += len as u64;
     }
     match hashing {
@@ -771,7 +856,7 @@ async fn send_frames(
     transfer: u32,
     offset: u64,
     size: u64,
-    lane: &mpsc::Sender<Data>,
+    outlet: &mut Outlet,
     hash: bool,
     cancel: &CancellationToken,
 ) -> std::io::Result<Option<blake3::Hash>> {
@@ -807,9 +892,8 @@ async fn send_frames(
         .map_err(std::io::Error::other)?;
         reader = back;
         for frame in frames? {
-            if lane.send(Data::Frame(frame)).await.is_err() {
-                return Err(std::io::Error::other("the connection closed"));
-            }
+            let len = frame.len() - DATA_HEADER;
+            outlet.send(Data::Frame(frame), len).await?;
         }
     }
     Ok(reader.hasher.map(|hasher| hasher.finalize()))

@@ -437,3 +437,123 @@ pub(crate) async fn a_shrinking_file_fails_its_download(
     let saved = save(alice, "shrinking.bin", dir.path()).await.unwrap();
     assert_eq!(fs::metadata(&saved.path).unwrap().len(), 1 << 20);
 }
+
+#[tokio::test]
+async fn a_download_nobody_reads_does_not_hold_back_chat() {
+    let server = TestServer::start().await;
+    // Far more than the window and both sockets' buffers (the receiver's grows to 32 MiB here).
+    let size: u64 = 256 << 20;
+    sparse(&server.shared.path().join("big.bin"), size);
+    let (alice, mut alice_events) = server.join("alice").await;
+    let (bob, _bob_events) = server.join("bob").await;
+    wait_for(&mut alice_events, |e| {
+        matches!(e, ClientEvent::Server(Event::Join(_))).then_some(())
+    })
+    .await;
+
+    // Alice's application takes one chunk, then stops, as one writing to a stalled disk would.
+    let mut incoming = within("the download's reply", alice.download("big.bin", 0))
+        .await
+        .unwrap();
+    assert!(incoming.info.window > 0 && incoming.info.window < size / 4);
+    let first = within("the first chunk", incoming.next()).await;
+    let Some(parley_client::Chunk::Data(first)) = first else {
+        panic!("{first:?}")
+    };
+
+    // Chat to and from her goes on: her reader is not stuck behind the data. (Without a window
+    // it was, once the sockets' buffers filled, a few milliseconds in.)
+    ChatLatency::measure("a download nobody reads", &alice, &mut alice_events, &bob).await;
+
+    // Taking the rest, the whole file arrives.
+    let mut received = first.len() as u64;
+    let end = loop {
+        match within("the next chunk", incoming.next()).await {
+            Some(parley_client::Chunk::Data(bytes)) => received += bytes.len() as u64,
+            Some(parley_client::Chunk::End(end)) => break end,
+            None => panic!("the connection closed during the download"),
+        }
+    };
+    assert_eq!(end.status, parley_proto::event::TransferStatus::Complete);
+    assert_eq!(received, size);
+}
+
+#[tokio::test]
+async fn the_server_sends_no_more_than_the_window_beyond_what_was_taken() {
+    let server = TestServer::start().await;
+    let size: u64 = 4 << 20;
+    let window: u64 = 1 << 20;
+    patterned(&server.shared.path().join("big.bin"), size as usize);
+    let mut raw = server.raw().await;
+    raw.hello("alice").await;
+    raw.send_json(serde_json::json!({"id": 1, "type": "download", "path": "big.bin", "transfer": 5, "window": window})).await;
+    let reply = raw.recv_json().await;
+    assert_eq!(reply["type"], "ok", "{reply}");
+    assert_eq!(reply["result"]["window"], window, "{reply}");
+
+    // Each round: the server sends until the window is full and then nothing more, so that a
+    // request sent then is answered with no data before its reply; a report lets it go on.
+    let (mut received, mut end) = (0, None);
+    let mut request = 2;
+    while received < size {
+        let taken = received;
+        while received - taken < window {
+            match raw.recv_frame().await {
+                Some(parley_proto::Frame::Data { transfer, payload }) => {
+                    assert_eq!(transfer, 5);
+                    received += payload.len() as u64;
+                }
+                // The reply to the last report.
+                Some(parley_proto::Frame::Control(json)) => {
+                    let reply: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                    assert_eq!(reply["id"], request - 1, "{reply}");
+                }
+                Some(parley_proto::Frame::Ping) => {
+                    raw.send_bytes(&parley_proto::Frame::Pong.to_bytes()).await
+                }
+                other => panic!("{other:?} before the window was full"),
+            }
+        }
+        assert_eq!(received - taken, window, "more than the window came");
+        raw.send_json(serde_json::json!({"id": request, "type": "rooms"}))
+            .await;
+        loop {
+            match raw.recv_frame().await {
+                Some(parley_proto::Frame::Control(json)) => {
+                    let reply: serde_json::Value = serde_json::from_slice(&json).unwrap();
+                    // The end follows the last data, and may overtake the reply or not.
+                    if reply["type"] == "transfer_end" && received == size {
+                        end = Some(reply);
+                        continue;
+                    }
+                    assert_eq!(reply["id"], request, "{reply}");
+                    break;
+                }
+                Some(parley_proto::Frame::Ping) => {
+                    raw.send_bytes(&parley_proto::Frame::Pong.to_bytes()).await
+                }
+                Some(parley_proto::Frame::Data { payload, .. }) => {
+                    panic!("{} bytes came beyond the window", payload.len())
+                }
+                other => panic!("{other:?} instead of the reply"),
+            }
+        }
+        raw.send_json(serde_json::json!({"id": request + 1, "type": "download_progress", "transfer": 5, "received": received})).await;
+        request += 2;
+    }
+    // The end, whose hash is the file's: before the last reply, or after it and the last
+    // report's.
+    let end = match end {
+        Some(end) => end,
+        None => loop {
+            let message = raw.recv_json().await;
+            if message["type"] != "ok" {
+                break message;
+            }
+        },
+    };
+    assert_eq!(end["type"], "transfer_end", "{end}");
+    assert_eq!(end["status"], "complete", "{end}");
+    let file = fs::read(server.shared.path().join("big.bin")).unwrap();
+    assert_eq!(end["blake3"], blake3::hash(&file).to_hex().as_str());
+}
