@@ -38,8 +38,8 @@ MAX_ROOMS = 32  # §5.5, §11
 HANDSHAKE_TIMEOUT = 10.0  # §4.5
 U64_MAX = 18446744073709551615  # §3.1
 REQUEST_TYPES = ("hello", "say", "msg", "join", "part", "rooms", "users", "quit", "list",
-                 "download", "cancel", "upload", "finish", "history", "search",
-                 "register", "passwd")  # §3.2
+                 "download", "download_progress", "cancel", "upload", "finish", "history",
+                 "search", "register", "passwd")  # §3.2
 
 # Documented field order of everything the server writes (§3.1: "fields in the order shown").
 ORDER_OK = ["type", "id", "result"]

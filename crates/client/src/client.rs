@@ -47,8 +47,9 @@ const DATA_QUEUE: usize = 4;
 const DOWNLOAD_WINDOW: u64 = 8 << 20;
 
 /// Chunks of one transfer waiting for the application: a download's window of full data frames,
-/// the frame that may cross it, and its end. The reader stops reading when it is full, which a
-/// server keeping to the window never makes it do.
+/// a frame that may cross it (from a server whose frames do not divide the window), and its
+/// end. The reader stops reading when it is full, which a server keeping to the window with
+/// full frames, as Parley's does, never makes it do; smaller frames would.
 const TRANSFER_QUEUE: usize = (DOWNLOAD_WINDOW as usize).div_ceil(MAX_DATA_CHUNK) + 2;
 
 /// Events waiting for the application. When it falls this far behind, the reader stops reading
@@ -650,6 +651,7 @@ impl Client {
             rx,
             taken: 0,
             reported: 0,
+            ended: false,
             registration,
         })
     }
@@ -683,38 +685,65 @@ pub struct Incoming {
     /// Bytes handed to the application, and how many of them the server has been told of.
     taken: u64,
     reported: u64,
+    /// The stream has ended (or the connection has): nothing to cancel when it is dropped.
+    ended: bool,
     registration: Registration,
 }
 
 impl Incoming {
     /// The next chunk; `None` if the connection closed before the transfer ended. Calling it
     /// says that the chunks before are dealt with (written, say): the server sends at most its
-    /// window (`info.window`) beyond them.
+    /// window (`info.window`) beyond them. Cancel-safe: a call dropped before it returns loses
+    /// no chunk, and a report it did not finish sending is sent by the next call.
     pub async fn next(&mut self) -> Option<Chunk> {
         self.report().await;
         let chunk = self.rx.recv().await;
-        if let Some(Chunk::Data(bytes)) = &chunk {
-            self.taken += bytes.len() as u64;
+        match &chunk {
+            Some(Chunk::Data(bytes)) => self.taken += bytes.len() as u64,
+            Some(Chunk::End(_)) | None => self.ended = true,
         }
         chunk
     }
 
-    /// Tells the server what was taken, once a quarter of the window is unreported. So it is
-    /// told before it stops: when the queue runs dry, less than a quarter went unreported.
+    /// Tells the server what was taken, once a quarter of the window is unreported. The server
+    /// stops only with the whole window unreported, so whenever the application waits for data
+    /// while the server waits for a report, this call has just sent one.
     async fn report(&mut self) {
         let step = self.info.window / 4;
         if self.info.window == 0 || self.taken - self.reported < step.max(1) {
             return;
         }
-        self.reported = self.taken;
         let progress = DownloadProgress {
             transfer: self.info.transfer,
             received: self.taken,
         };
-        self.registration
-            .shared
-            .send_unanswered(progress.into())
-            .await;
+        let shared = &self.registration.shared;
+        shared.send_unanswered(progress.into()).await;
+        self.reported = self.taken;
+    }
+}
+
+impl Drop for Incoming {
+    /// A download dropped before its end is cancelled: with a window, the server would
+    /// otherwise wait for reports that never come, keeping one of the connection's transfers
+    /// (and, without one, send the rest of the file for nothing).
+    fn drop(&mut self) {
+        if self.ended {
+            return;
+        }
+        let cancel = Cancel {
+            transfer: self.info.transfer,
+        };
+        let shared = &self.registration.shared;
+        let frame = shared.unanswered_frame(cancel.into());
+        // Dropped outside a runtime, with the queue full, the cancel is lost; the connection
+        // closing ends the download all the same.
+        if let Err(mpsc::error::TrySendError::Full(frame)) = shared.writer.try_send(frame)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let writer = shared.writer.clone();
+            runtime.spawn(async move { writer.send(frame).await });
+        }
     }
 }
 
@@ -813,8 +842,13 @@ impl Shared {
     /// Sends a request whose reply nobody awaits: the reader drops a reply no waiter has the
     /// id of. For reports that need no answer; a connection closed is seen by the next call.
     async fn send_unanswered(&self, body: RequestBody) {
+        let _ = self.writer.send(self.unanswered_frame(body)).await;
+    }
+
+    /// The frame of a request whose reply nobody awaits, with an id of its own.
+    fn unanswered_frame(&self, body: RequestBody) -> Bytes {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let _ = self.writer.send(control_frame(&Request { id, body })).await;
+        control_frame(&Request { id, body })
     }
 }
 

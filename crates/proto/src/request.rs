@@ -422,9 +422,9 @@ pub struct Downloading {
     pub size: u64,
     /// Where the data starts: the requested offset, or 0 if that was beyond the end.
     pub offset: u64,
-    /// The window the server keeps to: the request's. 0 (or absent, from an older server) when
-    /// it keeps to none, and wants no `download_progress`.
-    #[serde(default)]
+    /// The window the server keeps to: the request's. 0 (absent on the wire) when it keeps to
+    /// none, as an older server, and wants no `download_progress`.
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub window: u64,
 }
 

@@ -6,7 +6,8 @@
 //! whatever the file's size, and a slow reader slows the transfer, not the server. The
 //! `transfer_end` event travels the same lane, behind the last data frame, so it can never
 //! overtake the data it concludes. A client that asks for a window (`download`'s `window`) gets
-//! no more than that beyond what it has reported taking (`download_progress`): it can then read
+//! no more than that (and the frame that crosses it) beyond what it has reported taking
+//! (`download_progress`): it can then read
 //! everything that arrives at once, however slow its disk, so events sent behind the data are
 //! not kept waiting for the disk either.
 //!
@@ -490,8 +491,8 @@ impl Transfers {
         let (taken, window) = match window {
             0 => (None, Window::default()),
             window => {
-                let (taken, reported) = watch::channel(0);
-                (Some(taken), Window(Some((window, reported))))
+                let (taken, taken_seen) = watch::channel(0);
+                (Some(taken), Window(Some((window, taken_seen))))
             }
         };
         let outbox = &self.outbox;
@@ -723,18 +724,18 @@ impl Outlet {
     /// so a frame takes what is unreported up to a frame beyond the window, never more. Fails
     /// if the connection has closed.
     async fn send(&mut self, data: Data, len: usize) -> std::io::Result<()> {
+        fn closed<E>(_: E) -> std::io::Error {
+            std::io::Error::other("the connection closed")
+        }
         if let Some((window, taken)) = &mut self.window.0 {
             let sent = self.sent;
-            // An error means the session has gone; its downloads are cancelled then.
-            let _ = taken
-                .wait_for(|taken| sent.saturating_sub(*taken) < *window)
-                .await;
+            // The reports' sender goes with the session, and with it the connection.
+            (taken.wait_for(|taken| sent.saturating_sub(*taken) < *window))
+                .await
+                .map_err(closed)?;
         }
         self.sent += len as u64;
-        self.lane
-            .send(data)
-            .await
-            .map_err(|_| std::io::Error::other("the connection closed"))
+        self.lane.send(data).await.map_err(closed)
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::Duration;
 use parley_client::download::{self, DownloadError};
 use parley_client::{ClientEvent, RequestError};
 use parley_proto::ErrorCode;
+use parley_proto::limits::MAX_TRANSFERS;
 use parley_proto::event::Event;
 
 use crate::support::*;
@@ -556,4 +557,38 @@ async fn the_server_sends_no_more_than_the_window_beyond_what_was_taken() {
     assert_eq!(end["status"], "complete", "{end}");
     let file = fs::read(server.shared.path().join("big.bin")).unwrap();
     assert_eq!(end["blake3"], blake3::hash(&file).to_hex().as_str());
+}
+
+#[tokio::test]
+async fn a_download_dropped_unfinished_is_cancelled_and_frees_its_place() {
+    let server = TestServer::start().await;
+    let size: u64 = 32 << 20;
+    sparse(&server.shared.path().join("big.bin"), size);
+    let (alice, _alice_events) = server.join("alice").await;
+
+    // More downloads than a connection may run at once, each dropped after its first chunk, as
+    // by an application whose disk filled up. Each is cancelled as it is dropped: otherwise the
+    // server, keeping to its window, would wait for reports for ever and refuse the ninth.
+    for _ in 0..MAX_TRANSFERS + 2 {
+        let mut incoming = within("a download's reply", alice.download("big.bin", 0))
+            .await
+            .unwrap();
+        let first = within("the first chunk", incoming.next()).await;
+        assert!(matches!(first, Some(parley_client::Chunk::Data(_))));
+    }
+
+    // And a download read to its end still arrives whole.
+    let mut incoming = within("a download's reply", alice.download("big.bin", 0))
+        .await
+        .unwrap();
+    let mut received = 0;
+    let end = loop {
+        match within("the next chunk", incoming.next()).await {
+            Some(parley_client::Chunk::Data(bytes)) => received += bytes.len() as u64,
+            Some(parley_client::Chunk::End(end)) => break end,
+            None => panic!("the connection closed during the download"),
+        }
+    };
+    assert_eq!(end.status, parley_proto::event::TransferStatus::Complete);
+    assert_eq!(received, size);
 }
