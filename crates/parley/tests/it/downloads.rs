@@ -8,8 +8,8 @@ use std::time::Duration;
 use parley_client::download::{self, DownloadError};
 use parley_client::{ClientEvent, RequestError};
 use parley_proto::ErrorCode;
-use parley_proto::limits::MAX_TRANSFERS;
 use parley_proto::event::Event;
+use parley_proto::limits::MAX_TRANSFERS;
 
 use crate::support::*;
 
