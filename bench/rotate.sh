@@ -10,6 +10,10 @@
 # The bench itself is always $PARLEY (default: the release build), so only the server varies.
 # TLS=1 runs server and bench with TLS on (the default is off). Fan-out prints deliveries/s,
 # idle KiB per connection, a join storm seconds until all are in.
+# Each server runs in a session of its own (setsid), as bench/run.sh and the anchors' servers.sh
+# start theirs: the kernel then schedules it as a group apart from the bench (autogroup), which
+# halves Parley's fan-out with history here (docs/benchmarks.md, "A session of its own").
+# SHARED_GROUP=1 runs it in the bench's session instead, as this script did before 2026-11-22.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=${PARLEY:-$ROOT/target/release/parley}
@@ -43,7 +47,9 @@ for _ in $(seq 1 "$rounds"); do
     # $flags is a list of words on purpose.
     # shellcheck disable=SC2086
     # shellcheck disable=SC2086
-    "$binary" server "$PORT" --host 127.0.0.1 $tls --shared-dir "$DIR/server/shared" \
+    session=setsid
+    [ -n "${SHARED_GROUP:-}" ] && session=
+    $session "$binary" server "$PORT" --host 127.0.0.1 $tls --shared-dir "$DIR/server/shared" \
       --data-dir "$DIR/server/data" --max-connections 100000 --disk-reserve 0 $flags \
       >"$DIR/server/log" 2>&1 &
     pid=$!
