@@ -192,6 +192,17 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     Ok((number * (1u64 << shift) as f64) as u64)
 }
 
+/// The server's worker threads: one per core but one, at least one. The core left over is for
+/// the threads beside the workers (the history recorder, file reads and hashing) and, on a
+/// small machine, for whatever else runs there. On two cores with the clients on the same
+/// machine, one worker delivered 40% more to 100 receivers and 19% more to 1,000 than two,
+/// which woke each other and contended with the recorder (docs/benchmarks.md, "A session of
+/// its own"). `TOKIO_WORKER_THREADS` overrides it, as tokio reads it.
+pub fn worker_threads() -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.saturating_sub(1).max(1)
+}
+
 /// Raises this process's open-file limit as far as it may go: every connection is a
 /// descriptor, and the soft limit is often 1,024. A privileged process may raise the hard limit
 /// too (up to the kernel's `fs.nr_open`); any other goes up to its hard limit.

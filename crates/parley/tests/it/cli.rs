@@ -281,3 +281,31 @@ async fn a_server_whose_log_nobody_reads_goes_on_serving() {
         .unwrap();
     assert_eq!(room_text(&mut bob).await, "alice@lobby>still here");
 }
+
+/// The tokio worker threads of process `pid`, by their name in /proc.
+fn workers_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter(|task| {
+            let comm = task.as_ref().unwrap().path().join("comm");
+            std::fs::read_to_string(comm).is_ok_and(|name| name.trim() == "tokio-rt-worker")
+        })
+        .count()
+}
+
+#[tokio::test]
+async fn the_server_leaves_a_core_to_the_threads_beside_its_workers() {
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let args = ["server", "0", "--host", "127.0.0.1", "--no-tls"];
+    let mut server = Proc::spawn(&args);
+    server
+        .expect_line(|l| l.contains("sharing the folder"))
+        .await;
+    assert_eq!(workers_of(server.pid()), cores.saturating_sub(1).max(1));
+    // An operator's choice stands.
+    let mut server = Proc::spawn_with(&args, &[("TOKIO_WORKER_THREADS", "3")]);
+    server
+        .expect_line(|l| l.contains("sharing the folder"))
+        .await;
+    assert_eq!(workers_of(server.pid()), 3);
+}
