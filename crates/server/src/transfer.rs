@@ -7,9 +7,8 @@
 //! `transfer_end` event travels the same lane, behind the last data frame, so it can never
 //! overtake the data it concludes. A client that asks for a window (`download`'s `window`) gets
 //! no more than that (and the frame that crosses it) beyond what it has reported taking
-//! (`download_progress`): it can then read
-//! everything that arrives at once, however slow its disk, so events sent behind the data are
-//! not kept waiting for the disk either.
+//! (`download_progress`): it can then read everything that arrives at once, however slow its
+//! disk, so events sent behind the data are not kept waiting for the disk either.
 //!
 //! Uploads: the session's reader queues each data frame for a task of the upload's own, which
 //! writes it to the staged file and hashes it on a blocking thread, one write in flight at a
