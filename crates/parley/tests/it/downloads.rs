@@ -439,6 +439,20 @@ pub(crate) async fn a_shrinking_file_fails_its_download(
     assert_eq!(fs::metadata(&saved.path).unwrap().len(), 1 << 20);
 }
 
+/// Takes a download's chunks to its end: the bytes received, and how it ended.
+async fn read_to_end(
+    incoming: &mut parley_client::Incoming,
+) -> (u64, parley_proto::event::TransferEnd) {
+    let mut received = 0;
+    loop {
+        match within("the next chunk", incoming.next()).await {
+            Some(parley_client::Chunk::Data(bytes)) => received += bytes.len() as u64,
+            Some(parley_client::Chunk::End(end)) => return (received, end),
+            None => panic!("the connection closed during the download"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_download_nobody_reads_does_not_hold_back_chat() {
     let server = TestServer::start().await;
@@ -467,14 +481,8 @@ async fn a_download_nobody_reads_does_not_hold_back_chat() {
     ChatLatency::measure("a download nobody reads", &alice, &mut alice_events, &bob).await;
 
     // Taking the rest, the whole file arrives.
-    let mut received = first.len() as u64;
-    let end = loop {
-        match within("the next chunk", incoming.next()).await {
-            Some(parley_client::Chunk::Data(bytes)) => received += bytes.len() as u64,
-            Some(parley_client::Chunk::End(end)) => break end,
-            None => panic!("the connection closed during the download"),
-        }
-    };
+    let (rest, end) = read_to_end(&mut incoming).await;
+    let received = first.len() as u64 + rest;
     assert_eq!(end.status, parley_proto::event::TransferStatus::Complete);
     assert_eq!(received, size);
 }
@@ -581,14 +589,7 @@ async fn a_download_dropped_unfinished_is_cancelled_and_frees_its_place() {
     let mut incoming = within("a download's reply", alice.download("big.bin", 0))
         .await
         .unwrap();
-    let mut received = 0;
-    let end = loop {
-        match within("the next chunk", incoming.next()).await {
-            Some(parley_client::Chunk::Data(bytes)) => received += bytes.len() as u64,
-            Some(parley_client::Chunk::End(end)) => break end,
-            None => panic!("the connection closed during the download"),
-        }
-    };
+    let (received, end) = read_to_end(&mut incoming).await;
     assert_eq!(end.status, parley_proto::event::TransferStatus::Complete);
     assert_eq!(received, size);
 }
