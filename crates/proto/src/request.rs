@@ -429,8 +429,9 @@ pub struct Downloading {
 }
 
 /// `download_progress`: the client has taken `received` bytes of download `transfer` (counted
-/// from the download's offset), so the server may send up to the window beyond that. Send it
-/// before what is unreported reaches the window, or the download stalls.
+/// from the download's offset), so the server may send up to the window beyond that. A client
+/// must not wait for more data while a window or more of what it received is unreported: the
+/// server waits for the report then, and the download stalls (protocol section 5.11).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DownloadProgress {
     /// The download.
