@@ -150,11 +150,16 @@ fn record(store: &dyn Store, incoming: &mpsc::Receiver<Entry>, stored_through: &
                 Err(_) => break,
             }
         };
-        if let Some(rest) = GATHER.checked_sub(committed.elapsed())
-            && !full
-        {
+        match GATHER.checked_sub(committed.elapsed()) {
             // The last commit was moments ago: more messages are coming.
-            std::thread::sleep(rest);
+            Some(rest) if !full => std::thread::sleep(rest),
+            // A full batch left a backlog: nothing woke this thread, it never slept.
+            Some(_) => {}
+            // A quiet spell, and the message woke this thread. The scheduler tends to run
+            // the woken thread at once on the CPU of the one that woke it: the worker, which
+            // is still delivering the message. Storing first would hold delivery back by the
+            // commit; yielding lets the worker finish first.
+            None => std::thread::yield_now(),
         }
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
