@@ -8,7 +8,8 @@
 //! Under load the thread lets each batch gather for up to [`GATHER`] after the last commit:
 //! taking whatever had arrived made batches of five messages at 15,000 a second, and a commit
 //! costs as much as dozens of rows. While the thread sleeps, handing a message over wakes
-//! nobody. A message arriving after a quiet spell is stored at once.
+//! nobody. A message arriving after a quiet spell is stored at once, though after the thread
+//! has yielded to the worker delivering it.
 //!
 //! Under load that never pauses, what the thread costs per message is what fan-out loses to
 //! history: the machine's cores are all busy, and the thread's share is taken from delivery.
