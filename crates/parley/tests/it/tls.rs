@@ -338,6 +338,18 @@ async fn a_file_shrinking_during_a_tls_download_fails_it_and_the_connection_live
 }
 
 #[tokio::test]
+async fn a_tls_download_nobody_reads_does_not_hold_back_chat() {
+    // With TLS the server reads the file in and encrypts it, a path of its own: the download
+    // must keep to its window there too.
+    let (server, alice, events, known) = alice_over_tls().await;
+    let (bob, _bob_events) = Client::connect(&pinned(&server, &known.path().join("k"), "bob"))
+        .await
+        .unwrap();
+    crate::downloads::a_download_nobody_reads_leaves_chat_alone(&server, &alice, events, &bob)
+        .await;
+}
+
+#[tokio::test]
 async fn files_cross_tls_byte_identical_both_ways() {
     // With TLS the server reads file bytes in to encrypt them: a file it has never hashed, a
     // resumed download, and an upload whose hash it already knows each take their own path.
