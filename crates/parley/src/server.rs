@@ -141,7 +141,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(stop_on_signal(shutdown.clone()));
-    serve(listener, config, shutdown).await?;
+    // On a worker, not this thread (the runtime's own): accepting there handed each new
+    // connection across threads, a wake-up per connection. With one worker, as on two cores,
+    // a join storm of 10,000 was all in after 0.76 s rather than 0.98 (medians, six pairs).
+    tokio::spawn(serve(listener, config, shutdown))
+        .await
+        .map_err(std::io::Error::other)??;
     let dropped = dropped.dropped_lines();
     if dropped > 0 {
         warn!("{dropped} log lines were dropped: the output was not read fast enough");
