@@ -10,10 +10,8 @@
 # The bench itself is always $PARLEY (default: the release build), so only the server varies.
 # TLS=1 runs server and bench with TLS on (the default is off). Fan-out prints deliveries/s,
 # idle KiB per connection, a join storm seconds until all are in.
-# Each server runs in a session of its own (setsid), as bench/run.sh and the anchors' servers.sh
-# start theirs: the kernel then schedules it as a group apart from the bench (autogroup), which
-# halves Parley's fan-out with history here (docs/benchmarks.md, "A session of its own").
-# SHARED_GROUP=1 runs it in the bench's session instead, as this script did before 2026-11-22.
+# Each server runs in a session of its own, as bench/server.sh says; SHARED_GROUP=1 runs it in
+# the bench's session instead, as this script did before 2026-11-22.
 set -u
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 P=${PARLEY:-$ROOT/target/release/parley}
@@ -26,6 +24,9 @@ PORT=${PORT:-12400}
 rounds=$1 bench_args=$2
 shift 2
 mkdir -p "$DIR"
+# shellcheck source=bench/server.sh
+. "$ROOT/bench/server.sh"
+trap stop_server EXIT
 ulimit -n "$(ulimit -Hn)"
 : >"$DIR/runs.txt"
 
@@ -43,21 +44,13 @@ for _ in $(seq 1 "$rounds"); do
     label=${variant%%=*} spec=${variant#*=}
     binary=${spec%%:*} flags=
     [ "$spec" != "$binary" ] && flags=${spec#*:}
-    rm -rf "$DIR/server" && mkdir -p "$DIR/server"
     # $flags is a list of words on purpose.
     # shellcheck disable=SC2086
+    start_server "$DIR/server" "$binary" $tls $flags
     # shellcheck disable=SC2086
-    session=setsid
-    [ -n "${SHARED_GROUP:-}" ] && session=
-    $session "$binary" server "$PORT" --host 127.0.0.1 $tls --shared-dir "$DIR/server/shared" \
-      --data-dir "$DIR/server/data" --max-connections 100000 --disk-reserve 0 $flags \
-      >"$DIR/server/log" 2>&1 &
-    pid=$!
-    for _ in $(seq 1 100); do grep -q "sharing the folder" "$DIR/server/log" && break; sleep 0.1; done
-    # shellcheck disable=SC2086
-    result=$("$P" bench $bench_args $tls -p "$PORT" --pid "$pid" --timeout 300)
-    thread_cpu "$pid" >"$DIR/threads-$label.txt"
-    kill "$pid"; wait "$pid" 2>/dev/null
+    result=$("$P" bench $bench_args $tls -p "$PORT" --pid "$SERVER_PID" --timeout 300)
+    thread_cpu "$SERVER_PID" >"$DIR/threads-$label.txt"
+    stop_server
     echo "$label $(echo "$result" | python3 -c '
 import json, sys
 d = json.load(sys.stdin)

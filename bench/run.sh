@@ -14,31 +14,18 @@ DIR=$RUN/parley
 export PARLEY_KNOWN_HOSTS=$DIR/known_hosts
 mkdir -p "$OUT" "$DIR"
 ulimit -n "$(ulimit -Hn)"
-PID=
+# shellcheck source=bench/server.sh
+. "$ROOT/bench/server.sh"
 
 # start [server flags...]: a fresh server (empty shared folder and database) on $PORT.
-start() {
-  stop
-  rm -rf "$DIR/shared" "$DIR/data" "$PARLEY_KNOWN_HOSTS"
-  setsid "$P" server "$PORT" --host 127.0.0.1 --shared-dir "$DIR/shared" --data-dir "$DIR/data" \
-    --max-connections 100000 --disk-reserve 0 "$@" >"$DIR/server.log" 2>&1 &
-  PID=$!
-  for _ in $(seq 1 100); do grep -q "sharing the folder" "$DIR/server.log" && return; sleep 0.1; done
-  echo "the server did not start: $(cat "$DIR/server.log")" >&2; exit 1
-}
-
-stop() {
-  [ -n "$PID" ] || return 0
-  kill -TERM "$PID" 2>/dev/null
-  for _ in $(seq 1 100); do kill -0 "$PID" 2>/dev/null || break; sleep 0.1; done
-  kill -KILL "$PID" 2>/dev/null; PID=
-}
+start() { start_server "$DIR" "$P" "$@"; }
+stop() { stop_server; }
 trap stop EXIT
 
 # run LABEL bench-args...: one measurement, labelled, appended to parley.jsonl.
 run() {
   local label=$1; shift
-  "$P" bench "$@" -p "$PORT" --pid "$PID" --timeout 300 \
+  "$P" bench "$@" -p "$PORT" --pid "$SERVER_PID" --timeout 300 \
     | python3 -c 'import json,sys; d=json.loads(sys.stdin.read()); d["label"]=sys.argv[1]; print(json.dumps(d))' "$label" \
     | tee -a "$OUT/parley.jsonl"
   sleep 2

@@ -23,20 +23,19 @@ rm -rf "$DIR" && mkdir -p "$DIR"
 ulimit -n "$(ulimit -Hn)"
 export PARLEY_KNOWN_HOSTS=$DIR/known_hosts
 
+# shellcheck source=bench/server.sh
+. "$ROOT/bench/server.sh"
+
 # parley FILE BENCH-ARGS...: one Parley run against a fresh server; FILE ending in -nohist
 # runs the server with --no-history.
 parley() {
-  local file=$1 flags=() pid
+  local file=$1 flags=()
   shift
   [[ $file == *-nohist ]] && flags=(--no-history)
-  rm -rf "$DIR/shared" "$DIR/data" "$PARLEY_KNOWN_HOSTS"
-  setsid "$P" server "$PORT" --host 127.0.0.1 --shared-dir "$DIR/shared" --data-dir "$DIR/data" \
-    --max-connections 100000 --disk-reserve 0 --no-tls "${flags[@]}" >"$DIR/server.log" 2>&1 &
-  pid=$!
-  for _ in $(seq 100); do grep -q "sharing the folder" "$DIR/server.log" && break; sleep 0.1; done
-  "$P" bench "$@" --no-tls -p "$PORT" --pid "$pid" --timeout 300 2>>"$DIR/human.txt" >>"$DIR/$file.jsonl"
-  kill "$pid"
-  wait "$pid" 2>/dev/null
+  start_server "$DIR" "$P" --no-tls "${flags[@]}"
+  "$P" bench "$@" --no-tls -p "$PORT" --pid "$SERVER_PID" --timeout 300 \
+    2>>"$DIR/human.txt" >>"$DIR/$file.jsonl"
+  stop_server
   sleep 2
 }
 
@@ -50,7 +49,7 @@ redis() {
 }
 
 "$LOADGEN_DIR/bench/servers.sh" start redis >/dev/null || exit 1
-trap '"$LOADGEN_DIR/bench/servers.sh" stop redis >/dev/null' EXIT
+trap 'stop_server; "$LOADGEN_DIR/bench/servers.sh" stop redis >/dev/null' EXIT
 sleep 1
 for round in $(seq "$rounds"); do
   echo "round $round of $rounds"
