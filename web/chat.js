@@ -24,6 +24,7 @@ const PART_REASONS = {
   timeout: 'timed out',
   too_slow: 'too slow',
   protocol_error: 'protocol error',
+  flooding: 'flooding',
 };
 
 export class Chat {

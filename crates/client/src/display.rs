@@ -69,6 +69,7 @@ pub fn event_line(event: &Event) -> Option<String> {
                 PartReason::Timeout => format!("* {who} left (timed out)"),
                 PartReason::TooSlow => format!("* {who} was disconnected (too slow to keep up)"),
                 PartReason::ProtocolError => format!("* {who} was disconnected (protocol error)"),
+                PartReason::Flooding => format!("* {who} was disconnected (flooding)"),
                 PartReason::Other => format!("* {who} left #{room}"),
             }
         }

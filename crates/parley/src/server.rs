@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use parley_server::{Config, TlsMode, serve};
+use parley_server::{Config, FloodLimit, TlsMode, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -77,6 +77,17 @@ pub struct Args {
     /// Seconds of silence (N) after which a client is pinged; it is dropped after 3N+1 seconds.
     #[arg(long, default_value_t = 3, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
     keepalive: u64,
+    /// Bytes waiting to be sent to all clients together, at most: past it, those furthest
+    /// behind (over 256 KiB) are cut off as too slow.
+    #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
+    max_queued_total: u64,
+    /// Requests a second one client may make once its burst is spent; more are delayed, and
+    /// a client that keeps on is disconnected. 0 turns flood control off.
+    #[arg(long, env = "PARLEY_FLOOD_RATE", default_value_t = FloodLimit::default().rate, value_name = "N", value_parser = parse_rate)]
+    flood_rate: f64,
+    /// Requests one client may make at once, after a quiet spell, before --flood-rate holds.
+    #[arg(long, default_value_t = FloodLimit::default().burst, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    flood_burst: u32,
 }
 
 /// Log lines waiting for stdout, at most; past them, lines are dropped (and counted).
@@ -132,6 +143,11 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         backlog: args.backlog,
         require_account: args.require_account,
         keep_history: !args.no_history,
+        max_queued_total: usize::try_from(args.max_queued_total).unwrap_or(usize::MAX),
+        flood: (args.flood_rate > 0.0).then_some(FloodLimit {
+            rate: args.flood_rate,
+            burst: args.flood_burst,
+        }),
         tls: match (args.no_tls, args.tls_cert, args.tls_key) {
             (true, _, _) => TlsMode::Off,
             (false, Some(cert), Some(key)) => TlsMode::Files { cert, key },
@@ -174,6 +190,16 @@ async fn stop_on_signal(shutdown: CancellationToken) {
     }
     info!("shutting down: telling every client");
     shutdown.cancel();
+}
+
+/// Parses a rate of requests a second: a number from 0 (off) to a million.
+fn parse_rate(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(rate) if (0.0..=1e6).contains(&rate) => Ok(rate),
+        _ => Err(format!(
+            "{text:?} is not a rate: give requests a second, from 0 (off) to 1000000"
+        )),
+    }
 }
 
 /// Parses `1048576`, `512K`, `4G`, `1.5GiB` and the like (units are powers of 1024).

@@ -73,6 +73,12 @@ pub enum ErrorCode {
     Timeout,
     /// The server is shutting down. Closes the connection.
     Shutdown,
+    /// The client went on sending requests faster than the server's flood control allows,
+    /// past the delay it grants. Closes the connection.
+    Flooding,
+    /// The recipient's box of messages kept while offline is full, or holds as much from this
+    /// sender as one sender may leave there.
+    MailboxFull,
     /// A code this build does not know (sent by a newer peer).
     #[serde(other)]
     Unknown,
@@ -114,6 +120,8 @@ impl ErrorCode {
             Self::TooSlow => "too_slow",
             Self::Timeout => "timeout",
             Self::Shutdown => "shutdown",
+            Self::Flooding => "flooding",
+            Self::MailboxFull => "mailbox_full",
             Self::Unknown => "unknown",
         }
     }
@@ -165,6 +173,8 @@ mod tests {
             TooSlow,
             Timeout,
             Shutdown,
+            Flooding,
+            MailboxFull,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

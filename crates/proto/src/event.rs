@@ -189,6 +189,8 @@ pub enum PartReason {
     TooSlow,
     /// The client broke the protocol and was disconnected.
     ProtocolError,
+    /// The client sent requests too fast for too long and was disconnected.
+    Flooding,
     /// A reason this build does not know (sent by a newer server).
     #[serde(other)]
     Other,

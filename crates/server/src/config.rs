@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use parley_proto::limits::DEFAULT_ROSTER_LIMIT;
 
+use crate::flood::FloodLimit;
 use crate::tls::TlsMode;
 
 /// How a server behaves; [`Config::default`] is what `parley server` runs with.
@@ -22,6 +23,10 @@ pub struct Config {
     /// Bytes a client's outgoing queue may hold before the client is cut off as too slow.
     /// 1 MiB is over 2,000 messages of typical size: far more than a healthy client ever lags.
     pub max_queue_bytes: usize,
+    /// Bytes the outgoing queues of all clients may hold together: once reached, a client
+    /// holding more than 256 KiB of them is cut off as too slow. Many slow readers, each within
+    /// [`Config::max_queue_bytes`], cannot take more memory than this between them.
+    pub max_queued_total: usize,
     /// On shutdown, how long connections get to receive their `bye` before being dropped.
     pub shutdown_grace: Duration,
     /// The folder whose files are shared; created if missing.
@@ -49,6 +54,9 @@ pub struct Config {
     /// and the largest room whose arrivals and departures are announced by name; a larger room
     /// announces only its size. See [`DEFAULT_ROSTER_LIMIT`].
     pub roster_limit: usize,
+    /// How fast one session may make requests (see [`FloodLimit`]); `None` turns flood
+    /// control off, as the benchmarks do.
+    pub flood: Option<FloodLimit>,
 }
 
 impl Default for Config {
@@ -59,6 +67,7 @@ impl Default for Config {
             keepalive_interval: Duration::from_secs(3),
             keepalive_timeout: Duration::from_secs(10),
             max_queue_bytes: 1024 * 1024,
+            max_queued_total: 512 * 1024 * 1024,
             shutdown_grace: Duration::from_secs(5),
             shared_dir: PathBuf::from("SharedFiles"),
             max_upload: 4 << 30,
@@ -70,6 +79,7 @@ impl Default for Config {
             tls: TlsMode::SelfSigned,
             keep_history: true,
             roster_limit: DEFAULT_ROSTER_LIMIT,
+            flood: Some(FloodLimit::default()),
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod accounts;
 mod config;
 mod files;
+mod flood;
 mod hub;
 mod outbox;
 mod recorder;
@@ -33,6 +34,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub use config::Config;
+pub use flood::FloodLimit;
 pub use tls::TlsMode;
 
 use hub::Hub;

@@ -23,6 +23,7 @@ use std::future::{Future, poll_fn};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
@@ -30,13 +31,66 @@ use tokio::sync::{Notify, mpsc};
 
 use crate::transfer::Data;
 
-/// Creates a queue that holds at most `limit` bytes.
+/// What all the queues of a server may hold, together and each; shared by every session.
+///
+/// Each queue is bounded by `per_session`, and all together by `total`: many slow readers,
+/// each within its own bound, could otherwise hold gigabytes between them. Once the total is
+/// reached, a push to a queue holding more than [`FAIR_SHARE`] ends that session as too slow,
+/// while a queue below it still takes its frames: a client that keeps up holds almost
+/// nothing, and is never the one cut off. So the total may be passed by at most
+/// [`FAIR_SHARE`] per session.
+pub(crate) struct Budget {
+    per_session: usize,
+    total: usize,
+    /// Bytes queued in all queues, not yet written.
+    queued: AtomicUsize,
+    /// How long a writer may wait for its socket to accept anything, with frames waiting,
+    /// before the session ends as too slow.
+    stall: Duration,
+}
+
+/// What a queue may hold whatever the total (see [`Budget`]): a quarter of the default
+/// per-session limit. A client that keeps up lags by a few kilobytes; one that is a quarter of
+/// a megabyte behind is far behind, and a burst pipelined at full speed in a test (400 KB)
+/// had a reading client in the same process 64 KiB behind.
+pub(crate) const FAIR_SHARE: usize = 256 * 1024;
+
+impl Budget {
+    /// Queues of at most `per_session` bytes each and `total` together, whose writers give up
+    /// on a socket that accepts nothing for `stall`.
+    pub(crate) fn new(per_session: usize, total: usize, stall: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            per_session,
+            total,
+            queued: AtomicUsize::new(0),
+            stall,
+        })
+    }
+
+    /// Bytes queued in all queues now.
+    #[cfg(test)]
+    pub(crate) fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Creates a session's queue within this budget.
+    pub(crate) fn channel(self: &Arc<Self>) -> (Outbox, OutboxReader) {
+        make(self.clone())
+    }
+}
+
+/// Creates a queue that holds at most `limit` bytes, on a budget of its own.
+#[cfg(test)]
 pub(crate) fn channel(limit: usize) -> (Outbox, OutboxReader) {
+    make(Budget::new(limit, usize::MAX, Duration::from_secs(3600)))
+}
+
+fn make(budget: Arc<Budget>) -> (Outbox, OutboxReader) {
     let shared = Arc::new(Shared {
         queue: Mutex::new(Queue::default()),
         ready: Notify::new(),
         senders: AtomicUsize::new(1),
-        limit,
+        budget,
         overflowed: AtomicBool::new(false),
         write_failed: AtomicBool::new(false),
         shutting_down: AtomicBool::new(false),
@@ -72,6 +126,22 @@ struct Queue {
     lane: Option<mpsc::Receiver<Data>>,
 }
 
+impl Shared {
+    /// Marks the session as too slow and wakes it: it ends.
+    fn overflow(&self) {
+        self.overflowed.store(true, Ordering::Release);
+        self.halt.wake();
+    }
+}
+
+/// What is still queued when the session and its writer are both gone leaves the budget.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        let queued = self.queue.get_mut().map_or(0, |queue| queue.queued);
+        self.budget.queued.fetch_sub(queued, Ordering::Relaxed);
+    }
+}
+
 struct Shared {
     queue: Mutex<Queue>,
     /// Wakes the writer: the queue got its first frame, a lane was opened, or the last
@@ -79,8 +149,8 @@ struct Shared {
     ready: Notify,
     /// Live [`Outbox`] handles; the writer finishes once none is left and the queue is empty.
     senders: AtomicUsize,
-    /// The most bytes the queue may hold.
-    limit: usize,
+    /// What the queue may hold, and all queues together.
+    budget: Arc<Budget>,
     /// Set when a push found the queue full.
     overflowed: AtomicBool,
     /// Set when the writer could not write to the socket.
@@ -169,14 +239,24 @@ impl Outbox {
         if queue.shut {
             return false;
         }
-        if queue.queued + frame.len() > self.shared.limit {
+        let budget = &self.shared.budget;
+        let len = frame.len();
+        let held = queue.queued + len;
+        let over = held > budget.per_session || {
+            let total = budget.queued.fetch_add(len, Ordering::Relaxed) + len;
+            let over_total = total > budget.total && held > FAIR_SHARE;
+            if over_total {
+                budget.queued.fetch_sub(len, Ordering::Relaxed);
+            }
+            over_total
+        };
+        if over {
             queue.shut = true;
             drop(queue);
-            self.shared.overflowed.store(true, Ordering::Release);
-            self.shared.halt.wake();
+            self.shared.overflow();
             return false;
         }
-        queue.queued += frame.len();
+        queue.queued += len;
         queue.frames.push_back(frame);
         queue.frames.len() == 1
     }
@@ -230,6 +310,17 @@ impl Outbox {
     pub(crate) fn set_alarm(&self, at: u64) {
         self.shared.alarm_rang.store(false, Ordering::Relaxed);
         self.shared.alarm_at.store(at.max(1), Ordering::Release);
+    }
+
+    /// Moves the session's alarm to `at` if it is set for later (or not set).
+    pub(crate) fn advance_alarm(&self, at: u64) {
+        let at = at.max(1);
+        let _ = self
+            .shared
+            .alarm_at
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |set| {
+                (set == 0 || set > at).then_some(at)
+            });
     }
 
     /// A handle that can halt the session for a shutdown and ring its alarm, without keeping
@@ -358,6 +449,22 @@ impl OutboxReader {
     /// Records that `bytes` left the queue (written, or thrown away).
     pub(crate) fn release(&self, bytes: usize) {
         self.shared.queue.lock().unwrap().queued -= bytes;
+        self.shared
+            .budget
+            .queued
+            .fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    /// How long the writer may wait for the socket to accept anything while frames wait.
+    pub(crate) fn stall(&self) -> Duration {
+        self.shared.budget.stall
+    }
+
+    /// Tells the session that its socket accepted nothing for the stall timeout: it ends as
+    /// too slow.
+    pub(crate) fn stalled(&self) {
+        self.shared.queue.lock().unwrap().shut = true;
+        self.shared.overflow();
     }
 
     /// Whether the queue overflowed: its backlog is then worth nothing but the last frame.
@@ -470,6 +577,29 @@ mod tests {
         drop(outbox);
         assert_eq!(drain(&reader).await, [Bytes::from_static(b"ab")]);
         assert_eq!(&reader.take_last().unwrap()[..3], b"bye");
+    }
+
+    #[tokio::test]
+    async fn queues_together_stay_within_the_total_and_the_furthest_behind_is_cut() {
+        let budget = Budget::new(1 << 20, FAIR_SHARE + 1000, Duration::from_secs(10));
+        let (behind, behind_reader) = budget.channel();
+        let (keeping_up, keeping_up_reader) = budget.channel();
+        behind.push(Bytes::from(vec![0; FAIR_SHARE]));
+        keeping_up.push(Bytes::from(vec![0; 900]));
+        assert_eq!(budget.queued(), FAIR_SHARE + 900);
+        // Over the total: the queue past its fair share is cut, the other still takes frames.
+        behind.push(Bytes::from(vec![0; 200]));
+        assert_eq!(behind.signalled().await, Signal::Halt(Halt::TooSlow));
+        keeping_up.push(Bytes::from(vec![0; 200]));
+        assert!(!keeping_up_reader.overflowed());
+        assert_eq!(budget.queued(), FAIR_SHARE + 1100);
+        // Written, the bytes leave the total; left queued, they leave it with their queue.
+        let mut batch = Vec::new();
+        keeping_up_reader.take(&mut batch, 10);
+        keeping_up_reader.release(1100);
+        assert_eq!(budget.queued(), FAIR_SHARE);
+        drop((behind, behind_reader));
+        assert_eq!(budget.queued(), 0);
     }
 
     #[tokio::test]

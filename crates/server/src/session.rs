@@ -45,6 +45,7 @@ use crate::ActiveGuard;
 use crate::accounts::{self, Registry, Throttle};
 use crate::config::Config;
 use crate::files::{OpenFile, SharedFolder};
+use crate::flood::{self, Bucket, FloodLimit};
 use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Halt, Halter, Outbox, Signal, Wakes};
 use crate::recorder::{self, Receipt};
@@ -97,6 +98,8 @@ pub(crate) struct Context {
     pub(crate) config: Config,
     /// The tokens of browser sessions, for the HTTP file endpoints.
     pub(crate) grants: Grants,
+    /// What the sessions' outgoing queues may hold, each and together.
+    budget: Arc<outbox::Budget>,
     /// Cancelled when the server starts shutting down: HTTP connections then close.
     pub(crate) stopping: CancellationToken,
     /// Every session running, so that a shutdown reaches each, and so does its alarm.
@@ -121,6 +124,13 @@ impl Context {
         store: Arc<dyn Store>,
         shared: SharedFolder,
     ) -> Self {
+        // A socket that accepts nothing for the keepalive timeout, with frames waiting, is as
+        // good as silent.
+        let budget = outbox::Budget::new(
+            config.max_queue_bytes,
+            config.max_queued_total,
+            config.keepalive_timeout,
+        );
         Self {
             hub,
             throttle: Throttle::default(),
@@ -129,6 +139,7 @@ impl Context {
             shared: Arc::new(shared),
             config,
             grants: Grants::default(),
+            budget,
             stopping: CancellationToken::new(),
             sessions: Mutex::default(),
             next_session: AtomicU64::new(1),
@@ -141,6 +152,16 @@ impl Context {
     fn alarm_time(&self, at: Instant) -> u64 {
         let since = at.saturating_duration_since(self.epoch);
         since.as_nanos().div_ceil(1_000_000) as u64
+    }
+
+    /// `at` on the server's clock in microseconds, for flood control.
+    fn clock_micros(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_micros() as u64
+    }
+
+    /// The instant `micros` microseconds into the server's clock.
+    fn instant_of(&self, micros: u64) -> Instant {
+        self.epoch + Duration::from_micros(micros)
     }
 
     /// How often [`Context::ring_alarms`] should run: a tenth of the shortest wait a session
@@ -205,6 +226,8 @@ enum End {
     TooSlow,
     /// The server is shutting down.
     Shutdown,
+    /// The client went on sending past the flood control's delay.
+    Flooding(FloodLimit),
     /// The client broke the protocol; it is told why in a `bye`.
     Violation(ErrorCode, String),
     /// The handshake was refused; the error reply is already queued.
@@ -231,6 +254,13 @@ impl End {
                 ErrorCode::TooSlow,
                 "You fell too far behind reading what the server sent; disconnected.".to_owned(),
             ),
+            End::Flooding(limit) => (
+                ErrorCode::Flooding,
+                format!(
+                    "You sent requests faster than this server allows ({} a second after a burst of {}) for too long; disconnected.",
+                    limit.rate, limit.burst
+                ),
+            ),
             End::Violation(code, message) => (*code, message.clone()),
             End::Quit | End::Closed | End::Broken(_) | End::WriteFailed | End::Refused(_) => {
                 return None;
@@ -246,6 +276,7 @@ impl End {
             End::Closed | End::Broken(_) | End::WriteFailed => PartReason::Lost,
             End::Timeout | End::HandshakeTimeout => PartReason::Timeout,
             End::TooSlow => PartReason::TooSlow,
+            End::Flooding(_) => PartReason::Flooding,
             End::Violation(..) | End::Refused(_) => PartReason::ProtocolError,
             End::Shutdown => return None,
         })
@@ -263,6 +294,7 @@ impl fmt::Display for End {
             End::Timeout => f.write_str("keepalive timeout"),
             End::TooSlow => f.write_str("too slow reading, outgoing queue full"),
             End::Shutdown => f.write_str("server shutting down"),
+            End::Flooding(_) => f.write_str("flooding, past the delay flood control grants"),
             End::Violation(code, message) => write!(f, "protocol error ({code}): {message}"),
             End::Refused(message) => write!(f, "refused: {message}"),
         }
@@ -351,7 +383,7 @@ where
         }
         Arrival::Browser => true,
     };
-    let (outbox, queue) = outbox::channel(ctx.config.max_queue_bytes);
+    let (outbox, queue) = ctx.budget.channel();
     let transfers_outbox = outbox.clone();
     let writer = tokio::spawn(writer::write_loop(write_half, queue));
 
@@ -370,8 +402,7 @@ where
         web,
         transfers: Transfers::new(transfers_outbox, S::Writer::ZERO_COPY),
         unconfirmed: Unconfirmed::default(),
-        burst: None,
-        wakes: Wakes::default(),
+        busy: None,
     };
     async move {
         let end = session.read_loop(&mut frames).await;
@@ -472,12 +503,38 @@ struct Session {
     /// Messages delivered and not yet stored. The session reads on meanwhile, so a sender's
     /// rate is not one message per disk commit.
     unconfirmed: Unconfirmed,
-    /// Room messages read and not yet said; made by the first, dropped when the client falls
-    /// silent.
-    burst: Option<Box<Burst>>,
+    /// What a busy session holds: made by the first request, given back when the client
+    /// falls silent with nothing in it (an idle connection holds none).
+    busy: Option<Box<Busy>>,
+}
+
+/// What a session that makes requests holds, apart so that an idle one holds none of it: in
+/// one box, each a field of the session would make every connection's task larger, and its
+/// size steps by 128 bytes.
+#[derive(Default)]
+struct Busy {
+    /// Room messages read and not yet said.
+    burst: Burst,
     /// The writers of those this session's messages went to, woken once the messages that
     /// arrived together are all read (or [`MAX_DEFERRED_PUSHES`] frames went out).
     wakes: Wakes,
+    /// Flood control's state.
+    lag: Lag,
+}
+
+/// A session's flood control: its allowance, and the requests it holds back.
+#[derive(Default)]
+struct Lag {
+    bucket: Bucket,
+    /// Requests read and held back, in order, as their frames: one that falls due is read
+    /// again as the next frame, so that it takes the same way as every other.
+    delayed: VecDeque<Bytes>,
+    /// The bytes of their frames, against [`flood::MAX_DELAYED_BYTES`].
+    bytes: usize,
+    /// When the first may run, if any waits.
+    due_at: Option<Instant>,
+    /// Set when the first was taken to run: the frame the session carries out next is it.
+    released: bool,
 }
 
 /// Dropped, even by a panic, a session no longer counts as running (see [`Context::enter`]):
@@ -502,21 +559,31 @@ impl Session {
             if burst_read || self.unconfirmed.full_with(self.gathered()) {
                 self.say_burst();
             }
-            if !self.wakes.is_empty()
-                && (self.wakes.pushed() >= MAX_DEFERRED_PUSHES
-                    || self.unconfirmed.is_full()
-                    || burst_read)
-            {
+            let pushed = self.busy.as_ref().map(|busy| &busy.wakes);
+            if pushed.is_some_and(|wakes| {
+                !wakes.is_empty()
+                    && (wakes.pushed() >= MAX_DEFERRED_PUSHES
+                        || self.unconfirmed.is_full()
+                        || burst_read)
+            }) {
                 // The burst is read, or reading waits for the store: either way the next
                 // request must be waited for.
-                self.wakes.wake();
+                self.wake();
             }
             let signed_in = self.name.is_some();
             // A block of its own: what is read moves into the boxed step below, and the loop's
             // state keeps no room for it across the waits that follow (40 bytes each).
             {
+                // A request flood control delayed, once due, comes before the next frame: it
+                // is read again, as a frame (see `Session::take_due`). A branch of the select,
+                // so that the loop's state keeps one place for what is read (a second would
+                // be 40 bytes more of every connection's task).
+                let due = !self.unconfirmed.is_full() && self.is_due();
                 let next = tokio::select! {
                     biased;
+                    () = std::future::ready(()), if due => {
+                        Some(Ok(Frame::Control(self.take_due())))
+                    }
                     signal = self.outbox.signalled() => {
                         match signal {
                             Signal::Halt(Halt::Shutdown) => return End::Shutdown,
@@ -527,6 +594,11 @@ impl Session {
                         match self.keepalive() {
                             Ok(wake_at) => self.set_alarm(wake_at),
                             Err(end) => return end,
+                        }
+                        // Flood control's delayed requests wait for the same alarm: a timer of
+                        // their own would be room in every session's loop.
+                        if let Some(due) = self.busy.as_ref().and_then(|busy| busy.lag.due_at) {
+                            self.outbox.advance_alarm(self.ctx.alarm_time(due));
                         }
                         if self.ping_sent {
                             self.give_back_room(frames);
@@ -539,8 +611,10 @@ impl Session {
                     }
                     next = frames.next(), if !self.unconfirmed.is_full() => next,
                 };
-                self.last_heard = Instant::now();
-                self.ping_sent = false;
+                if !due {
+                    self.last_heard = Instant::now();
+                    self.ping_sent = false;
+                }
                 let frame = match next {
                     None => return End::Closed,
                     Some(Ok(frame)) => {
@@ -595,10 +669,24 @@ impl Session {
     fn give_back_room<R>(&mut self, frames: &mut FramedRead<R, FrameCodec>) {
         release_read_buffer(frames);
         self.outbox.shrink();
-        self.wakes = Wakes::default();
+        if let Some(busy) = &mut self.busy {
+            busy.wakes = Wakes::default();
+        }
         self.unconfirmed.shrink();
-        if self.gathered().0 == 0 {
-            self.burst = None;
+        let now = self.ctx.clock_micros(Instant::now());
+        if self.busy.as_ref().is_some_and(|busy| {
+            busy.burst.requests.is_empty()
+                && busy.lag.delayed.is_empty()
+                && busy.lag.bucket.is_full(now)
+        }) {
+            self.busy = None;
+        }
+    }
+
+    /// Wakes the writers this session's messages went to since the last wake.
+    fn wake(&mut self) {
+        if let Some(busy) = &mut self.busy {
+            busy.wakes.wake();
         }
     }
 
@@ -616,13 +704,13 @@ impl Session {
                 if self.say_burst() {
                     self.confirm_all().await;
                 }
-                self.wakes.wake();
+                self.wake();
                 if let Some(end) = self.transfers.receive(transfer, payload).await {
                     self.outbox.push(end);
                 }
                 None
             }
-            Frame::Control(json) => self.handle(&json).await,
+            Frame::Control(json) => self.handle(json).await,
             Frame::Ping | Frame::Pong => None,
         }
     }
@@ -631,13 +719,13 @@ impl Session {
     /// for another room says the burst first. A full burst is said at once.
     fn gather(&mut self, request: u64, say: request::Say) {
         if self
-            .burst
+            .busy
             .as_ref()
-            .is_some_and(|burst| !burst.requests.is_empty() && burst.room != say.room)
+            .is_some_and(|busy| !busy.burst.requests.is_empty() && busy.burst.room != say.room)
         {
             self.say_burst();
         }
-        let burst = self.burst.get_or_insert_default();
+        let burst = &mut self.busy.get_or_insert_default().burst;
         if burst.requests.is_empty() {
             burst.room = say.room;
         }
@@ -651,16 +739,16 @@ impl Session {
 
     /// Room messages read and not yet said, and their bytes of text.
     fn gathered(&self) -> (usize, usize) {
-        self.burst
-            .as_ref()
-            .map_or((0, 0), |burst| (burst.requests.len(), burst.text_bytes))
+        self.busy.as_ref().map_or((0, 0), |busy| {
+            (busy.burst.requests.len(), busy.burst.text_bytes)
+        })
     }
 
     /// Says the room messages gathered so far, in one buffer for all recipients; their
     /// replies wait in `unconfirmed` behind those of earlier requests. True if any was
     /// refused.
     fn say_burst(&mut self) -> bool {
-        let Some(burst) = self.burst.as_deref_mut() else {
+        let Some(Busy { burst, wakes, .. }) = self.busy.as_deref_mut() else {
             return false;
         };
         if burst.requests.is_empty() {
@@ -671,7 +759,7 @@ impl Session {
         let said = self
             .ctx
             .hub
-            .say(self.id, &burst.room, burst.texts.drain(..), &mut self.wakes);
+            .say(self.id, &burst.room, burst.texts.drain(..), wakes);
         for ((request, text_bytes), result) in burst.requests.drain(..).zip(said) {
             match result {
                 Ok((sent, receipt)) => self.unconfirmed.push(
@@ -751,8 +839,8 @@ impl Session {
 
     /// Carries out one control frame; `Some` ends the session. Requests are carried out one at
     /// a time, so replies leave in the order the requests came.
-    async fn handle(&mut self, json: &[u8]) -> Option<End> {
-        let request = match Request::decode(json) {
+    async fn handle(&mut self, json: Bytes) -> Option<End> {
+        let request = match Request::decode(&json) {
             Ok(request) => request,
             Err(RequestError {
                 id: Some(id),
@@ -774,10 +862,106 @@ impl Session {
         if self.name.is_none() {
             return self.hello(request).await;
         }
+        if let Some(limit) = self.ctx.config.flood {
+            let now = self.ctx.clock_micros(Instant::now());
+            let lag = &mut self.busy.get_or_insert_default().lag;
+            let counts = flood::counts(&request.body);
+            if std::mem::take(&mut lag.released) {
+                // Due, so its token is there; should the clock's rounding make it early, it
+                // runs all the same, on the next request's account.
+                if counts && lag.bucket.take(&limit, now).is_err() {
+                    lag.bucket.force(&limit);
+                }
+                let end = self.execute(request).await;
+                self.after_delayed(limit);
+                return end;
+            }
+            // Behind requests already delayed, every request waits, to keep the order.
+            let wait = match (lag.delayed.is_empty(), counts) {
+                (false, _) => Err(0),
+                (true, true) => lag.bucket.take(&limit, now),
+                (true, false) => Ok(()),
+            };
+            if let Err(until) = wait {
+                return self.delay(json, until, limit);
+            }
+        }
+        self.execute(request).await
+    }
+
+    /// Holds `request` (its frame `bytes` long) back until `until` (microseconds of the
+    /// server's clock), behind those held already; `Some` ends a session that went on
+    /// sending past what flood control delays.
+    fn delay(&mut self, json: Bytes, until: u64, limit: FloodLimit) -> Option<End> {
+        let bytes = json.len();
+        let at = self.ctx.instant_of(until);
+        let lag = &mut self.busy.get_or_insert_default().lag;
+        if lag.delayed.len() >= limit.max_delayed() || lag.bytes + bytes > flood::MAX_DELAYED_BYTES
+        {
+            return Some(End::Flooding(limit));
+        }
+        if lag.delayed.is_empty() {
+            lag.due_at = Some(at);
+            self.outbox.advance_alarm(self.ctx.alarm_time(at));
+        }
+        lag.bytes += bytes;
+        lag.delayed.push_back(json);
+        None
+    }
+
+    /// Whether the first request flood control delayed is due. The alarm wakes the session
+    /// when one falls due (see [`Session::delay`]).
+    fn is_due(&self) -> bool {
+        self.busy.as_ref().map(|busy| &busy.lag).is_some_and(|lag| {
+            !lag.delayed.is_empty() && lag.due_at.is_some_and(|due| due <= Instant::now())
+        })
+    }
+
+    /// Takes the first request flood control delayed, which [`Session::is_due`]; it is read
+    /// again as the next frame.
+    fn take_due(&mut self) -> Bytes {
+        let Some(lag) = self.busy.as_mut().map(|busy| &mut busy.lag) else {
+            return Bytes::new();
+        };
+        let json = lag.delayed.pop_front().unwrap_or_default();
+        lag.bytes -= json.len();
+        lag.due_at = None;
+        lag.released = true;
+        json
+    }
+
+    /// After a delayed request ran: says when the next may.
+    fn after_delayed(&mut self, limit: FloodLimit) {
+        // Delayed messages come one by one: each is said at once, not gathered with the
+        // next, which waits for its turn.
+        self.say_burst();
+        self.wake();
+        let now = Instant::now();
+        let ctx = &self.ctx;
+        let due = self.busy.as_mut().and_then(|busy| {
+            let lag = &mut busy.lag;
+            if lag.delayed.is_empty() {
+                // A flood's room is not kept.
+                lag.delayed = VecDeque::new();
+                return None;
+            }
+            // The next waits for a token even if it will not take one (the few that do not
+            // count): what it is, is known only once it is read again.
+            let due = ctx.instant_of(lag.bucket.allowed_at(&limit, ctx.clock_micros(now)));
+            lag.due_at = Some(due);
+            Some(due)
+        });
+        if let Some(due) = due {
+            self.outbox.advance_alarm(self.ctx.alarm_time(due));
+        }
+    }
+
+    /// Carries out a request of a signed-in session; `Some` ends the session.
+    async fn execute(&mut self, request: Request) -> Option<End> {
         if !matches!(request.body, RequestBody::Say(_)) {
             // Only a room message is quick enough to keep a burst's recipients waiting.
             self.say_burst();
-            self.wakes.wake();
+            self.wake();
         }
         if !matches!(request.body, RequestBody::Say(_) | RequestBody::Msg(_)) {
             // Replies leave in the order requests came: earlier messages are confirmed first.
@@ -1557,6 +1741,7 @@ mod tests {
             Arrival::Native { read_ahead: None },
         );
         let (session_size, writer_size) = (size_of_val(&session), size_of_val(&writer));
+        eprintln!("SIZE {session_size} {}", size_of::<Session>());
         assert!(
             session_size <= SESSION_FUTURE_BUDGET,
             "a plain session's future is {session_size} bytes, over its budget of {SESSION_FUTURE_BUDGET}"

@@ -11,6 +11,7 @@ use std::io::{self, IoSlice};
 use std::pin::Pin;
 
 use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
 use tokio::io::{AsyncWrite, AsyncWriteExt, Interest, WriteHalf};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::mpsc;
@@ -74,9 +75,51 @@ const WRITE_BATCH: usize = 64;
 /// side. Control frames go first whenever both have something. If writing fails, tells the
 /// session through the queue. The session aborts this task if it takes too long to finish.
 pub(crate) async fn write_loop<W: Sink>(mut write_half: W, queue: OutboxReader) {
-    if drain(&mut write_half, &queue).await.is_err() {
-        queue.fail();
+    match drain(&mut write_half, &queue).await {
+        Ok(()) => {}
+        Err(err) if err.get_ref().is_some_and(|inner| inner.is::<Stalled>()) => queue.stalled(),
+        Err(_) => queue.fail(),
     }
+}
+
+/// The error of a write the socket accepted nothing of for the stall timeout: the peer reads
+/// nothing (or is gone without a reset), while what waits for it holds memory.
+#[derive(Debug, thiserror::Error)]
+#[error("the peer read nothing for the stall timeout")]
+struct Stalled;
+
+/// Awaits the write `$write` makes, one system call's worth: at once if the socket takes it,
+/// as it almost always does; otherwise for at most `$queue`'s stall timeout, failing as
+/// [`Stalled`]. The write is made afresh for the wait, with a timer, both boxed and made only
+/// then: a writer keeps no room for them (a function taking the write would keep it, 48 bytes
+/// of every connection's writer), and a write that does not wait costs nothing more.
+macro_rules! unstalled {
+    ($queue:expr, $write:expr) => {
+        match FutureExt::now_or_never($write) {
+            Some(done) => done,
+            None => match Box::pin(tokio::time::timeout($queue.stall(), $write)).await {
+                Ok(done) => done,
+                Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, Stalled)),
+            },
+        }
+    };
+}
+
+/// Writes all of `buf`, failing as [`Stalled`] if the socket accepts nothing for the stall
+/// timeout.
+async fn write_all<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    mut buf: &[u8],
+    queue: &OutboxReader,
+) -> io::Result<()> {
+    while !buf.is_empty() {
+        let n = unstalled!(queue, w.write(buf))?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        buf = &buf[n..];
+    }
+    Ok(())
 }
 
 /// The body of [`write_loop`]. An idle connection's writer waits here, so every state of this
@@ -96,7 +139,7 @@ async fn drain<W: Sink>(write_half: &mut W, queue: &OutboxReader) -> io::Result<
                 // Too far behind: the backlog is dropped, only the bye still matters.
                 batch.clear();
             } else {
-                write_batch(write_half, &mut batch).await?;
+                write_batch(write_half, &mut batch, queue).await?;
             }
             queue.release(bytes);
             continue;
@@ -113,8 +156,11 @@ async fn drain<W: Sink>(write_half: &mut W, queue: &OutboxReader) -> io::Result<
         };
         match Box::pin(next_data(queue, receiver)).await {
             Next::Frames => {}
-            Next::Data(Data::Frame(frame)) => write_half.write_all(&frame).await?,
-            Next::Data(Data::Span(span)) => Box::pin(write_span(write_half, &span)).await?,
+            // Boxed, as what is rare: a writer that never sends a file keeps no room for it.
+            Next::Data(Data::Frame(frame)) => {
+                Box::pin(write_all(write_half, &frame, queue)).await?
+            }
+            Next::Data(Data::Span(span)) => Box::pin(write_span(write_half, &span, queue)).await?,
             // Every sender is gone: no more downloads come this way (a new lane would).
             Next::LaneClosed => lane = None,
         }
@@ -150,13 +196,12 @@ const ZEROS: [u8; 4096] = [0; 4096];
 /// Writes a data frame straight from its file. If the file shrank since the header promised
 /// its length, zeros make up the rest: the framing stays whole, and the transfer's hash tells
 /// the client the data is wrong.
-async fn write_span<W: Sink>(w: &mut W, span: &Span) -> io::Result<()> {
-    w.write_all(&span.header).await?;
+async fn write_span<W: Sink>(w: &mut W, span: &Span, queue: &OutboxReader) -> io::Result<()> {
+    write_all(w, &span.header, queue).await?;
     let mut sent = 0;
     while sent < span.len {
-        let n = w
-            .send_file(&span.file, span.offset + sent as u64, span.len - sent)
-            .await?;
+        let (offset, len) = (span.offset + sent as u64, span.len - sent);
+        let n = unstalled!(queue, w.send_file(&span.file, offset, len))?;
         if n == 0 {
             break;
         }
@@ -167,36 +212,23 @@ async fn write_span<W: Sink>(w: &mut W, span: &Span) -> io::Result<()> {
     }
     while sent < span.len {
         let n = (span.len - sent).min(ZEROS.len());
-        w.write_all(&ZEROS[..n]).await?;
+        write_all(w, &ZEROS[..n], queue).await?;
         sent += n;
     }
     Ok(())
 }
 
 /// Writes every frame of `batch` (at most [`WRITE_BATCH`]) with as few system calls as the
-/// transport allows.
-async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut Vec<Bytes>) -> io::Result<()> {
+/// transport allows, failing as [`Stalled`] if the socket accepts nothing for the stall
+/// timeout.
+async fn write_batch<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    batch: &mut Vec<Bytes>,
+    queue: &OutboxReader,
+) -> io::Result<()> {
     let mut first = 0;
     while first < batch.len() {
-        // The slices are made afresh on each poll, on the stack: kept across the wait, they
-        // would be room in every writer's task, or an allocation per write.
-        let mut written = poll_fn(|cx| {
-            if batch.len() - first == 1 {
-                // One frame, as most are at chat rates: `send` rather than `writev`, which on a
-                // socket costs more in the kernel for a single buffer (the iovec import and
-                // the generic file path showed as ~8% of the server's CPU at 100 msg/s to
-                // 1,000 receivers).
-                return Pin::new(&mut *w).poll_write(cx, &batch[first]);
-            }
-            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-            let mut count = 0;
-            for (slice, frame) in slices.iter_mut().zip(&batch[first..]) {
-                *slice = IoSlice::new(frame);
-                count += 1;
-            }
-            Pin::new(&mut *w).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
+        let mut written = unstalled!(queue, write_some(w, batch, first))?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -213,4 +245,31 @@ async fn write_batch<W: AsyncWrite + Unpin>(w: &mut W, batch: &mut Vec<Bytes>) -
     }
     batch.clear();
     Ok(())
+}
+
+/// One write of what `batch` holds from its frame `first` on: a single frame by `send`, more by
+/// `writev`.
+fn write_some<'a, W: AsyncWrite + Unpin>(
+    w: &'a mut W,
+    batch: &'a [Bytes],
+    first: usize,
+) -> impl Future<Output = io::Result<usize>> + 'a {
+    // The slices are made afresh on each poll, on the stack: kept across the wait, they would
+    // be room in every writer's task, or an allocation per write.
+    poll_fn(move |cx| {
+        if batch.len() - first == 1 {
+            // One frame, as most are at chat rates: `send` rather than `writev`, which on a
+            // socket costs more in the kernel for a single buffer (the iovec import and
+            // the generic file path showed as ~8% of the server's CPU at 100 msg/s to
+            // 1,000 receivers).
+            return Pin::new(&mut *w).poll_write(cx, &batch[first]);
+        }
+        let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+        let mut count = 0;
+        for (slice, frame) in slices.iter_mut().zip(&batch[first..]) {
+            *slice = IoSlice::new(frame);
+            count += 1;
+        }
+        Pin::new(&mut *w).poll_write_vectored(cx, &slices[..count])
+    })
 }

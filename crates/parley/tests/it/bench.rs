@@ -41,7 +41,7 @@ fn number(report: &Value, pointer: &str) -> f64 {
 
 #[tokio::test]
 async fn fanout_counts_every_delivery_and_times_them() {
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     let report = bench(
         &server,
         addr,
@@ -79,7 +79,7 @@ async fn fanout_counts_every_delivery_and_times_them() {
 
 #[tokio::test]
 async fn idle_reports_the_servers_memory_per_connection() {
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     let report = bench(
         &server,
         addr,
@@ -96,7 +96,7 @@ async fn idle_reports_the_servers_memory_per_connection() {
 
 #[tokio::test]
 async fn join_storm_checks_everyones_view_of_the_room() {
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     for room in ["lobby", "storm"] {
         let report = bench(
             &server,
@@ -118,7 +118,7 @@ async fn join_storm_checks_everyones_view_of_the_room() {
 
 #[tokio::test]
 async fn transfer_uploads_and_downloads_a_verified_file() {
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     let report = bench(&server, addr, &["transfer", "--size", "3M"], &[]).await;
     assert_eq!(report["complete"], true, "{report}");
     assert!(number(&report, "/upload/MBps") > 0.0);
@@ -146,7 +146,7 @@ async fn transfer_uploads_and_downloads_a_verified_file() {
 
 #[tokio::test]
 async fn chat_during_transfer_times_both_directions() {
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     let report = bench(
         &server,
         addr,
@@ -178,7 +178,10 @@ async fn chat_during_transfer_times_both_directions() {
 async fn fanout_runs_over_tls() {
     let work = tempfile::tempdir().unwrap();
     let known_hosts = work.path().join("known_hosts");
-    let mut server = Proc::launch_tls(&["server", "0", "--host", "127.0.0.1"], &[]);
+    let mut server = Proc::launch_tls(
+        &["server", "0", "--host", "127.0.0.1", "--flood-rate", "0"],
+        &[],
+    );
     let line = server.expect_line(|l| l.contains("listening on")).await;
     let addr: SocketAddr = line
         .split_whitespace()

@@ -77,7 +77,7 @@ async fn broadcast_reaches_everyone_in_the_room_and_is_confirmed() {
 
 #[tokio::test]
 async fn messages_arrive_in_the_order_sent() {
-    let server = TestServer::start().await;
+    let server = TestServer::unthrottled().await;
     let (alice, _alice_events) = server.join("alice").await;
     let (_bob, mut bob_events) = server.join("bob").await;
     for i in 0..200 {
@@ -133,7 +133,7 @@ async fn empty_and_overlong_messages_are_refused_with_a_reason() {
 /// request's reply comes after them.
 #[tokio::test]
 async fn pipelined_messages_are_confirmed_in_order() {
-    let server = TestServer::start().await;
+    let server = TestServer::unthrottled().await;
     let (_bob, mut bob_events) = server.join("bob").await;
     let mut alice = server.raw().await;
     alice.hello("alice").await;
@@ -181,7 +181,7 @@ async fn pipelined_messages_are_confirmed_in_order() {
 /// ends with a message, and nothing after it, still reaches everyone in full.
 #[tokio::test]
 async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
-    let server = TestServer::start().await;
+    let server = TestServer::unthrottled().await;
     let (_bob, mut bob_events) = server.join("bob").await;
     let (_carol, mut carol_events) = server.join("carol").await;
     let mut alice = server.raw().await;
@@ -208,7 +208,7 @@ async fn a_burst_of_messages_reaches_everyone_with_nothing_after_it() {
 /// messages in the order sent.
 #[tokio::test]
 async fn bursts_from_two_senders_arrive_with_growing_ids() {
-    let server = TestServer::start().await;
+    let server = TestServer::unthrottled().await;
     let (_carol, mut carol_events) = server.join("carol").await;
     let mut alice = server.raw().await;
     alice.hello("alice").await;

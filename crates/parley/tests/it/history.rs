@@ -345,6 +345,7 @@ async fn a_guest_name_does_not_inherit_private_history() {
 async fn long_histories_are_cut_to_fit_rather_than_cut_the_client_off() {
     let server = TestServer::with_config(Config {
         backlog: 500,
+        flood: None,
         ..Config::default()
     })
     .await;

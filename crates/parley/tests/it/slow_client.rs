@@ -7,6 +7,8 @@ use parley_client::{Client, ClientEvent, Events};
 use parley_proto::event::{Event, PartReason};
 use parley_proto::request::{Say, Users};
 
+use tokio::io::AsyncWriteExt;
+
 use crate::support::*;
 
 const SENDERS: usize = 4;
@@ -97,6 +99,7 @@ async fn a_stalled_reader_does_not_delay_the_others() {
     // off: it reads nothing, so it answers no ping, and on a loaded machine the flood can last
     // longer than the default timeout.
     let server = TestServer::with_config(Config {
+        flood: None,
         max_queue_bytes: 256 << 20,
         keepalive_timeout: Duration::from_secs(120),
         ..Config::default()
@@ -132,7 +135,7 @@ fn rss_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
     // The real binary, so its memory is its own and nothing else in this test process.
-    let (server, addr) = Proc::server().await;
+    let (server, addr) = Proc::unthrottled_server().await;
     let port = addr.port();
     let join = |name: &'static str| async move {
         Client::connect(&parley_client::ConnectOptions::new("127.0.0.1", port, name).plain())
@@ -195,4 +198,129 @@ async fn a_client_too_far_behind_is_cut_off_and_memory_stays_bounded() {
     );
     let bye = tokio::time::timeout(WAIT, stalled).await.unwrap().unwrap();
     assert_eq!(bye["code"], "too_slow", "{bye}");
+}
+
+/// A connection that signs in as `name` with a receive buffer of 2 KiB, so that the server's
+/// socket soon accepts nothing more while it reads nothing.
+async fn tight_reader(server: &TestServer, name: &str) -> RawConn {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(2048).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (read, write) = stream.into_split();
+    let mut raw = RawConn {
+        frames: tokio_util::codec::FramedRead::new(read, parley_proto::FrameCodec::client()),
+        write,
+    };
+    raw.hello(name).await;
+    raw
+}
+
+/// Pipelines `count` room messages of `size` bytes from `raw`, then reads their replies.
+async fn pipeline(raw: &mut RawConn, count: u64, size: usize) {
+    let text = "y".repeat(size);
+    for id in 1..=count {
+        raw.send_json(serde_json::json!({"id": id, "type": "say", "room": "lobby", "text": text}))
+            .await;
+    }
+    let mut confirmed = 0;
+    while confirmed < count {
+        if raw.recv_json().await["type"] == "ok" {
+            confirmed += 1;
+        }
+    }
+}
+
+/// Waits until `events` tells that `name` was cut off as too slow.
+async fn cut_off(events: &mut Events, name: &str) {
+    let reason = wait_for(events, |event| match event {
+        ClientEvent::Server(Event::Part(part)) if part.users.iter().any(|u| u == name) => {
+            Some(part.reason)
+        }
+        _ => None,
+    })
+    .await;
+    assert_eq!(
+        reason,
+        PartReason::TooSlow,
+        "{name} left, but not as too slow"
+    );
+}
+
+#[tokio::test]
+async fn a_reader_that_takes_nothing_is_cut_off_though_it_answers_pings() {
+    // Within its queue's limit, and heard from: only its socket, taking nothing while output
+    // waits for the keepalive timeout, tells that it reads nothing.
+    let server = TestServer::with_config(Config {
+        flood: None,
+        keepalive_interval: Duration::from_millis(300),
+        keepalive_timeout: Duration::from_secs(2),
+        ..Config::default()
+    })
+    .await;
+    let (_watcher, mut watcher_events) = server.join("watcher").await;
+    let mut stalled = tight_reader(&server, "stalled").await;
+    // It answers pings without reading them: a pong now and then is all the server hears.
+    let pongs = tokio::spawn(async move {
+        for _ in 0..100 {
+            if stalled
+                .write
+                .write_all(&parley_proto::Frame::Pong.to_bytes())
+                .await
+                .is_err()
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut sender = server.raw().await;
+    sender.hello("sender").await;
+    // 600 KB for it, under its queue's 1 MiB.
+    pipeline(&mut sender, 300, 2000).await;
+    cut_off(&mut watcher_events, "stalled").await;
+    pongs.abort();
+}
+
+#[tokio::test]
+async fn many_slow_readers_together_hold_no_more_than_the_total_allowed() {
+    // Each within its own limit and its keepalive; together over the total.
+    let server = TestServer::with_config(Config {
+        flood: None,
+        max_queued_total: 512 * 1024,
+        keepalive_interval: Duration::from_secs(60),
+        keepalive_timeout: Duration::from_secs(120),
+        ..Config::default()
+    })
+    .await;
+    let (_reader, mut reader_events) = server.join("reader").await;
+    let mut stalled = Vec::new();
+    for n in 0..4 {
+        stalled.push(tight_reader(&server, &format!("stalled{n}")).await);
+    }
+    await_arrivals(
+        &mut reader_events,
+        "lobby",
+        &["stalled0", "stalled1", "stalled2", "stalled3"],
+    )
+    .await;
+    let mut sender = server.raw().await;
+    sender.hello("sender").await;
+    await_arrivals(&mut reader_events, "lobby", &["sender"]).await;
+    // 600 KB for each, under its queue's 1 MiB; over 2 MB for the four.
+    let sending = tokio::spawn(async move { pipeline(&mut sender, 300, 2000).await });
+    // The one that reads gets everything, and is not cut off; one of the stalled ones is.
+    let mut received = 0;
+    let mut cut = 0;
+    while received < 300 || cut == 0 {
+        match next_server_event(&mut reader_events).await {
+            Event::Message(message) if message.from == "sender" => received += 1,
+            Event::Part(part) if part.users[0].starts_with("stalled") => {
+                assert_eq!(part.reason, PartReason::TooSlow);
+                cut += 1;
+            }
+            _ => {}
+        }
+    }
+    within("the sender's confirmations", sending).await.unwrap();
+    drop(stalled);
 }

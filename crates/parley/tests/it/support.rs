@@ -41,6 +41,16 @@ impl TestServer {
         Self::with_config(Config::default()).await
     }
 
+    /// A server without flood control, for tests that send faster than any person types
+    /// (bursts, ordering under load, slow readers): flood control has its own, `flood.rs`.
+    pub async fn unthrottled() -> Self {
+        Self::with_config(Config {
+            flood: None,
+            ..Config::default()
+        })
+        .await
+    }
+
     /// Starts a server with `config`, whatever its `shared_dir` and `data_dir`: each test has
     /// its own temporary folders. Plain TCP: the TLS tests use [`TestServer::with_tls`].
     pub async fn with_config(config: Config) -> Self {
@@ -333,7 +343,19 @@ impl Proc {
 
     /// Starts `parley server 0` on 127.0.0.1 and returns it with the address it printed.
     pub async fn server() -> (Self, SocketAddr) {
-        let mut server = Self::spawn(&["server", "0", "--host", "127.0.0.1"]);
+        Self::server_with(&[]).await
+    }
+
+    /// `parley server` without flood control (`--flood-rate 0`, as the benchmarks run it),
+    /// for tests that send faster than any person types.
+    pub async fn unthrottled_server() -> (Self, SocketAddr) {
+        Self::server_with(&["--flood-rate", "0"]).await
+    }
+
+    /// `parley server` on a free port of 127.0.0.1 with `extra` arguments.
+    async fn server_with(extra: &[&str]) -> (Self, SocketAddr) {
+        let args = [&["server", "0", "--host", "127.0.0.1"], extra].concat();
+        let mut server = Self::spawn(&args);
         let line = server.expect_line(|l| l.contains("listening on")).await;
         let addr = line
             .split_whitespace()
