@@ -11,6 +11,7 @@ mod conformance;
 mod downloads;
 mod files;
 mod frames;
+mod guesses;
 mod history;
 mod large_rooms;
 mod leaving;
