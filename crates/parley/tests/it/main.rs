@@ -8,6 +8,7 @@ mod bench;
 mod chat;
 mod cli;
 mod conformance;
+mod connection_limits;
 mod downloads;
 mod files;
 mod frames;
