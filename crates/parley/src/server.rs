@@ -129,6 +129,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         false => format!("{scheme}://{address}/"),
     };
     println!("Browsers: {shown}");
+    // The runtime's own count: threads named `tokio-rt-worker` in /proc include the blocking
+    // pool's, and a thread just spawned carries its parent's name until it sets its own.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!("running {workers} worker threads (TOKIO_WORKER_THREADS to change)");
 
     let keepalive = Duration::from_secs(args.keepalive);
     let config = Config {
