@@ -1245,16 +1245,21 @@ impl Session {
         } else {
             tokio::select! {
                 turn = turn => turn,
-                // Seen here, the alarm is the handshake's: the read loop ends the session
-                // after the refusal. A halt stays set, and the read loop sees it too.
+                // Seen here, the alarm is the handshake's. The session ends after the
+                // refusal, as after any failed `hello`.
                 signal = self.outbox.signalled() => {
                     let (code, message) = match signal {
                         Signal::Alarm => (
                             ErrorCode::HandshakeTimeout,
                             format!("No sign-in in time: tries for {name} wait in line; closing."),
                         ),
-                        Signal::Halt(_) => {
+                        // The connection ends for the halt's reason; the reply is only
+                        // read after a shutdown, the other halts being a dead or stalled peer.
+                        Signal::Halt(Halt::Shutdown) => {
                             (ErrorCode::Shutdown, "The server is shutting down.".to_owned())
+                        }
+                        Signal::Halt(Halt::TooSlow | Halt::WriteFailed) => {
+                            (ErrorCode::TooSlow, "The connection stalled; closing.".to_owned())
                         }
                     };
                     return Err(Refusal { code, message });

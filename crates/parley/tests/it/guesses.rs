@@ -131,3 +131,42 @@ async fn a_guess_waiting_in_line_meets_the_handshake_timeout() {
         "the last answer came after {last:?}"
     );
 }
+
+#[tokio::test]
+async fn guesses_waiting_in_line_are_told_of_a_shutdown() {
+    use futures_util::stream::FuturesUnordered;
+
+    let server = TestServer::with_config(Config {
+        handshake_timeout: Duration::from_secs(30),
+        ..Config::default()
+    })
+    .await;
+    register(&server, "alice", "correct horse").await;
+    let addr = server.addr;
+    // Six in line would take 7.75 s to be answered, all but the first after a delay.
+    let mut answers: FuturesUnordered<_> = (0..6)
+        .map(|i| tokio::spawn(async move { guess(addr, 20 + i, "alice").await }))
+        .collect();
+    let (first, _) = within("the first answer", answers.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first, "auth_failed");
+    let stopped = Instant::now();
+    server.shutdown.cancel();
+    let mut told = 0;
+    while let Some(answer) = within("an answer after the shutdown", answers.next()).await {
+        let (code, _) = answer.unwrap();
+        assert!(code == "shutdown" || code == "auth_failed", "{code}");
+        told += usize::from(code == "shutdown");
+    }
+    assert!(
+        told >= 4,
+        "only {told} of the five waiting were told of the shutdown"
+    );
+    assert!(
+        stopped.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        stopped.elapsed()
+    );
+}
