@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use parley_server::{Config, FloodLimit, TlsMode, serve};
+use parley_server::{Config, FloodLimit, IpNet, TlsMode, parse_networks, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -35,6 +35,17 @@ pub struct Args {
     /// Most connections held at once.
     #[arg(long, default_value_t = Config::default().max_connections, value_name = "N")]
     max_connections: usize,
+    /// Most connections held at once from one address (IPv6: one /64); 0: no limit.
+    #[arg(long, default_value_t = Config::default().max_connections_per_address, value_name = "N")]
+    max_connections_per_address: usize,
+    /// Most new connections one address may open a minute (a burst of N, then one every
+    /// 60/N s); 0: no limit.
+    #[arg(long, default_value_t = Config::default().max_new_connections_per_minute, value_name = "N")]
+    max_new_connections_per_minute: u32,
+    /// Networks the per-address limits do not apply to, CIDR[,CIDR...]; '' or none: no
+    /// exemptions.
+    #[arg(long, default_value = "127.0.0.0/8,::1", value_name = "CIDR,...", value_parser = parse_exempt)]
+    limit_exempt: Exempt,
     /// The folder to share (created if missing).
     #[arg(
         long,
@@ -129,10 +140,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         false => format!("{scheme}://{address}/"),
     };
     println!("Browsers: {shown}");
+    // The runtime's own count: threads named `tokio-rt-worker` in /proc include the blocking
+    // pool's, and a thread just spawned carries its parent's name until it sets its own.
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
+    info!("running {workers} worker threads (TOKIO_WORKER_THREADS to change)");
 
     let keepalive = Duration::from_secs(args.keepalive);
     let config = Config {
         max_connections: args.max_connections,
+        max_connections_per_address: args.max_connections_per_address,
+        max_new_connections_per_minute: args.max_new_connections_per_minute,
+        limit_exempt: args.limit_exempt.0,
         keepalive_interval: keepalive,
         keepalive_timeout: keepalive * 3 + Duration::from_secs(1),
         shared_dir: args.shared_dir,
@@ -200,6 +218,15 @@ fn parse_rate(text: &str) -> Result<f64, String> {
             "{text:?} is not a rate: give requests a second, from 0 (off) to 1000000"
         )),
     }
+}
+
+/// The networks of `--limit-exempt`: one value holding a list, where clap would make a `Vec`
+/// field an option given many times.
+#[derive(Clone)]
+struct Exempt(Vec<IpNet>);
+
+fn parse_exempt(text: &str) -> Result<Exempt, String> {
+    parse_networks(text).map(Exempt)
 }
 
 /// Parses `1048576`, `512K`, `4G`, `1.5GiB` and the like (units are powers of 1024).

@@ -23,6 +23,9 @@ pub enum ErrorCode {
     NameTaken,
     /// The server holds its maximum number of connections. Closes the connection.
     ServerFull,
+    /// The client's address holds its maximum number of connections, or opened new ones
+    /// faster than its allowance. Closes the connection.
+    TooManyConnections,
     /// A request's JSON is not an object of the expected shape for its type.
     BadRequest,
     /// The request's `type` is not one this server knows.
@@ -95,6 +98,7 @@ impl ErrorCode {
             Self::InvalidName => "invalid_name",
             Self::NameTaken => "name_taken",
             Self::ServerFull => "server_full",
+            Self::TooManyConnections => "too_many_connections",
             Self::BadRequest => "bad_request",
             Self::UnknownRequest => "unknown_request",
             Self::NotFound => "not_found",
@@ -148,6 +152,7 @@ mod tests {
             InvalidName,
             NameTaken,
             ServerFull,
+            TooManyConnections,
             BadRequest,
             UnknownRequest,
             NotFound,

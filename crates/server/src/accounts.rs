@@ -1,8 +1,13 @@
 //! Accounts: passwords are kept only as Argon2id hashes, checked on a blocking thread (hashing
 //! is slow on purpose), and repeated failures are slowed down per name and per address.
+//!
+//! Guesses at one name wait in line, one checked at a time, so that the delay earned by
+//! failures holds however many connections guess at once; and only as many Argon2 runs as
+//! there are cores go on at once in the whole server, each holding 19 MiB: 256 guesses made
+//! together once held 1.8 GB (docs/benchmarks.md, "Password guesses").
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -76,14 +81,120 @@ const MAX_DELAY: Duration = Duration::from_secs(8);
 /// Most names and addresses remembered; beyond, the oldest are forgotten first.
 const MAX_TRACKED: usize = 100_000;
 
-/// Recent failed sign-ins by key (`name:<name>`, `ip:<address>`). A std mutex: held for a map
-/// lookup or update only.
-#[derive(Default)]
+/// Password work: recent failed sign-ins by key (`name:<name>`, `ip:<address>`), the line
+/// of guesses waiting at each name, and the permits for Argon2 runs. The std mutexes are held
+/// for a map lookup or update only.
 pub struct Throttle {
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// One entry per name someone is guessing at, for as long as a guess waits or is checked;
+    /// a tokio mutex, fair, so the guesses are checked in the order they came.
+    lines: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// One permit per core: an Argon2 run is all CPU, so more at once only hold more memory
+    /// (19 MiB each) without finishing sooner.
+    runs: Arc<tokio::sync::Semaphore>,
+}
+
+impl Default for Throttle {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Self {
+            failures: Mutex::default(),
+            lines: Mutex::default(),
+            runs: Arc::new(tokio::sync::Semaphore::new(cores)),
+        }
+    }
+}
+
+/// A guess's turn at its name: while it lives, other guesses at the name wait.
+pub struct Turn<'a> {
+    _turn: tokio::sync::OwnedMutexGuard<()>,
+    _place: Place<'a>,
+}
+
+/// Leave to run Argon2 once (see [`Throttle::permit`]); given back when dropped.
+pub struct Permit {
+    _held: Option<tokio::sync::OwnedSemaphorePermit>,
+}
+
+/// Runs `work` on a blocking thread holding `permit`. The permit goes with the work, so that
+/// it is given back only when the run is over, even if the caller stops waiting.
+async fn run<T: Send + 'static>(
+    permit: Permit,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, tokio::task::JoinError> {
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        work()
+    })
+    .await
+}
+
+/// A place in a name's line, held while waiting and during the turn; the last to leave
+/// removes the line, so the map holds only names being guessed at now.
+struct Place<'a> {
+    lines: &'a Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    name: String,
+    line: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        let mut lines = self.lines.lock().unwrap();
+        // The map's reference and this place's are the only ones left: nobody else waits.
+        // References are taken only under this lock, so the count cannot rise meanwhile.
+        if Arc::strong_count(&self.line) == 2 {
+            lines.remove(&self.name);
+        }
+    }
 }
 
 impl Throttle {
+    /// Waits for a guess's turn at `name` (folded), then for the delay that recent failures
+    /// of any of `keys` earned. The wait is as long as the line; a caller that must give up
+    /// (the handshake timeout) drops the future, and leaves the line.
+    pub async fn turn(&self, name: &str, keys: &[String]) -> Turn<'_> {
+        let place = {
+            let mut lines = self.lines.lock().unwrap();
+            let line = lines.entry(name.to_owned()).or_default().clone();
+            Place {
+                lines: &self.lines,
+                name: name.to_owned(),
+                line,
+            }
+        };
+        let turn = place.line.clone().lock_owned().await;
+        // Looked at only now: the failures of the guesses ahead in line count.
+        tokio::time::sleep(self.delay(keys)).await;
+        Turn {
+            _turn: turn,
+            _place: place,
+        }
+    }
+
+    /// Waits until one of the server's permits for Argon2 runs is free. Apart from
+    /// [`Throttle::verify`], so that a caller may count this wait against a timeout too.
+    pub async fn permit(&self) -> Permit {
+        // Never closed, so acquiring cannot fail.
+        Permit {
+            _held: self.runs.clone().acquire_owned().await.ok(),
+        }
+    }
+
+    /// Whether `password` matches `hash`, checked on a blocking thread with `permit`.
+    pub async fn verify(&self, permit: Permit, password: String, hash: String) -> bool {
+        run(permit, move || verify(&password, &hash))
+            .await
+            .unwrap_or(false)
+    }
+
+    /// Hashes `password` as [`hash`] does, on a blocking thread once a permit is free.
+    pub async fn hash(&self, password: String) -> Result<String, String> {
+        let permit = self.permit().await;
+        run(permit, move || hash(&password))
+            .await
+            .unwrap_or_else(|err| Err(err.to_string()))
+    }
+
     /// How long to wait before checking a password for any of `keys`.
     pub fn delay(&self, keys: &[String]) -> Duration {
         let failures = self.failures.lock().unwrap();
@@ -277,6 +388,27 @@ mod tests {
         assert!(check_strength("1234567").is_err());
         assert!(check_strength("12345678").is_ok());
         assert!(check_strength(&"x".repeat(1025)).is_err());
+    }
+
+    #[tokio::test]
+    async fn guesses_at_a_name_wait_in_line_and_the_line_is_forgotten() {
+        let throttle = Throttle::default();
+        let keys = ["name:bob".to_owned()];
+        let first = throttle.turn("bob", &keys).await;
+        let wait = Duration::from_millis(20);
+        assert!(
+            tokio::time::timeout(wait, throttle.turn("bob", &keys))
+                .await
+                .is_err(),
+            "a second guess at bob waits for the first"
+        );
+        drop(throttle.turn("carol", &["name:carol".to_owned()]).await);
+        drop(first);
+        drop(throttle.turn("bob", &keys).await);
+        assert!(
+            throttle.lines.lock().unwrap().is_empty(),
+            "no line is kept once nobody waits, given up or not"
+        );
     }
 
     #[test]

@@ -13,6 +13,16 @@ use crate::tls::TlsMode;
 pub struct Config {
     /// Connections held at once; one more is told `server_full` and closed.
     pub max_connections: usize,
+    /// Connections held at once from one address (an IPv6 address counts by its /64); one
+    /// more is told `too_many_connections` and closed. 0: no limit. Every connection counts,
+    /// signed in or not, native, TLS or HTTP.
+    pub max_connections_per_address: usize,
+    /// New connections one address may open per minute, as a token bucket: this many at
+    /// once, then one every 60/N seconds; beyond, `too_many_connections`. 0: no limit.
+    pub max_new_connections_per_minute: u32,
+    /// Networks the two limits above do not apply to; loopback by default, so that local
+    /// benchmarks and tests of thousands of connections run.
+    pub limit_exempt: Vec<ipnet::IpNet>,
     /// Time a new connection has to send a valid `hello`.
     pub handshake_timeout: Duration,
     /// The server pings a client it has heard nothing from for this long.
@@ -63,6 +73,9 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_address: 64,
+            max_new_connections_per_minute: 120,
+            limit_exempt: crate::addresses::loopback(),
             handshake_timeout: Duration::from_secs(10),
             keepalive_interval: Duration::from_secs(3),
             keepalive_timeout: Duration::from_secs(10),

@@ -5,6 +5,7 @@
 //! Inside, each connection is a session ([`session`]) and a hub ([`hub`]) routes between them.
 
 pub mod accounts;
+mod addresses;
 mod config;
 mod files;
 mod flood;
@@ -19,7 +20,7 @@ mod web;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -33,10 +34,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+pub use addresses::{loopback, parse_networks};
 pub use config::Config;
 pub use flood::FloodLimit;
+pub use ipnet::IpNet;
 pub use tls::TlsMode;
 
+use addresses::{Addresses, Refused};
 use hub::Hub;
 use recorder::Recorder;
 use session::Context;
@@ -83,7 +87,7 @@ pub async fn serve(
     tokio::spawn(announce_presence(Arc::downgrade(&ctx), presence));
     tokio::spawn(ring_alarms(Arc::downgrade(&ctx)));
     let tracker = TaskTracker::new();
-    let active = Arc::new(AtomicUsize::new(0));
+    let addresses = Addresses::new(&ctx.config, Arc::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -97,16 +101,11 @@ pub async fn serve(
             },
         };
         tune(&stream);
-        let full = active.load(Ordering::Acquire) >= ctx.config.max_connections;
-        if full {
-            warn!(
-                "{peer} refused: the server holds its maximum of {} connections",
-                ctx.config.max_connections
-            );
-        } else {
-            info!("{peer} connected");
+        let admission = admission(&ctx.config, &addresses, peer);
+        match &admission {
+            Ok(_) => info!("{peer} connected"),
+            Err(bye) => warn!("{peer} refused: {}", bye.message),
         }
-        let guard = (!full).then(|| ActiveGuard::new(&active));
         let (ctx, tls) = (ctx.clone(), tls.clone());
         let accepted = Accepted {
             peer,
@@ -114,8 +113,8 @@ pub async fn serve(
             tasks: tracker.clone(),
         };
         match tls {
-            None => tracker.spawn(admit(stream, ctx, guard, accepted)),
-            Some(tls) => tracker.spawn(secure(stream, tls, ctx, guard, accepted)),
+            None => tracker.spawn(admit(stream, ctx, admission, accepted)),
+            Some(tls) => tracker.spawn(secure(stream, tls, ctx, admission, accepted)),
         };
     }
     drop(listener);
@@ -165,6 +164,32 @@ async fn ring_alarms(ctx: std::sync::Weak<Context>) {
     }
 }
 
+/// Decides at accept whether a connection from `peer` is served: not when the server holds
+/// its maximum of connections, nor when `peer`'s address holds its share or opened new ones
+/// too fast. The `bye` says which.
+fn admission(
+    config: &Config,
+    addresses: &Addresses,
+    peer: std::net::SocketAddr,
+) -> Result<ActiveGuard, Bye> {
+    if addresses.active() >= config.max_connections {
+        return Err(Bye {
+            code: ErrorCode::ServerFull,
+            message: format!(
+                "The server holds its maximum of {} connections; try again later.",
+                config.max_connections
+            ),
+        });
+    }
+    match addresses.admit(peer.ip()) {
+        Ok(guard) => Ok(ActiveGuard(guard)),
+        Err(Refused(message)) => Err(Bye {
+            code: ErrorCode::TooManyConnections,
+            message,
+        }),
+    }
+}
+
 /// Opens the message database in `data_dir`, creating both if missing.
 fn open_store(data_dir: &std::path::Path) -> std::io::Result<Arc<dyn Store>> {
     let cannot = |err: &dyn std::fmt::Display| {
@@ -205,35 +230,38 @@ async fn secure(
     stream: TcpStream,
     tls: Arc<tls::Tls>,
     ctx: Arc<Context>,
-    guard: Option<ActiveGuard>,
+    admission: Result<ActiveGuard, Bye>,
     accepted: Accepted,
 ) {
     // The TLS handshake counts against the time allowed to sign in; a connection that is only
-    // to be told the server is full gets a short one.
-    let limit = match guard {
-        Some(_) => ctx.config.handshake_timeout,
-        None => Duration::from_secs(1),
+    // to be told it is refused gets a short one.
+    let limit = match admission {
+        Ok(_) => ctx.config.handshake_timeout,
+        Err(_) => Duration::from_secs(1),
     };
     let peer = accepted.peer;
     // Boxed: a handshake's state is kilobytes, needed only until the session starts.
     match Box::pin(timeout(limit, tls.acceptor.accept(stream))).await {
         // Boxed: the session keeps the TLS state on the heap anyway (split puts the stream
         // in an `Arc`), and a task holding it inline would be that much larger.
-        Ok(Ok(secured)) => admit(Box::new(secured), ctx, guard, accepted).await,
+        Ok(Ok(secured)) => admit(Box::new(secured), ctx, admission, accepted).await,
         Ok(Err(err)) => info!("{peer} left: TLS handshake failed: {err}"),
         Err(_) => info!("{peer} left: no TLS handshake within {limit:?}"),
     }
 }
 
-/// Tells the connection's protocol and starts serving it, or refuses the connection when the
-/// server is full (no `guard`).
-async fn admit<S>(stream: S, ctx: Arc<Context>, guard: Option<ActiveGuard>, accepted: Accepted)
-where
+/// Tells the connection's protocol and starts serving it, or tells a refused connection why.
+async fn admit<S>(
+    stream: S,
+    ctx: Arc<Context>,
+    admission: Result<ActiveGuard, Bye>,
+    accepted: Accepted,
+) where
     S: session::Transport + tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
-    match guard {
-        Some(guard) => route(stream, ctx, guard, accepted).await,
-        None => refuse_full(stream, ctx.config.max_connections).await,
+    match admission {
+        Ok(guard) => route(stream, ctx, guard, accepted).await,
+        Err(bye) => refuse(stream, bye).await,
     }
 }
 
@@ -277,15 +305,12 @@ where
     tasks.spawn(session::run(stream, peer, ctx, at, guard, arrival));
 }
 
-/// Tells a connection over the limit why it is refused, then closes it.
-async fn refuse_full<S>(mut stream: S, max: usize)
+/// Tells a connection over a limit why it is refused (`bye`), then closes it.
+async fn refuse<S>(mut stream: S, bye: Bye)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin,
 {
-    let bye: Bytes = event_frame(&Event::Bye(Bye {
-        code: ErrorCode::ServerFull,
-        message: format!("The server holds its maximum of {max} connections; try again later."),
-    }));
+    let bye: Bytes = event_frame(&Event::Bye(bye));
     let written = timeout(Duration::from_secs(1), async {
         stream.write_all(&bye).await?;
         stream.shutdown().await
@@ -296,23 +321,31 @@ where
     }
 }
 
-/// Counts a connection as active for as long as it lives.
-pub(crate) struct ActiveGuard(Arc<AtomicUsize>);
+/// Counts a connection as active for as long as it lives: among the server's, and, unless
+/// its address is exempt, among its address's (see [`addresses::Place`]).
+pub(crate) struct ActiveGuard(addresses::Guard);
 
-impl ActiveGuard {
-    pub(crate) fn new(active: &Arc<AtomicUsize>) -> Self {
-        active.fetch_add(1, Ordering::AcqRel);
-        Self(active.clone())
-    }
+/// What a connection counts against, for connections that start more (a WebSocket, which
+/// takes over its HTTP connection's place).
+#[derive(Clone)]
+pub(crate) struct Counter(Arc<addresses::Place>);
 
-    /// The count this guard is part of, for connections that start more (a WebSocket).
-    fn counter(&self) -> Arc<AtomicUsize> {
-        self.0.clone()
+/// A count of the server's alone, for sessions started without an accept loop (tests).
+impl From<Arc<AtomicUsize>> for Counter {
+    fn from(active: Arc<AtomicUsize>) -> Self {
+        Self(addresses::Guard::unlimited(active))
     }
 }
 
-impl Drop for ActiveGuard {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+impl ActiveGuard {
+    /// Counts one more connection against `counter`, without asking whether it may: the
+    /// limits were applied at accept.
+    pub(crate) fn new(counter: &(impl Clone + Into<Counter>)) -> Self {
+        Self(addresses::Guard::enter(&counter.clone().into().0))
+    }
+
+    /// The count this guard is part of, for connections that start more (a WebSocket).
+    fn counter(&self) -> Counter {
+        Counter(self.0.place())
     }
 }

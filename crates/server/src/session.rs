@@ -1404,20 +1404,52 @@ impl Session {
         Ok((account.since_id, true))
     }
 
-    /// Checks `password` against `hash`, slowed down by recent failures for the name or the
-    /// address, and counts a failure.
+    /// Checks `password` against `hash` in its turn: guesses at one name wait in line, each
+    /// slowed down by recent failures for the name or the address, and a failure is counted
+    /// before the next in line is checked; then the check waits for one of the server's
+    /// permits for Argon2 runs. Before sign-in both waits count against the handshake
+    /// timeout, whose alarm is set already; signed in (`passwd`), the wait is
+    /// bounded anyway: the line is fair, and everyone ahead is a sign-in that its own
+    /// handshake timeout ends.
     async fn check_password(
         &self,
         name: &str,
         password: &str,
         hash: String,
     ) -> Result<(), Refusal> {
-        let keys = [
-            format!("name:{}", names::fold(name)),
-            format!("ip:{}", self.peer.ip()),
-        ];
+        let folded = names::fold(name);
+        let keys = [format!("name:{folded}"), format!("ip:{}", self.peer.ip())];
         let throttle = &self.ctx.throttle;
-        tokio::time::sleep(throttle.delay(&keys)).await;
+        let turn = async {
+            let turn = throttle.turn(&folded, &keys).await;
+            (turn, throttle.permit().await)
+        };
+        let (_turn, permit) = if self.name.is_some() {
+            turn.await
+        } else {
+            tokio::select! {
+                turn = turn => turn,
+                // Seen here, the alarm is the handshake's. The session ends after the
+                // refusal, as after any failed `hello`.
+                signal = self.outbox.signalled() => {
+                    let (code, message) = match signal {
+                        Signal::Alarm => (
+                            ErrorCode::HandshakeTimeout,
+                            format!("No sign-in in time: tries for {name} wait in line; closing."),
+                        ),
+                        // The connection ends for the halt's reason; the reply is only
+                        // read after a shutdown, the other halts being a dead or stalled peer.
+                        Signal::Halt(Halt::Shutdown) => {
+                            (ErrorCode::Shutdown, "The server is shutting down.".to_owned())
+                        }
+                        Signal::Halt(Halt::TooSlow | Halt::WriteFailed) => {
+                            (ErrorCode::TooSlow, "The connection stalled; closing.".to_owned())
+                        }
+                    };
+                    return Err(Refusal { code, message });
+                }
+            }
+        };
         // Hashing is costly on purpose: what is longer than any password can be is refused
         // without feeding it to Argon2.
         if password.len() > MAX_PASSWORD_BYTES {
@@ -1427,11 +1459,7 @@ impl Session {
                 message: format!("Wrong password for {name}."),
             });
         }
-        let password = password.to_owned();
-        let matches = tokio::task::spawn_blocking(move || accounts::verify(&password, &hash))
-            .await
-            .unwrap_or(false);
-        if matches {
+        if throttle.verify(permit, password.to_owned(), hash).await {
             throttle.succeeded(&keys);
             return Ok(());
         }
@@ -1473,7 +1501,7 @@ impl Session {
     async fn register(&self, register: request::Register) -> Result<(), Refusal> {
         accounts::check_strength(&register.password)?;
         let name = self.me();
-        let hash = hash_password(register.password).await?;
+        let hash = hash_password(&self.ctx.throttle, register.password).await?;
         let store = self.ctx.store.clone();
         let owner = name.clone();
         // The account owns what this session saw, not what earlier guests of the name did.
@@ -1505,7 +1533,7 @@ impl Session {
         self.check_password(&name, &passwd.old, account.hash)
             .await?;
         accounts::check_strength(&passwd.new)?;
-        let hash = hash_password(passwd.new).await?;
+        let hash = hash_password(&self.ctx.throttle, passwd.new).await?;
         let store = self.ctx.store.clone();
         let owner = name.clone();
         if !read(move || store.set_password(&owner, &hash)).await? {
@@ -1554,14 +1582,9 @@ fn fit(mut messages: Vec<Stored>, keep: Keep) -> Vec<Stored> {
     messages
 }
 
-/// Hashes a password on the blocking pool.
-async fn hash_password(password: String) -> Result<String, Refusal> {
-    let hashed = tokio::task::spawn_blocking(move || accounts::hash(&password)).await;
-    match hashed {
-        Ok(Ok(hash)) => Ok(hash),
-        Ok(Err(err)) => Err(storage_failed(err)),
-        Err(err) => Err(storage_failed(err.to_string())),
-    }
+/// Hashes a password on the blocking pool, within the server's bound on Argon2 runs.
+async fn hash_password(throttle: &Throttle, password: String) -> Result<String, Refusal> {
+    throttle.hash(password).await.map_err(storage_failed)
 }
 
 /// Gives back `frames`' read buffer if it holds nothing; reading grows it again as needed.

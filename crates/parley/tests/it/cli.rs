@@ -282,15 +282,42 @@ async fn a_server_whose_log_nobody_reads_goes_on_serving() {
     assert_eq!(room_text(&mut bob).await, "alice@lobby>still here");
 }
 
-/// The tokio worker threads of process `pid`, by their name in /proc.
-fn workers_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .filter(|task| {
-            let comm = task.as_ref().unwrap().path().join("comm");
-            std::fs::read_to_string(comm).is_ok_and(|name| name.trim() == "tokio-rt-worker")
-        })
-        .count()
+/// The worker threads `server` runs: as its runtime counts them, in the line it logs at
+/// start, checked against the threads of the process. Threads named `tokio-rt-worker` in /proc
+/// are no count of their own: the blocking pool's threads carry the same name, and a thread
+/// just spawned (the recorder, from a worker) carries its parent's until it sets its own. But
+/// once the server runs, on a worker, each worker has named itself, so there are at least as
+/// many such threads as workers.
+async fn workers_of(server: &mut Proc) -> usize {
+    let line = server.expect_line(|l| l.contains("worker threads")).await;
+    let workers: usize = line
+        .split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"));
+    // Logged from a worker, so that one has named itself by then, and the others as early.
+    server
+        .expect_line(|l| l.contains("sharing the folder"))
+        .await;
+    let named = || {
+        std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+            .unwrap()
+            .filter(|task| {
+                let comm = task.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|name| name.trim() == "tokio-rt-worker")
+            })
+            .count()
+    };
+    // A worker not yet run on a loaded machine has not named itself: wait for it, a while.
+    let deadline = std::time::Instant::now() + WAIT;
+    while named() < workers {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{workers} workers, {} threads named so",
+            named()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    workers
 }
 
 #[tokio::test]
@@ -298,14 +325,11 @@ async fn the_server_leaves_a_core_to_the_threads_beside_its_workers() {
     let cores = std::thread::available_parallelism().unwrap().get();
     let args = ["server", "0", "--host", "127.0.0.1", "--no-tls"];
     let mut server = Proc::spawn(&args);
-    server
-        .expect_line(|l| l.contains("sharing the folder"))
-        .await;
-    assert_eq!(workers_of(server.pid()), cores.saturating_sub(1).max(1));
+    assert_eq!(
+        workers_of(&mut server).await,
+        cores.saturating_sub(1).max(1)
+    );
     // An operator's choice stands.
     let mut server = Proc::spawn_with(&args, &[("TOKIO_WORKER_THREADS", "3")]);
-    server
-        .expect_line(|l| l.contains("sharing the folder"))
-        .await;
-    assert_eq!(workers_of(server.pid()), 3);
+    assert_eq!(workers_of(&mut server).await, 3);
 }

@@ -15,7 +15,7 @@ mod rewind;
 mod socket;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -51,7 +51,7 @@ struct Connection {
     /// Whether the connection is TLS: the page's origin is then `https`.
     secure: bool,
     /// The server's count of connections, which a WebSocket session joins.
-    active: Arc<AtomicUsize>,
+    active: crate::Counter,
     /// Set when the connection becomes a WebSocket, whose session then says when it ends.
     upgraded: Arc<AtomicBool>,
     /// The server's tasks, which a WebSocket's joins: a shutdown waits for its `bye`.
