@@ -7,10 +7,15 @@
 //! construction rather than by string checks alone. Anything that is neither a regular file nor
 //! a folder (devices, FIFOs, sockets) is never listed or opened.
 //!
-//! Uploads are written into `.parley/staging` inside the shared folder (hidden from listings
-//! and unreachable by paths) and moved to their place by a hard link only once complete and
-//! verified: the same file system, so the move is atomic, and a link never replaces an existing
-//! file. Who uploaded what, and when, is appended to `.parley/uploads.jsonl`.
+//! Uploads are written into `.parley/staging` inside the shared folder and moved to their place
+//! by a hard link only once complete and verified: the same file system, so the move is atomic,
+//! and a link never replaces an existing file. Who uploaded what, and when, is appended to
+//! `.parley/uploads.jsonl`. That private folder is kept out of reach by what it is, not by its
+//! name: a symbolic link inside the shared folder (`self -> .`, `Docs/up -> ..`) can lead back
+//! to it under any name, so every path is refused if any step of it resolves to the private
+//! folder, its staging folder or its record (compared by device and inode), and listings leave
+//! those out wherever they appear. Staged files get unguessable names, so no link can have
+//! been made to one in advance.
 //!
 //! The folder also remembers the BLAKE3 hash of files whose content it has seen whole (verified
 //! uploads, complete downloads), keyed by the file's identity, size and modification time, so a
@@ -25,8 +30,9 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, Metadata, OpenOptions};
+use cap_std::fs::{Dir, Metadata, MetadataExt as _, OpenOptions};
 use parley_proto::ErrorCode;
 use parley_proto::paths::{self, numbered};
 use parley_proto::request::{Entry, Listing};
@@ -39,7 +45,8 @@ use crate::hub::Refusal;
 /// per file and keeps the map bounded whatever the folder holds.
 const HASHES_KEPT: usize = 4096;
 
-/// Parley's own folder inside the shared folder: hidden from listings, refused in paths.
+/// Parley's own folder inside the shared folder: hidden from listings, refused in paths (by
+/// identity; see the module's introduction).
 const PRIVATE: &str = ".parley";
 
 /// Where uploads are written until they are complete, inside [`PRIVATE`].
@@ -63,6 +70,9 @@ pub(crate) struct SharedFolder {
     root_path: PathBuf,
     staging: Dir,
     next_staged: AtomicU64,
+    /// The private folder, its staging folder and its record of uploads, as (device, inode):
+    /// what no path may lead to or through, under whatever name.
+    private: [Identity; 3],
     /// Bytes promised to uploads in progress, so that several at once cannot together eat
     /// into the reserve.
     promised: AtomicU64,
@@ -72,6 +82,9 @@ pub(crate) struct SharedFolder {
     /// Hashes of files seen whole; see the module's introduction.
     hashes: Mutex<HashMap<Stamp, blake3::Hash>>,
 }
+
+/// What identifies a file or folder: its device and inode.
+type Identity = (u64, u64);
 
 /// What identifies one version of a file: which file (device and inode), its size and when its
 /// content last changed. Links and renames leave it as it is, a write changes it.
@@ -120,6 +133,12 @@ impl SharedFolder {
             UPLOADS,
             OpenOptions::new().create(true).append(true).read(true),
         )?;
+        let identity = |metadata: Metadata| (metadata.dev(), metadata.ino());
+        let private_ids = [
+            identity(private.dir_metadata()?),
+            identity(staging.dir_metadata()?),
+            identity(log.metadata()?),
+        ];
         let records = io::BufReader::new(log.try_clone()?.into_std())
             .lines()
             .map_while(Result::ok)
@@ -131,6 +150,7 @@ impl SharedFolder {
             root_path: path.to_owned(),
             staging,
             next_staged: AtomicU64::new(0),
+            private: private_ids,
             promised: AtomicU64::new(0),
             uploads: Mutex::new((records, log.into_std())),
             hashes: Mutex::new(HashMap::new()),
@@ -171,10 +191,11 @@ impl SharedFolder {
         self.promised.fetch_sub(size, Ordering::AcqRel);
     }
 
-    /// Creates an empty file in the staging area for an upload; returns its staging name.
+    /// Creates an empty file in the staging area for an upload; returns its staging name,
+    /// which has 64 random bits in it: no symbolic link can have been made to it beforehand.
     pub(crate) fn stage(&self) -> io::Result<(String, std::fs::File)> {
         let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{n}", std::process::id());
+        let name = format!("{}-{n}-{:016x}", std::process::id(), OsRng.next_u64());
         let file = self
             .staging
             .open_with(&name, OpenOptions::new().write(true).create_new(true))?;
@@ -190,7 +211,7 @@ impl SharedFolder {
 
     /// Checks that `folder` is a folder of the shared folder; returns its normalized path.
     pub(crate) fn check_folder(&self, user: &str, folder: &str) -> Result<String, Refusal> {
-        let names = checked(user, folder)?;
+        let names = self.checked(user, folder)?;
         let shown = names.join("/");
         if !names.is_empty() {
             let relative: PathBuf = names.iter().collect();
@@ -224,7 +245,7 @@ impl SharedFolder {
                 message: format!("The file could not be put into {folder:?}: {err}."),
             }
         };
-        let names = checked(user, folder)?;
+        let names = self.checked(user, folder)?;
         let target = if names.is_empty() {
             self.root.try_clone()
         } else {
@@ -266,7 +287,7 @@ impl SharedFolder {
 
     /// Lists the folder `path` (relative to the shared folder).
     pub(crate) fn list(&self, user: &str, path: &str) -> Result<Listing, Refusal> {
-        let names = checked(user, path)?;
+        let names = self.checked(user, path)?;
         let relative: PathBuf = names.iter().collect();
         let shown = names.join("/");
         let dir = if names.is_empty() {
@@ -289,10 +310,13 @@ impl SharedFolder {
                 continue;
             }
             // Follow a symlink only as far as cap-std allows: one pointing outside fails here
-            // and the entry is not shown.
+            // and the entry is not shown. Nor is the private folder, whatever leads to it.
             let Ok(metadata) = dir.metadata(&name) else {
                 continue;
             };
+            if self.is_private(metadata.dev(), metadata.ino()) {
+                continue;
+            }
             if let Some(entry) = describe(name, &metadata) {
                 entries.push(entry);
             }
@@ -335,7 +359,7 @@ pub(crate) struct OpenFile {
 impl SharedFolder {
     /// Opens the regular file `path` for reading.
     pub(crate) fn open_file(&self, user: &str, path: &str) -> Result<OpenFile, Refusal> {
-        let names = checked(user, path)?;
+        let names = self.checked(user, path)?;
         let shown = names.join("/");
         let Some(name) = names.last() else {
             return Err(Refusal {
@@ -372,6 +396,10 @@ impl SharedFolder {
         if !metadata.is_file() {
             return Err(not_a_file("a special file"));
         }
+        // The record of uploads, reached through a link changed since the check.
+        if self.is_private(metadata.dev(), metadata.ino()) {
+            return Err(private_refusal(user, path));
+        }
         Ok(OpenFile {
             file,
             name: (*name).to_owned(),
@@ -402,7 +430,44 @@ fn describe(name: String, metadata: &Metadata) -> Option<Entry> {
     })
 }
 
-/// The names of `path`, or a refusal that is also logged: a refused path is someone probing.
+impl SharedFolder {
+    /// The names of `path`, or a refusal that is also logged: a refused path is someone
+    /// probing. Refused too if any step of it leads to the private folder (see the module's
+    /// introduction); a step that does not resolve is left for the caller to report.
+    fn checked<'a>(&self, user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
+        let names = checked(user, path)?;
+        let mut steps = PathBuf::new();
+        for name in &names {
+            steps.push(name);
+            match self.root.metadata(&steps) {
+                Ok(metadata) if self.is_private(metadata.dev(), metadata.ino()) => {
+                    return Err(private_refusal(user, path));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether the file or folder `(device, inode)` is the private folder, its staging folder
+    /// or its record.
+    fn is_private(&self, device: u64, inode: u64) -> bool {
+        self.private.contains(&(device, inode))
+    }
+}
+
+/// The refusal of a path that leads to the server's private folder, logged.
+fn private_refusal(user: &str, path: &str) -> Refusal {
+    warn!("{user} asked for Parley's private folder: {path:?}");
+    Refusal {
+        code: ErrorCode::BadPath,
+        message: format!("The path {path:?} is not allowed: it leads to the server's own files."),
+    }
+}
+
+/// The names of `path` if it obeys the path rules and does not start with the private folder's
+/// name, or a refusal that is also logged.
 fn checked<'a>(user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
     let names = paths::split(path).map_err(|err| {
         warn!("{user} asked for a path that is not allowed: {path:?} ({err})");

@@ -10,6 +10,7 @@ mod cli;
 mod conformance;
 mod downloads;
 mod files;
+mod files_private;
 mod frames;
 mod history;
 mod large_rooms;
