@@ -17,6 +17,9 @@
 //! those out wherever they appear. Staged files get unguessable names, so no link can have
 //! been made to one in advance.
 //!
+//! Uploads in progress are promised their size of disk space (see [`SharedFolder::promise`]),
+//! within the disk reserve and within what one connection and one address may hold.
+//!
 //! The folder also remembers the BLAKE3 hash of files whose content it has seen whole (verified
 //! uploads, complete downloads), keyed by the file's identity, size and modification time, so a
 //! download can go from the page cache to the socket without the server reading the file only to
@@ -24,6 +27,7 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -39,7 +43,8 @@ use parley_proto::request::{Entry, Listing};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::hub::Refusal;
+use crate::config::Config;
+use crate::hub::{Refusal, SessionId};
 
 /// Most file hashes remembered; past this the memory starts again empty, which costs a re-hash
 /// per file and keeps the map bounded whatever the folder holds.
@@ -73,9 +78,10 @@ pub(crate) struct SharedFolder {
     /// The private folder, its staging folder and its record of uploads, as (device, inode):
     /// what no path may lead to or through, under whatever name.
     private: [Identity; 3],
-    /// Bytes promised to uploads in progress, so that several at once cannot together eat
-    /// into the reserve.
-    promised: AtomicU64,
+    /// Bytes promised to uploads in progress, in all and by address, so that several at once
+    /// cannot together eat into the reserve, nor a few holders take all of it. A std mutex:
+    /// held for a few additions, never across an await.
+    promised: Mutex<Ledger>,
     /// Uploads by path, and the file they are appended to. A std mutex: held for a map update
     /// and one small append, never across an await.
     uploads: Mutex<(HashMap<String, UploadRecord>, std::fs::File)>,
@@ -85,6 +91,65 @@ pub(crate) struct SharedFolder {
 
 /// What identifies a file or folder: its device and inode.
 type Identity = (u64, u64);
+
+/// What is promised to the uploads in progress.
+#[derive(Default)]
+struct Ledger {
+    total: u64,
+    /// By [`Holder::connection`] and by [`Holder::address`]; one holding nothing has no entry.
+    by_connection: HashMap<SessionId, u64>,
+    by_address: HashMap<IpAddr, u64>,
+}
+
+/// Whom an upload's promise of disk space is held for: one connection (a session, with the
+/// HTTP uploads made with its token) and the address it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Holder {
+    /// The connection's session.
+    connection: SessionId,
+    /// The address, an IPv6 one cut to its /64: one host's share of a network, as near as an
+    /// address can tell.
+    address: IpAddr,
+    /// A guest is not told how much space is free: it is the server's business.
+    guest: bool,
+}
+
+impl Holder {
+    /// The holder for the connection of session `connection`, from `peer`.
+    pub(crate) fn new(connection: SessionId, peer: IpAddr, guest: bool) -> Self {
+        let address = match peer.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        };
+        Self {
+            connection,
+            address,
+            guest,
+        }
+    }
+
+    pub(crate) fn guest(&self) -> bool {
+        self.guest
+    }
+}
+
+/// Disk space promised to one upload; give it back with [`SharedFolder::release`].
+#[derive(Debug)]
+pub(crate) struct Promise {
+    size: u64,
+    holder: Holder,
+}
+
+/// Why [`SharedFolder::promise`] could not promise the space.
+#[derive(Debug)]
+pub(crate) enum Shortfall {
+    /// The disk: this much is free, and the reserve must stay so.
+    Disk { free: u64 },
+    /// The connection's share ([`Config::max_reserved_per_connection`]).
+    Connection,
+    /// The address's share ([`Config::max_reserved_per_address`]).
+    Address,
+}
 
 /// What identifies one version of a file: which file (device and inode), its size and when its
 /// content last changed. Links and renames leave it as it is, a write changes it.
@@ -151,7 +216,7 @@ impl SharedFolder {
             staging,
             next_staged: AtomicU64::new(0),
             private: private_ids,
-            promised: AtomicU64::new(0),
+            promised: Mutex::default(),
             uploads: Mutex::new((records, log.into_std())),
             hashes: Mutex::new(HashMap::new()),
         })
@@ -171,24 +236,61 @@ impl SharedFolder {
         hashes.insert(stamp, hash);
     }
 
-    /// Promises `size` bytes of disk to a new upload if, after every upload in progress gets
-    /// what it was promised, at least `reserve` bytes would stay free; returns the free space
-    /// it saw otherwise. Give the promise back with [`SharedFolder::release`].
-    pub(crate) fn promise(&self, size: u64, reserve: u64) -> io::Result<Result<(), u64>> {
+    /// Promises `size` bytes of disk to a new upload for `holder` if, after every upload in
+    /// progress gets what it was promised, the disk reserve would stay free, and if the
+    /// holder's connection and address would hold no more than their shares of `config`.
+    /// Give the promise back with [`SharedFolder::release`].
+    pub(crate) fn promise(
+        &self,
+        size: u64,
+        config: &Config,
+        holder: &Holder,
+    ) -> io::Result<Result<Promise, Shortfall>> {
+        // Looked at and promised under one lock, so uploads starting together cannot each
+        // take the same last share. The lock is held across the `statvfs` too (a quick call,
+        // and this runs on a blocking thread), for the order of the checks protocol.md gives.
+        let mut ledger = self.promised.lock().unwrap();
+        let Ledger {
+            total,
+            by_connection,
+            by_address,
+        } = &mut *ledger;
+        let connection = by_connection
+            .get(&holder.connection)
+            .map_or(0, |held| *held);
+        let address = by_address.get(&holder.address).map_or(0, |held| *held);
+        if connection.saturating_add(size) > config.max_reserved_per_connection {
+            return Ok(Err(Shortfall::Connection));
+        }
+        if address.saturating_add(size) > config.max_reserved_per_address {
+            return Ok(Err(Shortfall::Address));
+        }
         let stats = nix::sys::statvfs::statvfs(&self.root_path).map_err(io::Error::from)?;
         let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
-        let promised = self.promised.fetch_add(size, Ordering::AcqRel) + size;
         // Conservative: bytes already written by uploads in progress count twice.
-        if free < promised.saturating_add(reserve) {
-            self.release(size);
-            return Ok(Err(free));
+        if free
+            < total
+                .saturating_add(size)
+                .saturating_add(config.disk_reserve)
+        {
+            return Ok(Err(Shortfall::Disk { free }));
         }
-        Ok(Ok(()))
+        *total += size;
+        by_address.insert(holder.address, address + size);
+        by_connection.insert(holder.connection, connection + size);
+        Ok(Ok(Promise {
+            size,
+            holder: holder.clone(),
+        }))
     }
 
     /// Gives back what [`SharedFolder::promise`] promised to an upload that ended.
-    pub(crate) fn release(&self, size: u64) {
-        self.promised.fetch_sub(size, Ordering::AcqRel);
+    pub(crate) fn release(&self, promise: &Promise) {
+        let Promise { size, holder } = promise;
+        let mut ledger = self.promised.lock().unwrap();
+        ledger.total -= size;
+        give_back(&mut ledger.by_address, &holder.address, *size);
+        give_back(&mut ledger.by_connection, &holder.connection, *size);
     }
 
     /// Creates an empty file in the staging area for an upload; returns its staging name,
@@ -454,6 +556,16 @@ impl SharedFolder {
     /// or its record.
     fn is_private(&self, device: u64, inode: u64) -> bool {
         self.private.contains(&(device, inode))
+    }
+}
+
+/// Takes `size` off what `key` holds in `map`, and its entry once it holds nothing.
+fn give_back<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: &K, size: u64) {
+    if let Some(held) = map.get_mut(key) {
+        *held -= size;
+        if *held == 0 {
+            map.remove(key);
+        }
     }
 }
 

@@ -22,5 +22,6 @@ mod scripts;
 mod shutdown;
 mod slow_client;
 mod tls;
+mod upload_limits;
 mod uploads;
 mod web;

@@ -29,7 +29,7 @@ use super::{refused, refused_as};
 use crate::files::OpenFile;
 use crate::hub::Refusal;
 use crate::session::Context;
-use crate::transfer::Upload;
+use crate::transfer::{Progress, Upload};
 
 /// Bytes read from the file per chunk of a download's body. Each read is a trip to tokio's
 /// blocking threads and back: at 64 KiB, a gigabyte took 16,000 of them and the futex
@@ -218,6 +218,7 @@ pub(super) async fn upload(
         &ctx.config,
         &ctx.shared,
         &grant.name,
+        &grant.holder,
         target.folder,
         target.name,
         size,
@@ -228,7 +229,8 @@ pub(super) async fn upload(
         Err(refusal) => return refused(refusal),
     };
     let silence = ctx.config.keepalive_timeout;
-    if let Err(refusal) = receive(&mut upload, body, size, silence).await {
+    let progress = Progress::new(ctx.config.upload_idle_timeout, size);
+    if let Err(refusal) = receive(&mut upload, body, size, silence, progress).await {
         return refused(refusal);
     }
     let hash = match upload.hash().await {
@@ -248,12 +250,14 @@ pub(super) async fn upload(
 
 /// Writes the request body into `upload`, in chunks as large as the native protocol's, and
 /// checks that exactly `size` bytes came. A body that stops coming for `silence` fails, as a
-/// silent native client is dropped: it would hold its promise of disk space meanwhile.
+/// silent native client is dropped, and so does one that comes too slowly for `progress`, as
+/// a native upload does: either would hold its promise of disk space meanwhile.
 async fn receive(
     upload: &mut Upload,
     body: Body,
     size: u64,
     silence: Duration,
+    mut progress: Progress,
 ) -> Result<(), Refusal> {
     let mut stream = body.into_data_stream();
     let mut pending = BytesMut::new();
@@ -262,7 +266,14 @@ async fn receive(
         message: format!("The upload broke off: {why}; nothing was kept."),
     };
     loop {
-        let chunk = match timeout(silence, stream.next()).await {
+        // The clock runs while the body is awaited, not while the disk is.
+        let Some(next) = progress.wait(timeout(silence, stream.next())).await else {
+            return Err(Refusal {
+                code: ErrorCode::UploadStalled,
+                message: format!("{}.", progress.stalled()),
+            });
+        };
+        let chunk = match next {
             Ok(Some(Ok(chunk))) => Some(chunk),
             Ok(Some(Err(err))) => return Err(broke_off(err.to_string())),
             Ok(None) => None,
@@ -277,6 +288,7 @@ async fn receive(
                     message: format!("More data arrived than the {size} bytes announced."),
                 });
             }
+            progress.arrived(chunk.len() as u64);
             pending.extend_from_slice(&chunk);
         }
         if !pending.is_empty() && (done || pending.len() >= MAX_DATA_CHUNK) {
