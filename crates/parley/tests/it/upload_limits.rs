@@ -1,6 +1,6 @@
 //! Upload reservations are bounded: an upload that makes no progress gives its disk space back,
 //! what one connection and one address may hold promised is limited, and a guest is not told the
-//! server's free space.
+//! server's free space. And an HTTP upload's name must decode to UTF-8.
 
 use std::fs;
 use std::time::Duration;
@@ -256,4 +256,24 @@ async fn an_http_upload_that_trickles_is_cancelled_and_gives_its_space_back() {
         "its space was not given back: {:?}",
         again.err()
     );
+}
+
+#[tokio::test]
+async fn an_http_upload_name_that_is_not_utf8_is_refused() {
+    let server = TestServer::start().await;
+    let (_page, welcome) = browser(server.addr, "alice").await;
+    let auth = token_header(welcome["token"].as_str().unwrap());
+    for query in ["name=%c0%ae.txt", "folder=%ff&name=a.txt", "name=a%e9.txt"] {
+        let head = format!("POST /upload?{query} HTTP/1.1{auth}\r\nContent-Length: 1");
+        let response = http(server.addr, &head, b"x").await;
+        assert_eq!(response.status, 400, "{query}");
+        let message = response.json()["message"].as_str().unwrap().to_owned();
+        assert!(message.contains("UTF-8"), "{query}: {message}");
+    }
+    let names: Vec<_> = fs::read_dir(server.shared.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().into_string().unwrap())
+        .filter(|name| name != ".parley")
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
@@ -187,6 +187,7 @@ pub(super) struct Target {
 pub(super) async fn upload(
     State(ctx): State<Arc<Context>>,
     Authorized(grant): Authorized,
+    RawQuery(query): RawQuery,
     target: Result<Query<Target>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -197,6 +198,9 @@ pub(super) async fn upload(
             message,
         })
     };
+    if !query.as_deref().is_none_or(decodes_to_utf8) {
+        return bad("The folder and the name must be percent-encoded UTF-8.".into());
+    }
     let Ok(Query(target)) = target else {
         return bad("Say where the file goes: /upload?folder=<folder>&name=<name>.".into());
     };
@@ -313,6 +317,34 @@ async fn receive(
     Ok(())
 }
 
+/// Whether every name and value of the query `raw` percent-decodes to UTF-8. The form decoder
+/// behind `Query` puts U+FFFD in place of what does not (`%c0%ae`), which would store the file
+/// under a name nobody sent.
+fn decodes_to_utf8(raw: &str) -> bool {
+    raw.split(['&', '=']).all(|part| {
+        let bytes = part.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        while at < bytes.len() {
+            let hex = bytes
+                .get(at + 1..at + 3)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+            match (bytes[at], hex) {
+                (b'%', Some(byte)) => {
+                    decoded.push(byte);
+                    at += 3;
+                }
+                (byte, _) => {
+                    decoded.push(byte);
+                    at += 1;
+                }
+            }
+        }
+        String::from_utf8(decoded).is_ok()
+    })
+}
+
 fn not_stored(err: std::io::Error) -> Refusal {
     Refusal {
         code: ErrorCode::NoSpace,
@@ -385,6 +417,14 @@ mod tests {
         assert_eq!(wanted_range(&same, "\"t\"", 100), Wanted::Part(10, 99));
         let changed = range("bytes=10-", Some("\"old\""));
         assert_eq!(wanted_range(&changed, "\"t\"", 100), Wanted::Whole);
+    }
+
+    #[test]
+    fn a_query_must_decode_to_utf8() {
+        assert!(decodes_to_utf8("folder=Docs&name=r%C3%A9sum%C3%A9.pdf"));
+        assert!(decodes_to_utf8("name=100%25+sure%zz%"));
+        assert!(!decodes_to_utf8("name=%c0%ae.txt"));
+        assert!(!decodes_to_utf8("folder=%ff&name=a.txt"));
     }
 
     #[test]
