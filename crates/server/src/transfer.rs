@@ -1245,6 +1245,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_disk_does_not_count_against_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, mut platter) = stalled_disk(dir.path());
+        let size = 2 * UPLOAD_WINDOW;
+        let (outbox, queue) = outbox::channel(1 << 20);
+        let mut transfers = Transfers::new(outbox, false);
+        let idle = Duration::from_millis(300);
+        transfers.start_upload(1, upload_into(dir.path(), size, disk), idle);
+
+        // A window of data, then the client waits for room while the disk stays stalled for
+        // three idle timeouts: the server is waiting for its disk, not for the client.
+        let chunk = Bytes::from(vec![7; MAX_DATA_CHUNK]);
+        let sent = (UPLOAD_WINDOW as usize / MAX_DATA_CHUNK) as u64 * MAX_DATA_CHUNK as u64;
+        for _ in 0..sent / MAX_DATA_CHUNK as u64 {
+            assert_eq!(transfers.receive(1, chunk.clone()).await, None);
+        }
+        tokio::time::sleep(3 * idle).await;
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut on_disk = vec![0; sent as usize];
+            platter.read_exact(&mut on_disk).map(|()| on_disk)
+        });
+        timeout(PROMPT, reading).await.unwrap().unwrap().unwrap();
+        // All is stored and reported, and the upload goes on.
+        let mut taken = Vec::new();
+        loop {
+            match next_event(&queue, &mut taken).await {
+                Event::UploadProgress(progress) if progress.stored + PROGRESS_STEP > sent => break,
+                Event::UploadProgress(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let running = transfers.check_new(1).unwrap_err();
+        assert_eq!(running.code, ErrorCode::BadTransfer, "the upload was ended");
+    }
+
+    #[tokio::test]
     async fn a_failed_write_ends_the_upload_from_its_task() {
         let dir = tempfile::tempdir().unwrap();
         // Opened for reading only: every write fails.
