@@ -41,7 +41,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch}
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
 use crate::files::{Holder, OpenFile, Promise, SharedFolder, Shortfall, Stamp};
@@ -194,11 +194,13 @@ async fn store(
     let result = loop {
         let (bytes, room) = match frames.try_recv() {
             Ok(frame) => frame,
-            Err(TryRecvError::Disconnected) => break upload.settle().await.map(drop),
+            Err(TryRecvError::Disconnected) => {
+                break upload.settle().await.map(drop).map_err(Stop::Failed);
+            }
             Err(TryRecvError::Empty) => {
                 // Caught up: once the last write is done, all that came is stored.
                 if let Err(err) = upload.settle().await {
-                    break Err(err);
+                    break Err(Stop::Failed(err));
                 }
                 writing = None;
                 report(&outbox, transfer, upload.received, &mut reported);
@@ -207,7 +209,7 @@ async fn store(
                 match progress.wait(frames.recv()).await {
                     Some(Some(frame)) => frame,
                     Some(None) => break Ok(()),
-                    None => break Err(progress.stalled()),
+                    None => break Err(Stop::Stalled),
                 }
             }
         };
@@ -215,7 +217,7 @@ async fn store(
         progress.arrived(len);
         // Returns once the write before is done.
         if let Err(err) = upload.write(bytes).await {
-            break Err(err);
+            break Err(Stop::Failed(err));
         }
         writing = Some(room);
         report(&outbox, transfer, upload.received - len, &mut reported);
@@ -223,14 +225,16 @@ async fn store(
     drop(writing);
     match result {
         Ok(()) => Ok(upload),
-        Err(err) => {
-            let stalled = err.kind() == std::io::ErrorKind::TimedOut;
-            let (message, code) = if stalled {
-                debug!("upload {transfer} stalled: {err}");
-                (format!("{err}."), Some(ErrorCode::UploadStalled))
-            } else {
-                warn!("writing upload {transfer} failed: {err}");
-                (format!("The server could not store the file: {err}."), None)
+        Err(stop) => {
+            let (message, code) = match stop {
+                Stop::Stalled => {
+                    info!("upload {transfer} made no progress: cancelled");
+                    (progress.stalled(), Some(ErrorCode::UploadStalled))
+                }
+                Stop::Failed(err) => {
+                    warn!("writing upload {transfer} failed: {err}");
+                    (format!("The server could not store the file: {err}."), None)
+                }
             };
             // Its staged file and disk space are free before the client hears it ended.
             drop(upload);
@@ -246,6 +250,14 @@ async fn store(
             Err(message)
         }
     }
+}
+
+/// Why [`store`] ended an upload before its `finish`.
+enum Stop {
+    /// A write failed.
+    Failed(std::io::Error),
+    /// Its [`Progress`] clock ran out.
+    Stalled,
 }
 
 /// The progress an upload must make, [`MIN_PROGRESS`] bytes or its end in each
@@ -293,15 +305,12 @@ impl Progress {
         }
     }
 
-    /// Why the upload was ended, once the clock ran out.
-    pub(crate) fn stalled(&self) -> std::io::Error {
-        std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!(
-                "The upload made no progress (less than {MIN_PROGRESS} bytes, or no end) for \
-                 {:?}; it was cancelled and its data discarded",
-                self.idle
-            ),
+    /// What the client is told once the clock ran out.
+    pub(crate) fn stalled(&self) -> String {
+        format!(
+            "The upload made no progress (less than {MIN_PROGRESS} bytes, or its end) for \
+             {:?}; it was cancelled and its data discarded.",
+            self.idle
         )
     }
 }

@@ -274,7 +274,7 @@ async fn receive(
         let Some(next) = progress.wait(timeout(silence, stream.next())).await else {
             return Err(Refusal {
                 code: ErrorCode::UploadStalled,
-                message: format!("{}.", progress.stalled()),
+                message: progress.stalled(),
             });
         };
         let chunk = match next {
