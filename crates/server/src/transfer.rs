@@ -1260,7 +1260,7 @@ mod tests {
         let size = 2 * UPLOAD_WINDOW;
         let (outbox, queue) = outbox::channel(1 << 20);
         let mut transfers = Transfers::new(outbox, false);
-        let idle = Duration::from_millis(300);
+        let idle = Duration::from_millis(500);
         transfers.start_upload(1, upload_into(dir.path(), size, disk), idle);
 
         // A window of data, then the client waits for room while the disk stays stalled for
