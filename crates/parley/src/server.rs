@@ -60,6 +60,17 @@ pub struct Args {
     /// Free disk space uploads may not eat into.
     #[arg(long, default_value = "1G", value_name = "SIZE", value_parser = parse_size)]
     disk_reserve: u64,
+    /// Seconds an upload may go without progress (16 KiB, or its end) before it is cancelled
+    /// and the disk space it was promised given back.
+    #[arg(long, default_value_t = 30, value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    upload_idle_timeout: u64,
+    /// Disk space the uploads in progress of one connection may hold promised at once.
+    #[arg(long, default_value = "8G", value_name = "SIZE", value_parser = parse_size)]
+    max_reserved_per_connection: u64,
+    /// Disk space the uploads in progress from one address (IPv6: one /64) may hold promised
+    /// at once.
+    #[arg(long, default_value = "16G", value_name = "SIZE", value_parser = parse_size)]
+    max_reserved_per_address: u64,
     /// Where the server keeps its data (the message database), created if missing.
     #[arg(long, default_value = "parley-data", value_name = "DIR")]
     data_dir: PathBuf,
@@ -156,6 +167,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         shared_dir: args.shared_dir,
         max_upload: args.max_upload,
         disk_reserve: args.disk_reserve,
+        upload_idle_timeout: Duration::from_secs(args.upload_idle_timeout),
+        max_reserved_per_connection: args.max_reserved_per_connection,
+        max_reserved_per_address: args.max_reserved_per_address,
         allow_hidden_uploads: args.allow_hidden_uploads,
         data_dir: args.data_dir,
         backlog: args.backlog,

@@ -56,6 +56,12 @@ pub enum ErrorCode {
     NoSpace,
     /// An upload's data does not match its size or hash; it was discarded.
     ChecksumMismatch,
+    /// The uploads in progress of this connection, or of its address, would hold more disk
+    /// space than the server lets one connection or one address hold at once.
+    UploadQuota,
+    /// An upload made too little progress for the server's upload idle timeout; it was
+    /// cancelled and its data discarded.
+    UploadStalled,
     /// The server could not store or read messages.
     StorageFailed,
     /// The name is registered and the password is missing or wrong. Closes the connection.
@@ -114,6 +120,8 @@ impl ErrorCode {
             Self::FileTooLarge => "file_too_large",
             Self::NoSpace => "no_space",
             Self::ChecksumMismatch => "checksum_mismatch",
+            Self::UploadQuota => "upload_quota",
+            Self::UploadStalled => "upload_stalled",
             Self::StorageFailed => "storage_failed",
             Self::AuthFailed => "auth_failed",
             Self::AccountRequired => "account_required",
@@ -168,6 +176,8 @@ mod tests {
             FileTooLarge,
             NoSpace,
             ChecksumMismatch,
+            UploadQuota,
+            UploadStalled,
             StorageFailed,
             AuthFailed,
             AccountRequired,

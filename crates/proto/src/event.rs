@@ -85,6 +85,10 @@ pub struct TransferEnd {
     /// For a failed transfer: why, for a person.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// For a failed transfer, when the failure has a code of its own (an upload that stalled):
+    /// why, for a program.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 /// How much of an upload the server has written to its staging file. Sent as the upload's

@@ -248,6 +248,7 @@ mod tests {
                 status: TransferStatus::Complete,
                 blake3: None,
                 message: None,
+                code: None,
             }),
             Event::Shared(Shared {
                 user: "bob".into(),

@@ -46,6 +46,19 @@ pub struct Config {
     /// Free disk space an upload may not eat into, in bytes: the server refuses uploads that
     /// would leave less than this on the shared folder's file system.
     pub disk_reserve: u64,
+    /// How long an upload may go without progress (less than [`MIN_PROGRESS`] bytes, or its
+    /// `finish` once all has come) while the server waits for it, before it is cancelled and
+    /// its disk space given back: else a client could hold its promise of space forever.
+    ///
+    /// [`MIN_PROGRESS`]: crate::transfer::MIN_PROGRESS
+    pub upload_idle_timeout: Duration,
+    /// Bytes the uploads in progress of one connection may hold promised at once (a browser's
+    /// HTTP uploads count against its session). Beside the disk reserve, it keeps a few
+    /// connections from promising themselves all of the disk.
+    pub max_reserved_per_connection: u64,
+    /// Bytes the uploads in progress from one address may hold promised at once (IPv6
+    /// addresses counted by their /64): many connections from one place are one holder.
+    pub max_reserved_per_address: u64,
     /// Whether uploads may have names starting with `.` (hidden files on Unix).
     pub allow_hidden_uploads: bool,
     /// The folder holding the server's own data (the message database); created if missing.
@@ -85,6 +98,9 @@ impl Default for Config {
             shared_dir: PathBuf::from("SharedFiles"),
             max_upload: 4 << 30,
             disk_reserve: 1 << 30,
+            upload_idle_timeout: Duration::from_secs(30),
+            max_reserved_per_connection: 8 << 30,
+            max_reserved_per_address: 16 << 30,
             allow_hidden_uploads: false,
             data_dir: PathBuf::from("parley-data"),
             backlog: 50,

@@ -7,10 +7,18 @@
 //! construction rather than by string checks alone. Anything that is neither a regular file nor
 //! a folder (devices, FIFOs, sockets) is never listed or opened.
 //!
-//! Uploads are written into `.parley/staging` inside the shared folder (hidden from listings
-//! and unreachable by paths) and moved to their place by a hard link only once complete and
-//! verified: the same file system, so the move is atomic, and a link never replaces an existing
-//! file. Who uploaded what, and when, is appended to `.parley/uploads.jsonl`.
+//! Uploads are written into `.parley/staging` inside the shared folder and moved to their place
+//! by a hard link only once complete and verified: the same file system, so the move is atomic,
+//! and a link never replaces an existing file. Who uploaded what, and when, is appended to
+//! `.parley/uploads.jsonl`. That private folder is kept out of reach by what it is, not by its
+//! name: a symbolic link inside the shared folder (`self -> .`, `Docs/up -> ..`) can lead back
+//! to it under any name, so every path is refused if any step of it resolves to the private
+//! folder, its staging folder or its record (compared by device and inode), and listings leave
+//! those out wherever they appear. Staged files get unguessable names, so no link can have
+//! been made to one in advance.
+//!
+//! Uploads in progress are promised their size of disk space (see [`SharedFolder::promise`]),
+//! within the disk reserve and within what one connection and one address may hold.
 //!
 //! The folder also remembers the BLAKE3 hash of files whose content it has seen whole (verified
 //! uploads, complete downloads), keyed by the file's identity, size and modification time, so a
@@ -19,27 +27,31 @@
 
 use std::collections::HashMap;
 use std::io::{self, BufRead, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use argon2::password_hash::rand_core::{OsRng, RngCore};
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, Metadata, OpenOptions};
+use cap_std::fs::{Dir, Metadata, MetadataExt as _, OpenOptions};
 use parley_proto::ErrorCode;
 use parley_proto::paths::{self, numbered};
 use parley_proto::request::{Entry, Listing};
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::hub::Refusal;
+use crate::config::Config;
+use crate::hub::{Refusal, SessionId};
 
 /// Most file hashes remembered; past this the memory starts again empty, which costs a re-hash
 /// per file and keeps the map bounded whatever the folder holds.
 const HASHES_KEPT: usize = 4096;
 
-/// Parley's own folder inside the shared folder: hidden from listings, refused in paths.
+/// Parley's own folder inside the shared folder: hidden from listings, refused in paths (by
+/// identity; see the module's introduction).
 const PRIVATE: &str = ".parley";
 
 /// Where uploads are written until they are complete, inside [`PRIVATE`].
@@ -63,14 +75,80 @@ pub(crate) struct SharedFolder {
     root_path: PathBuf,
     staging: Dir,
     next_staged: AtomicU64,
-    /// Bytes promised to uploads in progress, so that several at once cannot together eat
-    /// into the reserve.
-    promised: AtomicU64,
+    /// The private folder, its staging folder and its record of uploads, as (device, inode):
+    /// what no path may lead to or through, under whatever name.
+    private: [Identity; 3],
+    /// Bytes promised to uploads in progress, in all and by address, so that several at once
+    /// cannot together eat into the reserve, nor a few holders take all of it. A std mutex:
+    /// held for a few additions, never across an await.
+    promised: Mutex<Ledger>,
     /// Uploads by path, and the file they are appended to. A std mutex: held for a map update
     /// and one small append, never across an await.
     uploads: Mutex<(HashMap<String, UploadRecord>, std::fs::File)>,
     /// Hashes of files seen whole; see the module's introduction.
     hashes: Mutex<HashMap<Stamp, blake3::Hash>>,
+}
+
+/// What identifies a file or folder: its device and inode.
+type Identity = (u64, u64);
+
+/// What is promised to the uploads in progress.
+#[derive(Default)]
+struct Ledger {
+    total: u64,
+    /// By [`Holder::connection`] and by [`Holder::address`]; one holding nothing has no entry.
+    by_connection: HashMap<SessionId, u64>,
+    by_address: HashMap<IpAddr, u64>,
+}
+
+/// Whom an upload's promise of disk space is held for: one connection (a session, with the
+/// HTTP uploads made with its token) and the address it came from.
+#[derive(Clone, Debug)]
+pub(crate) struct Holder {
+    /// The connection's session.
+    connection: SessionId,
+    /// The address, an IPv6 one cut to its /64: one host's share of a network, as near as an
+    /// address can tell.
+    address: IpAddr,
+    /// A guest is not told how much space is free: it is the server's business.
+    guest: bool,
+}
+
+impl Holder {
+    /// The holder for the connection of session `connection`, from `peer`.
+    pub(crate) fn new(connection: SessionId, peer: IpAddr, guest: bool) -> Self {
+        let address = match peer.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
+            v4 => v4,
+        };
+        Self {
+            connection,
+            address,
+            guest,
+        }
+    }
+
+    pub(crate) fn guest(&self) -> bool {
+        self.guest
+    }
+}
+
+/// Disk space promised to one upload; give it back with [`SharedFolder::release`].
+#[derive(Debug)]
+pub(crate) struct Promise {
+    size: u64,
+    holder: Holder,
+}
+
+/// Why [`SharedFolder::promise`] could not promise the space.
+#[derive(Debug)]
+pub(crate) enum Shortfall {
+    /// The disk: this much is free, and the reserve must stay so.
+    Disk { free: u64 },
+    /// The connection's share ([`Config::max_reserved_per_connection`]).
+    Connection,
+    /// The address's share ([`Config::max_reserved_per_address`]).
+    Address,
 }
 
 /// What identifies one version of a file: which file (device and inode), its size and when its
@@ -120,6 +198,12 @@ impl SharedFolder {
             UPLOADS,
             OpenOptions::new().create(true).append(true).read(true),
         )?;
+        let identity = |metadata: Metadata| (metadata.dev(), metadata.ino());
+        let private_ids = [
+            identity(private.dir_metadata()?),
+            identity(staging.dir_metadata()?),
+            identity(log.metadata()?),
+        ];
         let records = io::BufReader::new(log.try_clone()?.into_std())
             .lines()
             .map_while(Result::ok)
@@ -131,7 +215,8 @@ impl SharedFolder {
             root_path: path.to_owned(),
             staging,
             next_staged: AtomicU64::new(0),
-            promised: AtomicU64::new(0),
+            private: private_ids,
+            promised: Mutex::default(),
             uploads: Mutex::new((records, log.into_std())),
             hashes: Mutex::new(HashMap::new()),
         })
@@ -151,30 +236,68 @@ impl SharedFolder {
         hashes.insert(stamp, hash);
     }
 
-    /// Promises `size` bytes of disk to a new upload if, after every upload in progress gets
-    /// what it was promised, at least `reserve` bytes would stay free; returns the free space
-    /// it saw otherwise. Give the promise back with [`SharedFolder::release`].
-    pub(crate) fn promise(&self, size: u64, reserve: u64) -> io::Result<Result<(), u64>> {
+    /// Promises `size` bytes of disk to a new upload for `holder` if, after every upload in
+    /// progress gets what it was promised, the disk reserve would stay free, and if the
+    /// holder's connection and address would hold no more than their shares of `config`.
+    /// Give the promise back with [`SharedFolder::release`].
+    pub(crate) fn promise(
+        &self,
+        size: u64,
+        config: &Config,
+        holder: &Holder,
+    ) -> io::Result<Result<Promise, Shortfall>> {
+        // Looked at and promised under one lock, so uploads starting together cannot each
+        // take the same last share. The lock is held across the `statvfs` too (a quick call,
+        // and this runs on a blocking thread), for the order of the checks protocol.md gives.
+        let mut ledger = self.promised.lock().unwrap();
+        let Ledger {
+            total,
+            by_connection,
+            by_address,
+        } = &mut *ledger;
+        let connection = by_connection
+            .get(&holder.connection)
+            .map_or(0, |held| *held);
+        let address = by_address.get(&holder.address).map_or(0, |held| *held);
+        if connection.saturating_add(size) > config.max_reserved_per_connection {
+            return Ok(Err(Shortfall::Connection));
+        }
+        if address.saturating_add(size) > config.max_reserved_per_address {
+            return Ok(Err(Shortfall::Address));
+        }
         let stats = nix::sys::statvfs::statvfs(&self.root_path).map_err(io::Error::from)?;
         let free = stats.blocks_available() as u64 * stats.fragment_size() as u64;
-        let promised = self.promised.fetch_add(size, Ordering::AcqRel) + size;
         // Conservative: bytes already written by uploads in progress count twice.
-        if free < promised.saturating_add(reserve) {
-            self.release(size);
-            return Ok(Err(free));
+        if free
+            < total
+                .saturating_add(size)
+                .saturating_add(config.disk_reserve)
+        {
+            return Ok(Err(Shortfall::Disk { free }));
         }
-        Ok(Ok(()))
+        *total += size;
+        by_address.insert(holder.address, address + size);
+        by_connection.insert(holder.connection, connection + size);
+        Ok(Ok(Promise {
+            size,
+            holder: holder.clone(),
+        }))
     }
 
     /// Gives back what [`SharedFolder::promise`] promised to an upload that ended.
-    pub(crate) fn release(&self, size: u64) {
-        self.promised.fetch_sub(size, Ordering::AcqRel);
+    pub(crate) fn release(&self, promise: &Promise) {
+        let Promise { size, holder } = promise;
+        let mut ledger = self.promised.lock().unwrap();
+        ledger.total -= size;
+        give_back(&mut ledger.by_address, &holder.address, *size);
+        give_back(&mut ledger.by_connection, &holder.connection, *size);
     }
 
-    /// Creates an empty file in the staging area for an upload; returns its staging name.
+    /// Creates an empty file in the staging area for an upload; returns its staging name,
+    /// which has 64 random bits in it: no symbolic link can have been made to it beforehand.
     pub(crate) fn stage(&self) -> io::Result<(String, std::fs::File)> {
         let n = self.next_staged.fetch_add(1, Ordering::Relaxed);
-        let name = format!("{}-{n}", std::process::id());
+        let name = format!("{}-{n}-{:016x}", std::process::id(), OsRng.next_u64());
         let file = self
             .staging
             .open_with(&name, OpenOptions::new().write(true).create_new(true))?;
@@ -190,7 +313,7 @@ impl SharedFolder {
 
     /// Checks that `folder` is a folder of the shared folder; returns its normalized path.
     pub(crate) fn check_folder(&self, user: &str, folder: &str) -> Result<String, Refusal> {
-        let names = checked(user, folder)?;
+        let names = self.checked(user, folder)?;
         let shown = names.join("/");
         if !names.is_empty() {
             let relative: PathBuf = names.iter().collect();
@@ -224,7 +347,7 @@ impl SharedFolder {
                 message: format!("The file could not be put into {folder:?}: {err}."),
             }
         };
-        let names = checked(user, folder)?;
+        let names = self.checked(user, folder)?;
         let target = if names.is_empty() {
             self.root.try_clone()
         } else {
@@ -266,7 +389,7 @@ impl SharedFolder {
 
     /// Lists the folder `path` (relative to the shared folder).
     pub(crate) fn list(&self, user: &str, path: &str) -> Result<Listing, Refusal> {
-        let names = checked(user, path)?;
+        let names = self.checked(user, path)?;
         let relative: PathBuf = names.iter().collect();
         let shown = names.join("/");
         let dir = if names.is_empty() {
@@ -289,10 +412,13 @@ impl SharedFolder {
                 continue;
             }
             // Follow a symlink only as far as cap-std allows: one pointing outside fails here
-            // and the entry is not shown.
+            // and the entry is not shown. Nor is the private folder, whatever leads to it.
             let Ok(metadata) = dir.metadata(&name) else {
                 continue;
             };
+            if self.is_private(metadata.dev(), metadata.ino()) {
+                continue;
+            }
             if let Some(entry) = describe(name, &metadata) {
                 entries.push(entry);
             }
@@ -335,7 +461,7 @@ pub(crate) struct OpenFile {
 impl SharedFolder {
     /// Opens the regular file `path` for reading.
     pub(crate) fn open_file(&self, user: &str, path: &str) -> Result<OpenFile, Refusal> {
-        let names = checked(user, path)?;
+        let names = self.checked(user, path)?;
         let shown = names.join("/");
         let Some(name) = names.last() else {
             return Err(Refusal {
@@ -372,6 +498,10 @@ impl SharedFolder {
         if !metadata.is_file() {
             return Err(not_a_file("a special file"));
         }
+        // The record of uploads, reached through a link changed since the check.
+        if self.is_private(metadata.dev(), metadata.ino()) {
+            return Err(private_refusal(user, path));
+        }
         Ok(OpenFile {
             file,
             name: (*name).to_owned(),
@@ -402,7 +532,54 @@ fn describe(name: String, metadata: &Metadata) -> Option<Entry> {
     })
 }
 
-/// The names of `path`, or a refusal that is also logged: a refused path is someone probing.
+impl SharedFolder {
+    /// The names of `path`, or a refusal that is also logged: a refused path is someone
+    /// probing. Refused too if any step of it leads to the private folder (see the module's
+    /// introduction); a step that does not resolve is left for the caller to report.
+    fn checked<'a>(&self, user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
+        let names = checked(user, path)?;
+        let mut steps = PathBuf::new();
+        for name in &names {
+            steps.push(name);
+            match self.root.metadata(&steps) {
+                Ok(metadata) if self.is_private(metadata.dev(), metadata.ino()) => {
+                    return Err(private_refusal(user, path));
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+        Ok(names)
+    }
+
+    /// Whether the file or folder `(device, inode)` is the private folder, its staging folder
+    /// or its record.
+    fn is_private(&self, device: u64, inode: u64) -> bool {
+        self.private.contains(&(device, inode))
+    }
+}
+
+/// Takes `size` off what `key` holds in `map`, and its entry once it holds nothing.
+fn give_back<K: std::hash::Hash + Eq>(map: &mut HashMap<K, u64>, key: &K, size: u64) {
+    if let Some(held) = map.get_mut(key) {
+        *held -= size;
+        if *held == 0 {
+            map.remove(key);
+        }
+    }
+}
+
+/// The refusal of a path that leads to the server's private folder, logged.
+fn private_refusal(user: &str, path: &str) -> Refusal {
+    warn!("{user} asked for Parley's private folder: {path:?}");
+    Refusal {
+        code: ErrorCode::BadPath,
+        message: format!("The path {path:?} is not allowed: it leads to the server's own files."),
+    }
+}
+
+/// The names of `path` if it obeys the path rules and does not start with the private folder's
+/// name, or a refusal that is also logged.
 fn checked<'a>(user: &str, path: &'a str) -> Result<Vec<&'a str>, Refusal> {
     let names = paths::split(path).map_err(|err| {
         warn!("{user} asked for a path that is not allowed: {path:?} ({err})");

@@ -44,6 +44,7 @@ use tracing::{debug, info, warn};
 use crate::ActiveGuard;
 use crate::accounts::{self, Registry, Throttle};
 use crate::config::Config;
+use crate::files::Holder;
 use crate::files::{OpenFile, SharedFolder};
 use crate::flood::{self, Bucket, FloodLimit};
 use crate::hub::{Hub, Refusal, SessionId};
@@ -1246,16 +1247,19 @@ impl Session {
         self.transfers.check_new(upload.transfer)?;
         let user = self.name.as_deref().unwrap_or_default();
         let (config, shared) = (&self.ctx.config, &self.ctx.shared);
+        let holder = Holder::new(self.id, self.peer.ip(), !self.registered);
         let prepared = Upload::prepare(
             config,
             shared,
             user,
+            &holder,
             upload.folder,
             upload.name,
             upload.size,
         )
         .await?;
-        self.transfers.start_upload(upload.transfer, prepared);
+        let idle = config.upload_idle_timeout;
+        self.transfers.start_upload(upload.transfer, prepared, idle);
         Ok(())
     }
 
@@ -1342,7 +1346,9 @@ impl Session {
         };
         // Granted before the welcome can leave, so the page may use the token at once.
         if let Some(token) = &token {
-            self.ctx.grants.grant(token.clone(), self.id, &hello.name);
+            // The page's HTTP uploads hold disk space as this session's own.
+            let holder = Holder::new(self.id, self.peer.ip(), !self.registered);
+            (self.ctx.grants).grant(token.clone(), self.id, &hello.name, holder);
         }
         let signed_in = self
             .ctx

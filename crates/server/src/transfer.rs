@@ -26,6 +26,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use parley_proto::ErrorCode;
@@ -40,10 +41,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, watch}
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::files::{OpenFile, SharedFolder, Stamp};
+use crate::files::{Holder, OpenFile, Promise, SharedFolder, Shortfall, Stamp};
 use crate::hub::Refusal;
 use crate::outbox::Outbox;
 
@@ -63,6 +64,12 @@ pub(crate) const UPLOAD_WINDOW: u64 = 4 << 20;
 /// is stored, less than this is unreported. Not every write: a client that does not read while
 /// it uploads (it need not) would find its queue full of them.
 const PROGRESS_STEP: u64 = UPLOAD_WINDOW / 4;
+
+/// The least an upload must receive (or all that is left of it) in each
+/// [`Config::upload_idle_timeout`] the server spends waiting for it. A trickle of a byte now
+/// and then is no progress: it would hold the upload's promise of disk space for as long as
+/// it pleased. 16 KiB in 30 s is about 550 bytes a second, slower than any link in use.
+pub(crate) const MIN_PROGRESS: u64 = 16 * 1024;
 
 /// What a queued frame costs beyond its bytes: a client sending tiny frames is held back by
 /// their number too, since each takes a queue slot of its own.
@@ -170,14 +177,16 @@ impl Receiving {
 /// whenever it has caught up: once all that came is stored, less than a step of it is
 /// unreported, so a client keeping to its window has room for a frame.
 /// Once `frames` closes it waits for the last write and gives the upload back. A failed write
-/// ends the upload: the `transfer_end` goes out from here, since a client waiting for room in
-/// its window sends nothing the session could answer.
+/// ends the upload, and so does a client that lets the upload's [`Progress`] clock run out
+/// while the task waits for its data: the `transfer_end` goes out from here, since a client
+/// waiting for room in its window sends nothing the session could answer.
 async fn store(
     mut upload: Upload,
     transfer: u32,
     mut frames: mpsc::UnboundedReceiver<(Bytes, OwnedSemaphorePermit)>,
     ended: Arc<AtomicBool>,
     outbox: Outbox,
+    mut progress: Progress,
 ) -> Result<Upload, String> {
     let mut reported = 0;
     // The room of the frame being written, given back once it is.
@@ -185,24 +194,30 @@ async fn store(
     let result = loop {
         let (bytes, room) = match frames.try_recv() {
             Ok(frame) => frame,
-            Err(TryRecvError::Disconnected) => break upload.settle().await.map(drop),
+            Err(TryRecvError::Disconnected) => {
+                break upload.settle().await.map(drop).map_err(Stop::Failed);
+            }
             Err(TryRecvError::Empty) => {
                 // Caught up: once the last write is done, all that came is stored.
                 if let Err(err) = upload.settle().await {
-                    break Err(err);
+                    break Err(Stop::Failed(err));
                 }
                 writing = None;
                 report(&outbox, transfer, upload.received, &mut reported);
-                match frames.recv().await {
-                    Some(frame) => frame,
-                    None => break Ok(()),
+                // Only now is the server waiting for the client, so only now does the
+                // upload's clock run: a slow disk does not count against it.
+                match progress.wait(frames.recv()).await {
+                    Some(Some(frame)) => frame,
+                    Some(None) => break Ok(()),
+                    None => break Err(Stop::Stalled),
                 }
             }
         };
         let len = bytes.len() as u64;
+        progress.arrived(len);
         // Returns once the write before is done.
         if let Err(err) = upload.write(bytes).await {
-            break Err(err);
+            break Err(Stop::Failed(err));
         }
         writing = Some(room);
         report(&outbox, transfer, upload.received - len, &mut reported);
@@ -210,20 +225,93 @@ async fn store(
     drop(writing);
     match result {
         Ok(()) => Ok(upload),
-        Err(err) => {
-            warn!("writing upload {transfer} failed: {err}");
+        Err(stop) => {
+            let (message, code) = match stop {
+                Stop::Stalled => {
+                    info!("upload {transfer} made no progress: cancelled");
+                    (progress.stalled(), Some(ErrorCode::UploadStalled))
+                }
+                Stop::Failed(err) => {
+                    warn!("writing upload {transfer} failed: {err}");
+                    (format!("The server could not store the file: {err}."), None)
+                }
+            };
             // Its staged file and disk space are free before the client hears it ended.
             drop(upload);
-            let message = format!("The server could not store the file: {err}.");
             if !ended.swap(true, Ordering::AcqRel) {
-                outbox.push(end_frame(
+                let end = end_frame(
                     transfer,
                     TransferStatus::Failed,
                     Some(message.clone()),
-                ));
+                    code,
+                );
+                outbox.push(end);
             }
             Err(message)
         }
+    }
+}
+
+/// Why [`store`] ended an upload before its `finish`.
+enum Stop {
+    /// A write failed.
+    Failed(std::io::Error),
+    /// Its [`Progress`] clock ran out.
+    Stalled,
+}
+
+/// The progress an upload must make, [`MIN_PROGRESS`] bytes or its end in each
+/// [`Config::upload_idle_timeout`], as a clock: wound up again by each such step, and running
+/// only while the server waits for the client ([`Progress::wait`]), not while it waits for its
+/// own disk. Once all bytes have come, the clock is wound a last time for the `finish` (or the
+/// end of an HTTP body). The native upload's task and the HTTP upload's handler keep one each.
+pub(crate) struct Progress {
+    idle: Duration,
+    /// What is left on the clock.
+    left: Duration,
+    /// Bytes arrived since the clock was last wound.
+    since: u64,
+    /// Bytes still to come.
+    remaining: u64,
+}
+
+impl Progress {
+    /// The clock of an upload of `size` bytes, wound to `idle`.
+    pub(crate) fn new(idle: Duration, size: u64) -> Self {
+        Self {
+            idle,
+            left: idle,
+            since: 0,
+            remaining: size,
+        }
+    }
+
+    /// Awaits `next` for as long as the clock has left, and stops the clock; `None` if it ran
+    /// out first.
+    pub(crate) async fn wait<F: Future>(&mut self, next: F) -> Option<F::Output> {
+        let started = tokio::time::Instant::now();
+        let outcome = tokio::time::timeout(self.left, next).await.ok();
+        self.left = self.left.saturating_sub(started.elapsed());
+        outcome
+    }
+
+    /// Counts `len` bytes arrived.
+    pub(crate) fn arrived(&mut self, len: u64) {
+        self.since += len;
+        self.remaining = self.remaining.saturating_sub(len);
+        if self.since >= MIN_PROGRESS || (len > 0 && self.remaining == 0) {
+            self.left = self.idle;
+            self.since = 0;
+        }
+    }
+
+    /// What the client is told once the clock ran out.
+    pub(crate) fn stalled(&self) -> String {
+        format!(
+            "The upload made no progress (less than {MIN_PROGRESS} bytes, or its end) for \
+             {:?}; it was cancelled and its data discarded.",
+            self.idle
+        )
     }
 }
 
@@ -251,6 +339,8 @@ pub(crate) struct Upload {
     pub(crate) size: u64,
     received: u64,
     shared: Arc<SharedFolder>,
+    /// The disk space promised to it, given back when it is dropped.
+    promise: Promise,
     /// Set once the file is in the shared folder: nothing left to clean up.
     published: bool,
 }
@@ -263,12 +353,14 @@ struct Staged {
 
 impl Upload {
     /// Checks that `user` may upload `size` bytes as `name` into `folder` (name, size, folder,
-    /// free disk space), and stages an empty file to receive them. The native `upload` request
-    /// and the browser's HTTP upload both start here, so the same rules hold for each.
+    /// free disk space, what `holder` holds already), and stages an empty file to receive
+    /// them. The native `upload` request and the browser's HTTP upload both start here, so the
+    /// same rules hold for each.
     pub(crate) async fn prepare(
         config: &Config,
         shared: &Arc<SharedFolder>,
         user: &str,
+        holder: &Holder,
         folder: String,
         name: String,
         size: u64,
@@ -286,25 +378,48 @@ impl Upload {
                 ),
             });
         }
-        let (shared, user, reserve) = (shared.clone(), user.to_owned(), config.disk_reserve);
+        let (shared, user, holder) = (shared.clone(), user.to_owned(), holder.clone());
+        let config = config.clone();
         tokio::task::spawn_blocking(move || {
             let folder = shared.check_folder(&user, &folder)?;
             let no_space = |detail: String| Refusal {
                 code: ErrorCode::NoSpace,
                 message: format!("The server cannot take this file now: {detail}."),
             };
-            match shared.promise(size, reserve) {
-                Ok(Ok(())) => {}
-                Ok(Err(free)) => {
+            let reserve = config.disk_reserve;
+            let quota = |what: &str, limit: u64| Refusal {
+                code: ErrorCode::UploadQuota,
+                message: format!(
+                    "The uploads in progress {what} may hold at most {limit} bytes at once; \
+                     this one ({size} bytes) would take them past it. Wait for one to finish."
+                ),
+            };
+            let promise = match shared.promise(size, &config, &holder) {
+                Ok(Ok(promise)) => promise,
+                // The free space is the server's business: a guest is told only that the
+                // file does not fit.
+                Ok(Err(Shortfall::Disk { .. })) if holder.guest() => {
+                    return Err(no_space(format!(
+                        "it would leave less than the {reserve} bytes the server keeps free"
+                    )));
+                }
+                Ok(Err(Shortfall::Disk { free })) => {
                     return Err(no_space(format!(
                         "{free} bytes are free and {reserve} must stay free"
                     )));
                 }
+                Ok(Err(Shortfall::Connection)) => {
+                    let limit = config.max_reserved_per_connection;
+                    return Err(quota("of one connection", limit));
+                }
+                Ok(Err(Shortfall::Address)) => {
+                    let limit = config.max_reserved_per_address;
+                    return Err(quota("from one address", limit));
+                }
                 Err(err) => return Err(no_space(format!("its free space is unknown ({err})"))),
-            }
-            // From here on the upload's drop gives the promise back.
+            };
             let (staged, file) = shared.stage().map_err(|err| {
-                shared.release(size);
+                shared.release(&promise);
                 no_space(format!("it could not start a file ({err})"))
             })?;
             Ok(Upload {
@@ -319,6 +434,7 @@ impl Upload {
                 size,
                 received: 0,
                 shared,
+                promise,
                 published: false,
             })
         })
@@ -419,20 +535,26 @@ impl Upload {
 
 impl Drop for Upload {
     fn drop(&mut self) {
-        self.shared.release(self.size);
+        self.shared.release(&self.promise);
         if !self.published {
             self.shared.discard(&self.staged);
         }
     }
 }
 
-/// A `transfer_end` event ready to send.
-fn end_frame(transfer: u32, status: TransferStatus, message: Option<String>) -> Bytes {
+/// A `transfer_end` event ready to send; `code` for a failure that has one of its own.
+fn end_frame(
+    transfer: u32,
+    status: TransferStatus,
+    message: Option<String>,
+    code: Option<ErrorCode>,
+) -> Bytes {
     event_frame(&Event::TransferEnd(TransferEnd {
         transfer,
         status,
         blake3: None,
         message,
+        code,
     }))
 }
 
@@ -537,8 +659,9 @@ impl Transfers {
         }
     }
 
-    /// Receives `upload` as transfer `transfer`: a task of its own stores its data.
-    pub(crate) fn start_upload(&mut self, transfer: u32, upload: Upload) {
+    /// Receives `upload` as transfer `transfer`: a task of its own stores its data, and ends
+    /// the upload if it makes no progress for `idle` (see [`Progress`]).
+    pub(crate) fn start_upload(&mut self, transfer: u32, upload: Upload, idle: Duration) {
         let (frames, queued) = mpsc::unbounded_channel();
         let ended = Arc::new(AtomicBool::new(false));
         let size = upload.size;
@@ -548,6 +671,7 @@ impl Transfers {
             queued,
             ended.clone(),
             self.outbox.clone(),
+            Progress::new(idle, size),
         ));
         let receiving = Receiving {
             size,
@@ -572,7 +696,7 @@ impl Transfers {
                     "More data arrived than the {} bytes announced.",
                     upload.size
                 );
-                end_frame(transfer, TransferStatus::Failed, Some(failure))
+                end_frame(transfer, TransferStatus::Failed, Some(failure), None)
             });
             if let Some(upload) = running.uploads.remove(&transfer) {
                 upload.stop().await;
@@ -668,7 +792,12 @@ impl Transfers {
             && upload.end()
         {
             upload.stop().await;
-            return Ok(Some(end_frame(transfer, TransferStatus::Cancelled, None)));
+            return Ok(Some(end_frame(
+                transfer,
+                TransferStatus::Cancelled,
+                None,
+                None,
+            )));
         }
         match self.running().downloads.get(&transfer) {
             Some(sending) if !sending.task.is_finished() => {
@@ -791,6 +920,7 @@ async fn send_file(download: Download) {
                 status: TransferStatus::Complete,
                 blake3: Some(hash.to_hex().to_string()),
                 message: None,
+                code: None,
             }
         }
         None => TransferEnd {
@@ -798,6 +928,7 @@ async fn send_file(download: Download) {
             status: TransferStatus::Cancelled,
             blake3: None,
             message: None,
+            code: None,
         },
         Some(Err(err)) => {
             warn!("transfer {transfer} of {path:?} failed: {err}");
@@ -806,6 +937,7 @@ async fn send_file(download: Download) {
                 status: TransferStatus::Failed,
                 blake3: None,
                 message: Some(format!("Reading {path:?} failed: {err}.")),
+                code: None,
             }
         }
     };
@@ -996,7 +1128,6 @@ mod tests {
     use std::io::Read;
     use std::path::Path;
     use std::pin::pin;
-    use std::time::Duration;
 
     use parley_proto::reply::ServerMessage;
     use tokio::time::timeout;
@@ -1010,7 +1141,14 @@ mod tests {
     /// An upload of `size` bytes whose staged file is `file`, in a shared folder at `dir`.
     fn upload_into(dir: &Path, size: u64, file: std::fs::File) -> Upload {
         let shared = Arc::new(SharedFolder::open(dir).unwrap());
-        shared.promise(size, 0).unwrap().unwrap();
+        let holder = Holder::new(0, [127, 0, 0, 1].into(), false);
+        let config = Config {
+            disk_reserve: 0,
+            ..Config::default()
+        };
+        let Ok(Ok(promise)) = shared.promise(size, &config, &holder) else {
+            panic!("no room for {size} bytes");
+        };
         let (staged, _) = shared.stage().unwrap();
         Upload {
             staged,
@@ -1024,6 +1162,7 @@ mod tests {
             size,
             received: 0,
             shared,
+            promise,
             published: false,
         }
     }
@@ -1068,7 +1207,7 @@ mod tests {
         let size = 2 * UPLOAD_WINDOW;
         let (outbox, queue) = outbox::channel(1 << 20);
         let mut transfers = Transfers::new(outbox, false);
-        transfers.start_upload(1, upload_into(dir.path(), size, disk));
+        transfers.start_upload(1, upload_into(dir.path(), size, disk), PROMPT);
 
         // A whole window is taken without waiting for the disk, which has taken 64 KiB of it:
         // a request behind it would be answered at once. So is a little more, for the frames'
@@ -1115,6 +1254,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stalled_disk_does_not_count_against_the_upload() {
+        let dir = tempfile::tempdir().unwrap();
+        let (disk, mut platter) = stalled_disk(dir.path());
+        let size = 2 * UPLOAD_WINDOW;
+        let (outbox, queue) = outbox::channel(1 << 20);
+        let mut transfers = Transfers::new(outbox, false);
+        let idle = Duration::from_millis(500);
+        transfers.start_upload(1, upload_into(dir.path(), size, disk), idle);
+
+        // A window of data, then the client waits for room while the disk stays stalled for
+        // three idle timeouts: the server is waiting for its disk, not for the client.
+        let chunk = Bytes::from(vec![7; MAX_DATA_CHUNK]);
+        let sent = (UPLOAD_WINDOW as usize / MAX_DATA_CHUNK) as u64 * MAX_DATA_CHUNK as u64;
+        for _ in 0..sent / MAX_DATA_CHUNK as u64 {
+            assert_eq!(transfers.receive(1, chunk.clone()).await, None);
+        }
+        tokio::time::sleep(3 * idle).await;
+        let reading = tokio::task::spawn_blocking(move || {
+            let mut on_disk = vec![0; sent as usize];
+            platter.read_exact(&mut on_disk).map(|()| on_disk)
+        });
+        timeout(PROMPT, reading).await.unwrap().unwrap().unwrap();
+        // All is stored and reported, and the upload goes on.
+        let mut taken = Vec::new();
+        loop {
+            match next_event(&queue, &mut taken).await {
+                Event::UploadProgress(progress) if progress.stored + PROGRESS_STEP > sent => break,
+                Event::UploadProgress(_) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        let running = transfers.check_new(1).unwrap_err();
+        assert_eq!(running.code, ErrorCode::BadTransfer, "the upload was ended");
+    }
+
+    #[tokio::test]
     async fn a_failed_write_ends_the_upload_from_its_task() {
         let dir = tempfile::tempdir().unwrap();
         // Opened for reading only: every write fails.
@@ -1123,7 +1298,7 @@ mod tests {
         let mut transfers = Transfers::new(outbox, false);
         let upload = upload_into(dir.path(), 1 << 20, unwritable);
         let staged = dir.path().join(".parley/staging").join(&upload.staged);
-        transfers.start_upload(1, upload);
+        transfers.start_upload(1, upload, PROMPT);
 
         assert_eq!(
             transfers.receive(1, Bytes::from_static(b"data")).await,

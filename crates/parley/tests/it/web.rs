@@ -21,10 +21,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use crate::support::*;
 
 /// An HTTP response, read whole.
-struct Response {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
 }
 
 impl Response {
@@ -36,14 +36,14 @@ impl Response {
         })
     }
 
-    fn json(&self) -> Value {
+    pub(crate) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
 
 /// Sends `head` (without its final blank line) and `body` on a new connection, and reads the
 /// whole response; the connection closes after it.
-async fn http(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
+pub(crate) async fn http(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
     timeout(WAIT, async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         let head = format!("{head}\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
@@ -57,7 +57,7 @@ async fn http(addr: SocketAddr, head: &str, body: &[u8]) -> Response {
     .expect("the server answered in time")
 }
 
-fn parse(raw: &[u8]) -> Response {
+pub(crate) fn parse(raw: &[u8]) -> Response {
     let end = raw
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
@@ -71,13 +71,13 @@ fn parse(raw: &[u8]) -> Response {
     }
 }
 
-async fn get(addr: SocketAddr, path: &str, headers: &str) -> Response {
+pub(crate) async fn get(addr: SocketAddr, path: &str, headers: &str) -> Response {
     let head = format!("GET {path} HTTP/1.1{headers}");
     http(addr, &head, b"").await
 }
 
 /// A page's WebSocket, signed in as `name`; returns it and the welcome.
-async fn browser(
+pub(crate) async fn browser(
     addr: SocketAddr,
     name: &str,
 ) -> (
@@ -130,12 +130,12 @@ async fn next_json(
 }
 
 /// The download cookie the server sets (among others the browser may have), as a header.
-fn cookie(token: &str) -> String {
+pub(crate) fn cookie(token: &str) -> String {
     format!("\r\nCookie: theme=dark; parley_token={token}")
 }
 
 /// The header that authorizes an upload.
-fn token_header(token: &str) -> String {
+pub(crate) fn token_header(token: &str) -> String {
     format!("\r\nX-Parley-Token: {token}")
 }
 

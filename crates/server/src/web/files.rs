@@ -10,7 +10,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use bytes::BytesMut;
@@ -29,7 +29,7 @@ use super::{refused, refused_as};
 use crate::files::OpenFile;
 use crate::hub::Refusal;
 use crate::session::Context;
-use crate::transfer::Upload;
+use crate::transfer::{Progress, Upload};
 
 /// Bytes read from the file per chunk of a download's body. Each read is a trip to tokio's
 /// blocking threads and back: at 64 KiB, a gigabyte took 16,000 of them and the futex
@@ -187,6 +187,7 @@ pub(super) struct Target {
 pub(super) async fn upload(
     State(ctx): State<Arc<Context>>,
     Authorized(grant): Authorized,
+    RawQuery(query): RawQuery,
     target: Result<Query<Target>, QueryRejection>,
     headers: HeaderMap,
     body: Body,
@@ -197,6 +198,9 @@ pub(super) async fn upload(
             message,
         })
     };
+    if !query.as_deref().is_none_or(decodes_to_utf8) {
+        return bad("The folder and the name must be percent-encoded UTF-8.".into());
+    }
     let Ok(Query(target)) = target else {
         return bad("Say where the file goes: /upload?folder=<folder>&name=<name>.".into());
     };
@@ -218,6 +222,7 @@ pub(super) async fn upload(
         &ctx.config,
         &ctx.shared,
         &grant.name,
+        &grant.holder,
         target.folder,
         target.name,
         size,
@@ -228,7 +233,8 @@ pub(super) async fn upload(
         Err(refusal) => return refused(refusal),
     };
     let silence = ctx.config.keepalive_timeout;
-    if let Err(refusal) = receive(&mut upload, body, size, silence).await {
+    let progress = Progress::new(ctx.config.upload_idle_timeout, size);
+    if let Err(refusal) = receive(&mut upload, body, size, silence, progress).await {
         return refused(refusal);
     }
     let hash = match upload.hash().await {
@@ -248,12 +254,14 @@ pub(super) async fn upload(
 
 /// Writes the request body into `upload`, in chunks as large as the native protocol's, and
 /// checks that exactly `size` bytes came. A body that stops coming for `silence` fails, as a
-/// silent native client is dropped: it would hold its promise of disk space meanwhile.
+/// silent native client is dropped, and so does one that comes too slowly for `progress`, as
+/// a native upload does: either would hold its promise of disk space meanwhile.
 async fn receive(
     upload: &mut Upload,
     body: Body,
     size: u64,
     silence: Duration,
+    mut progress: Progress,
 ) -> Result<(), Refusal> {
     let mut stream = body.into_data_stream();
     let mut pending = BytesMut::new();
@@ -262,7 +270,14 @@ async fn receive(
         message: format!("The upload broke off: {why}; nothing was kept."),
     };
     loop {
-        let chunk = match timeout(silence, stream.next()).await {
+        // The clock runs while the body is awaited, not while the disk is.
+        let Some(next) = progress.wait(timeout(silence, stream.next())).await else {
+            return Err(Refusal {
+                code: ErrorCode::UploadStalled,
+                message: progress.stalled(),
+            });
+        };
+        let chunk = match next {
             Ok(Some(Ok(chunk))) => Some(chunk),
             Ok(Some(Err(err))) => return Err(broke_off(err.to_string())),
             Ok(None) => None,
@@ -277,6 +292,7 @@ async fn receive(
                     message: format!("More data arrived than the {size} bytes announced."),
                 });
             }
+            progress.arrived(chunk.len() as u64);
             pending.extend_from_slice(&chunk);
         }
         if !pending.is_empty() && (done || pending.len() >= MAX_DATA_CHUNK) {
@@ -299,6 +315,34 @@ async fn receive(
         });
     }
     Ok(())
+}
+
+/// Whether every name and value of the query `raw` percent-decodes to UTF-8. The form decoder
+/// behind `Query` puts U+FFFD in place of what does not (`%c0%ae`), which would store the file
+/// under a name nobody sent.
+fn decodes_to_utf8(raw: &str) -> bool {
+    raw.split(['&', '=']).all(|part| {
+        let bytes = part.as_bytes();
+        let mut decoded = Vec::with_capacity(bytes.len());
+        let mut at = 0;
+        while at < bytes.len() {
+            let hex = bytes
+                .get(at + 1..at + 3)
+                .filter(|hex| hex.iter().all(u8::is_ascii_hexdigit))
+                .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+            match (bytes[at], hex) {
+                (b'%', Some(byte)) => {
+                    decoded.push(byte);
+                    at += 3;
+                }
+                (byte, _) => {
+                    decoded.push(byte);
+                    at += 1;
+                }
+            }
+        }
+        String::from_utf8(decoded).is_ok()
+    })
 }
 
 fn not_stored(err: std::io::Error) -> Refusal {
@@ -373,6 +417,14 @@ mod tests {
         assert_eq!(wanted_range(&same, "\"t\"", 100), Wanted::Part(10, 99));
         let changed = range("bytes=10-", Some("\"old\""));
         assert_eq!(wanted_range(&changed, "\"t\"", 100), Wanted::Whole);
+    }
+
+    #[test]
+    fn a_query_must_decode_to_utf8() {
+        assert!(decodes_to_utf8("folder=Docs&name=r%C3%A9sum%C3%A9.pdf"));
+        assert!(decodes_to_utf8("name=100%25+sure%zz%"));
+        assert!(!decodes_to_utf8("name=%c0%ae.txt"));
+        assert!(!decodes_to_utf8("folder=%ff&name=a.txt"));
     }
 
     #[test]

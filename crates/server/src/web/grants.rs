@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use parley_proto::ErrorCode;
 use parley_proto::limits::MAX_TRANSFERS;
 
+use crate::files::Holder;
 use crate::hub::{Refusal, SessionId};
 use crate::session::Context;
 
@@ -35,6 +36,8 @@ pub(crate) struct Grant {
     pub(crate) name: String,
     /// Uploads in progress over HTTP with this token, limited as a session's transfers are.
     uploads: Arc<AtomicUsize>,
+    /// Whom its uploads hold disk space for: the session's connection and address.
+    pub(crate) holder: Holder,
 }
 
 impl Grants {
@@ -46,11 +49,12 @@ impl Grants {
     }
 
     /// Lets `token` act as `name` until [`Grants::revoke`] is called for `session`.
-    pub(crate) fn grant(&self, token: String, session: SessionId, name: &str) {
+    pub(crate) fn grant(&self, token: String, session: SessionId, name: &str, holder: Holder) {
         let grant = Grant {
             session,
             name: name.to_owned(),
             uploads: Arc::default(),
+            holder,
         };
         self.by_token.lock().unwrap().insert(token, grant);
     }
@@ -182,14 +186,18 @@ pub(crate) async fn cookie(
 mod tests {
     use super::*;
 
+    fn holder() -> Holder {
+        Holder::new(1, [127, 0, 0, 1].into(), true)
+    }
+
     #[test]
     fn tokens_differ_and_end_with_their_session() {
         let grants = Grants::default();
         let (first, second) = (Grants::new_token(), Grants::new_token());
         assert_ne!(first, second);
         assert_eq!(first.len(), 64);
-        grants.grant(first.clone(), 1, "alice");
-        grants.grant(second.clone(), 2, "bob");
+        grants.grant(first.clone(), 1, "alice", holder());
+        grants.grant(second.clone(), 2, "bob", holder());
         assert_eq!(grants.find(&first).unwrap().name, "alice");
         grants.revoke(1);
         assert!(grants.find(&first).is_none());
@@ -199,7 +207,7 @@ mod tests {
     #[test]
     fn uploads_are_limited_per_token() {
         let grants = Grants::default();
-        grants.grant("t".into(), 1, "alice");
+        grants.grant("t".into(), 1, "alice", holder());
         let grant = grants.find("t").unwrap();
         let slots: Vec<_> = (0..MAX_TRANSFERS)
             .map(|_| grant.start_upload().unwrap())

@@ -174,6 +174,8 @@ fn refused(refusal: Refusal) -> Response {
         ErrorCode::NoSuchFile => StatusCode::NOT_FOUND,
         ErrorCode::FileTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
         ErrorCode::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+        ErrorCode::UploadQuota => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::UploadStalled => StatusCode::REQUEST_TIMEOUT,
         ErrorCode::TooManyTransfers => StatusCode::TOO_MANY_REQUESTS,
         ErrorCode::StorageFailed => StatusCode::INTERNAL_SERVER_ERROR,
         _ => StatusCode::BAD_REQUEST,
