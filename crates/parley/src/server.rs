@@ -103,6 +103,13 @@ pub struct Args {
     /// behind (over 256 KiB) are cut off as too slow.
     #[arg(long, default_value = "512M", value_name = "SIZE", value_parser = parse_size)]
     max_queued_total: u64,
+    /// Private messages kept for one offline registered user, at most (one sender: a
+    /// quarter); past it senders get `mailbox_full`.
+    #[arg(long, default_value_t = Config::default().mailbox_max, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    mailbox_max: u64,
+    /// Bytes of text kept for one offline registered user, at most (one sender: a quarter).
+    #[arg(long, default_value = "4M", value_name = "SIZE", value_parser = parse_size)]
+    mailbox_max_bytes: u64,
     /// Requests a second one client may make once its burst is spent; more are delayed, and
     /// a client that keeps on is disconnected. 0 turns flood control off.
     #[arg(long, env = "PARLEY_FLOOD_RATE", default_value_t = FloodLimit::default().rate, value_name = "N", value_parser = parse_rate)]
@@ -176,6 +183,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         require_account: args.require_account,
         keep_history: !args.no_history,
         max_queued_total: usize::try_from(args.max_queued_total).unwrap_or(usize::MAX),
+        mailbox_max: args.mailbox_max as usize,
+        mailbox_max_bytes: usize::try_from(args.mailbox_max_bytes).unwrap_or(usize::MAX),
         flood: (args.flood_rate > 0.0).then_some(FloodLimit {
             rate: args.flood_rate,
             burst: args.flood_burst,

@@ -77,6 +77,12 @@ pub struct Config {
     /// and the largest room whose arrivals and departures are announced by name; a larger room
     /// announces only its size. See [`DEFAULT_ROSTER_LIMIT`].
     pub roster_limit: usize,
+    /// Private messages kept for one offline registered user, at most; past it a `msg` to
+    /// them is refused with `mailbox_full`. One sender may hold a quarter of it.
+    pub mailbox_max: usize,
+    /// Bytes of text kept for one offline registered user, at most; one sender may hold a
+    /// quarter of it, so that no one sender can fill the mailbox alone.
+    pub mailbox_max_bytes: usize,
     /// How fast one session may make requests (see [`FloodLimit`]); `None` turns flood
     /// control off, as the benchmarks do.
     pub flood: Option<FloodLimit>,
@@ -109,6 +115,8 @@ impl Default for Config {
             keep_history: true,
             roster_limit: DEFAULT_ROSTER_LIMIT,
             flood: Some(FloodLimit::default()),
+            mailbox_max: 1000,
+            mailbox_max_bytes: 4 << 20,
         }
     }
 }

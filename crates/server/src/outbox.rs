@@ -96,6 +96,7 @@ fn make(budget: Arc<Budget>) -> (Outbox, OutboxReader) {
         shutting_down: AtomicBool::new(false),
         alarm_at: AtomicU64::new(0),
         alarm_rang: AtomicBool::new(false),
+        written: AtomicBool::new(false),
         halt: AtomicWaker::new(),
     });
     (
@@ -118,6 +119,9 @@ struct Queue {
     shut: bool,
     /// Set once the last frame is in: nothing may follow it, not even another last frame.
     closed: bool,
+    /// Bytes still to be written before the session is told, by [`Signal::Written`], that
+    /// what it had queued when it asked is written (see [`Outbox::signal_when_written`]).
+    awaited: usize,
     /// The last frame, kept apart from the frames so that it is still delivered when the
     /// backlog is thrown away. Boxed: set once per connection, at its end, it would otherwise
     /// make every connection's shared state a size class larger (224 bytes against 192).
@@ -163,6 +167,8 @@ struct Shared {
     alarm_at: AtomicU64,
     /// Set when the alarm rang, until the session sees it.
     alarm_rang: AtomicBool,
+    /// Set when what the session awaited is written, until it sees it.
+    written: AtomicBool,
     /// Wakes the session once any of the four flags is set. Only the session waits here, so
     /// the waker it left is all there is to keep: waiting holds no room in its task, where a
     /// `Notify`'s waiter was 64 bytes of every connection's, and a wake-up takes no lock. It
@@ -179,6 +185,8 @@ pub(crate) enum Signal {
     Alarm,
     /// The session must end.
     Halt(Halt),
+    /// What was queued when the session called [`Outbox::signal_when_written`] is written.
+    Written,
 }
 
 /// Why a session's queue can take no more: the session must end.
@@ -300,9 +308,26 @@ impl Outbox {
         }
         // Looked at before it is changed: this runs on every turn of the session's loop, and
         // a write would take the cache line from those pushing into the queue.
-        (shared.alarm_rang.load(Ordering::Acquire)
-            && shared.alarm_rang.swap(false, Ordering::AcqRel))
-        .then_some(Signal::Alarm)
+        if shared.alarm_rang.load(Ordering::Acquire)
+            && shared.alarm_rang.swap(false, Ordering::AcqRel)
+        {
+            return Some(Signal::Alarm);
+        }
+        (shared.written.load(Ordering::Acquire) && shared.written.swap(false, Ordering::AcqRel))
+            .then_some(Signal::Written)
+    }
+
+    /// Signals [`Signal::Written`] once everything queued now has been written to the socket
+    /// (at once if nothing is queued). Kept messages are sent a page at a time this way, each
+    /// marked delivered only once written: the queue never holds more than a page of them.
+    pub(crate) fn signal_when_written(&self) {
+        let mut queue = self.shared.queue.lock().unwrap();
+        queue.awaited = queue.queued;
+        if queue.awaited == 0 {
+            drop(queue);
+            self.shared.written.store(true, Ordering::Release);
+            self.shared.halt.wake();
+        }
     }
 
     /// Sets the session's alarm for `at`, in milliseconds of the server's clock (at least 1),
@@ -448,7 +473,18 @@ impl OutboxReader {
 
     /// Records that `bytes` left the queue (written, or thrown away).
     pub(crate) fn release(&self, bytes: usize) {
-        self.shared.queue.lock().unwrap().queued -= bytes;
+        {
+            let mut queue = self.shared.queue.lock().unwrap();
+            queue.queued -= bytes;
+            // Frames leave in the order queued: the first bytes released are those awaited.
+            if queue.awaited > 0 {
+                queue.awaited = queue.awaited.saturating_sub(bytes);
+                if queue.awaited == 0 {
+                    self.shared.written.store(true, Ordering::Release);
+                    self.shared.halt.wake();
+                }
+            }
+        }
         self.shared
             .budget
             .queued

@@ -50,7 +50,7 @@ use crate::flood::{self, Bucket, FloodLimit};
 use crate::hub::{Hub, Refusal, SessionId};
 use crate::outbox::{self, Halt, Halter, Outbox, Signal, Wakes};
 use crate::recorder::{self, Receipt};
-use crate::store::{Store, StoreError, Stored, Thread};
+use crate::store::{Mailbox, Store, StoreError, Stored, Thread};
 use crate::transfer::{Transfers, Upload};
 use crate::web::Grants;
 use crate::writer::{self, Sink};
@@ -88,6 +88,9 @@ const MAX_BURST_TEXT: usize = 64 * 1024;
 /// longer than if each message woke them.
 const MAX_DEFERRED_PUSHES: usize = 4096;
 
+/// Locks for leaving kept messages (see `Context::mailbox_locks`): recipients rarely share one.
+const MAILBOX_LOCKS: usize = 64;
+
 /// What every session shares.
 pub(crate) struct Context {
     pub(crate) hub: Hub,
@@ -108,6 +111,10 @@ pub(crate) struct Context {
     next_session: AtomicU64,
     /// Where the server's clock for the sessions' alarms starts.
     epoch: Instant,
+    /// Taken to leave a message in a mailbox, by the recipient's name (folded) hashed into
+    /// one of these: its bounds are checked and the message stored before the next is
+    /// checked, so that messages pipelined, or sent from many connections, cannot pass them.
+    mailbox_locks: Box<[tokio::sync::Mutex<()>]>,
 }
 
 /// The sessions running, each by a handle that halts it.
@@ -145,7 +152,15 @@ impl Context {
             sessions: Mutex::default(),
             next_session: AtomicU64::new(1),
             epoch: Instant::now(),
+            mailbox_locks: (0..MAILBOX_LOCKS).map(|_| Default::default()).collect(),
         }
+    }
+
+    /// The lock for leaving messages in `recipient`'s mailbox.
+    fn mailbox_lock(&self, recipient: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+        let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(names::fold(recipient));
+        &self.mailbox_locks[hash as usize % self.mailbox_locks.len()]
     }
 
     /// `at` on the clock of the sessions' alarms, in milliseconds, rounded up so that an alarm
@@ -521,6 +536,9 @@ struct Busy {
     wakes: Wakes,
     /// Flood control's state.
     lag: Lag,
+    /// The id of the last kept message sent, while the page it ends waits to be written
+    /// (see [`Session::deliver_mail`]).
+    mail: Option<u64>,
 }
 
 /// A session's flood control: its allowance, and the requests it holds back.
@@ -591,6 +609,11 @@ impl Session {
                             Signal::Halt(Halt::TooSlow) => return End::TooSlow,
                             Signal::Halt(Halt::WriteFailed) => return End::WriteFailed,
                             Signal::Alarm => {}
+                            // The page of kept messages sent last is written: the next goes.
+                            Signal::Written => {
+                                Box::pin(self.deliver_mail()).await;
+                                continue;
+                            }
                         }
                         match self.keepalive() {
                             Ok(wake_at) => self.set_alarm(wake_at),
@@ -679,6 +702,7 @@ impl Session {
             busy.burst.requests.is_empty()
                 && busy.lag.delayed.is_empty()
                 && busy.lag.bucket.is_full(now)
+                && busy.mail.is_none()
         }) {
             self.busy = None;
         }
@@ -1117,15 +1141,60 @@ impl Session {
         let hub = &self.ctx.hub;
         match hub.msg(self.id, &msg.to, msg.text.clone()) {
             Err(refusal) if refusal.code == ErrorCode::NotFound => {
+                let _turn = self.ctx.mailbox_lock(&msg.to).lock().await;
                 let store = self.ctx.store.clone();
-                let lookup = msg.to.clone();
-                match read(move || store.account(&lookup)).await? {
-                    Some(account) => hub.msg_offline(self.id, &account.name, msg.text),
-                    None => Err(refusal),
+                let (lookup, sender) = (msg.to.clone(), self.me());
+                let found = read(move || match store.account(&lookup)? {
+                    Some(account) => {
+                        let mailbox = store.mailbox(&account.name, &sender)?;
+                        Ok(Some((account, mailbox)))
+                    }
+                    None => Ok(None),
+                });
+                let Some((account, mailbox)) = found.await? else {
+                    return Err(refusal);
+                };
+                self.check_mailbox(&account.name, &mailbox, msg.text.len())?;
+                let (sent, receipt) = hub.msg_offline(self.id, &account.name, msg.text)?;
+                if !sent.queued {
+                    return Ok((sent, receipt));
+                }
+                // Stored before the lock is let go, so the next check counts it.
+                match receipt.await {
+                    Ok(Ok(())) => Ok((sent, recorder::settled())),
+                    Ok(Err(reason)) => Err(storage_failed(reason)),
+                    Err(_) => Err(storage_failed("the recorder stopped".into())),
                 }
             }
             other => other,
         }
+    }
+
+    /// Refuses a message of `text_bytes` to `to` if their mailbox is full, or holds as much
+    /// from this sender as one sender may: a quarter of its bounds, so that others can still
+    /// leave messages there however much one sends.
+    fn check_mailbox(&self, to: &str, mailbox: &Mailbox, text_bytes: usize) -> Result<(), Refusal> {
+        let config = &self.ctx.config;
+        let (most, most_bytes) = (config.mailbox_max.max(1), config.mailbox_max_bytes);
+        let full = |message: String| {
+            Err(Refusal {
+                code: ErrorCode::MailboxFull,
+                message,
+            })
+        };
+        if mailbox.messages >= most || mailbox.bytes + text_bytes > most_bytes {
+            return full(format!(
+                "{to}'s mailbox is full ({} messages kept, at most {most} or {most_bytes} bytes); try again once {to} has signed in.",
+                mailbox.messages
+            ));
+        }
+        let (share, share_bytes) = (most.div_ceil(SENDER_SHARE), most_bytes / SENDER_SHARE);
+        if mailbox.from_sender >= share || mailbox.bytes_from_sender + text_bytes > share_bytes {
+            return full(format!(
+                "You have left {to} as much as one sender may ({share} messages or {share_bytes} bytes); the rest must wait until {to} has signed in."
+            ));
+        }
+        Ok(())
     }
 
     /// Sends the last messages of `room` as a `backlog` event, if there are any. The hub keeps
@@ -1439,7 +1508,9 @@ impl Session {
                 // refusal, as after any failed `hello`.
                 signal = self.outbox.signalled() => {
                     let (code, message) = match signal {
-                        Signal::Alarm => (
+                        // No kept message is sent before sign-in, so `Written` is not
+                        // seen here: it is counted with the alarm only to be whole.
+                        Signal::Alarm | Signal::Written => (
                             ErrorCode::HandshakeTimeout,
                             format!("No sign-in in time: tries for {name} wait in line; closing."),
                         ),
@@ -1486,20 +1557,56 @@ impl Session {
         }
         let store = self.ctx.store.clone();
         let name = self.me();
-        match read(move || store.take_undelivered(&name)).await {
-            Ok(kept) => {
-                for message in kept {
-                    let private = Event::Private(Private {
-                        id: message.id,
-                        ts: message.ts,
-                        from: message.from,
-                        to: message.to.unwrap_or_default(),
-                        text: message.text,
-                    });
-                    self.outbox.push(event_frame(&private));
-                }
-            }
+        match read(move || store.undelivered(&name, 0, MAIL_PAGE)).await {
+            Ok(page) => self.send_mail(page),
             Err(refusal) => warn!("delivering kept messages failed: {}", refusal.message),
+        }
+    }
+
+    /// Once the last page of kept messages is written: marks it delivered and sends the next.
+    /// What a broken connection had not written stays kept for the next sign-in (at most the
+    /// page being written comes twice); nothing kept waits in the queue, so none is lost to
+    /// an overflow, however many are kept.
+    async fn deliver_mail(&mut self) {
+        let Some(through) = self.busy.as_mut().and_then(|busy| busy.mail.take()) else {
+            return;
+        };
+        let store = self.ctx.store.clone();
+        let name = self.me();
+        let next = read(move || {
+            store.mark_delivered(&name, through)?;
+            store.undelivered(&name, through, MAIL_PAGE)
+        });
+        match next.await {
+            Ok(page) => self.send_mail(page),
+            Err(refusal) => warn!("delivering kept messages failed: {}", refusal.message),
+        }
+    }
+
+    /// Sends as much of `page` as fits in a page's bytes (one message at least), and asks
+    /// to be told once it is written.
+    fn send_mail(&mut self, page: Vec<Stored>) {
+        let budget = (self.ctx.config.max_queue_bytes / 4).min(MAIL_PAGE_BYTES);
+        let mut bytes = 0;
+        let mut last = None;
+        for message in page {
+            let private = event_frame(&Event::Private(Private {
+                id: message.id,
+                ts: message.ts,
+                from: message.from,
+                to: message.to.unwrap_or_default(),
+                text: message.text,
+            }));
+            if last.is_some() && bytes + private.len() > budget {
+                break;
+            }
+            bytes += private.len();
+            last = Some(message.id);
+            self.outbox.push(private);
+        }
+        if let Some(last) = last {
+            self.busy.get_or_insert_default().mail = Some(last);
+            self.outbox.signal_when_written();
         }
     }
 
@@ -1551,6 +1658,15 @@ impl Session {
         Ok(())
     }
 }
+
+/// One sender may hold at most 1/this of a recipient's mailbox.
+const SENDER_SHARE: usize = 4;
+
+/// Kept messages read for one page of their delivery, at most, and the most bytes of events
+/// a page may queue (a quarter of the queue's limit if that is less): a page is all the
+/// queue holds of them, far below its limit.
+const MAIL_PAGE: usize = 64;
+const MAIL_PAGE_BYTES: usize = 64 * 1024;
 
 /// The most a reply or event of stored messages may take of a client's outgoing queue: well
 /// within it, so that long messages never make a history reply cut the client off as too slow.

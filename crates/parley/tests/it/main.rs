@@ -18,6 +18,7 @@ mod guesses;
 mod history;
 mod large_rooms;
 mod leaving;
+mod mailbox;
 mod names;
 mod private;
 mod rooms;

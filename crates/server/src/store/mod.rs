@@ -29,6 +29,20 @@ pub enum Thread {
     Private(String, String, u64),
 }
 
+/// What a recipient's mailbox holds: messages and their bytes of text, all of them and those
+/// of one sender.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mailbox {
+    /// Messages kept for the recipient.
+    pub messages: usize,
+    /// Their bytes of text.
+    pub bytes: usize,
+    /// Messages among them from the sender.
+    pub from_sender: usize,
+    /// Their bytes of text.
+    pub bytes_from_sender: usize,
+}
+
 /// A registered name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Account {
@@ -58,8 +72,17 @@ pub trait Store: Send + Sync + 'static {
     /// it is not busy storing: a search always sees every message stored all the same.
     fn index_waiting(&self, most: u64) -> Result<bool, StoreError>;
 
-    /// Removes and returns, oldest first, the private messages kept for `name`.
-    fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError>;
+    /// Up to `limit` of the private messages kept for `name` with ids above `after`, oldest
+    /// first. They stay kept until [`Store::mark_delivered`]: a session delivers them a page
+    /// at a time, and what it had not sent when its connection broke comes again next time.
+    fn undelivered(&self, name: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError>;
+
+    /// Stops keeping the private messages kept for `name` with ids up to `through`.
+    fn mark_delivered(&self, name: &str, through: u64) -> Result<(), StoreError>;
+
+    /// What is kept for `recipient`, all told and from `sender` (names compared without
+    /// regard to case), to bound the mailbox.
+    fn mailbox(&self, recipient: &str, sender: &str) -> Result<Mailbox, StoreError>;
 
     /// The account of `name` (compared without regard to case), if it is registered.
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError>;

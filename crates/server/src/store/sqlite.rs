@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::chunk;
-use super::{Account, Store, StoreError, Stored, Thread};
+use super::{Account, Mailbox, Store, StoreError, Stored, Thread};
 
 impl From<rusqlite::Error> for StoreError {
     fn from(err: rusqlite::Error) -> Self {
@@ -458,28 +458,53 @@ impl Store for SqliteStore {
         Ok(more)
     }
 
-    fn take_undelivered(&self, name: &str) -> Result<Vec<Stored>, StoreError> {
-        let key = name.to_ascii_lowercase();
-        let mut db = self.db.lock().unwrap();
-        let tx = db.transaction().map_err(StoreError::new)?;
-        let messages = {
-            let mut query = tx
-                .prepare_cached(&format!(
-                    "SELECT {COLUMNS} FROM messages WHERE id IN                      (SELECT message_id FROM undelivered WHERE recipient_key = ?1) ORDER BY id"
-                ))
-                .map_err(StoreError::new)?;
-            query
-                .query_map(params![key], stored)
-                .and_then(Iterator::collect::<rusqlite::Result<Vec<_>>>)
-                .map_err(StoreError::new)?
-        };
-        tx.execute(
-            "DELETE FROM undelivered WHERE recipient_key = ?1",
-            params![key],
-        )
-        .map_err(StoreError::new)?;
-        tx.commit().map_err(StoreError::new)?;
-        Ok(messages)
+    fn undelivered(&self, name: &str, after: u64, limit: usize) -> Result<Vec<Stored>, StoreError> {
+        let db = self.db.lock().unwrap();
+        let mut query = db.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM messages WHERE id IN \
+             (SELECT message_id FROM undelivered WHERE recipient_key = ?1 AND message_id > ?2 \
+             ORDER BY message_id LIMIT ?3) ORDER BY id"
+        ))?;
+        let after = after.min(i64::MAX as u64) as i64;
+        let limit = limit.min(i64::MAX as usize) as i64;
+        Ok(query
+            .query_map(params![name.to_ascii_lowercase(), after, limit], stored)?
+            .collect::<rusqlite::Result<Vec<_>>>()?)
+    }
+
+    fn mark_delivered(&self, name: &str, through: u64) -> Result<(), StoreError> {
+        let db = self.db.lock().unwrap();
+        db.prepare_cached("DELETE FROM undelivered WHERE recipient_key = ?1 AND message_id <= ?2")?
+            .execute(params![
+                name.to_ascii_lowercase(),
+                through.min(i64::MAX as u64) as i64
+            ])?;
+        Ok(())
+    }
+
+    fn mailbox(&self, recipient: &str, sender: &str) -> Result<Mailbox, StoreError> {
+        let db = self.db.lock().unwrap();
+        // Bytes, not characters: `length` of a text counts characters.
+        let mut query = db.prepare_cached(
+            "SELECT count(*), coalesce(sum(length(CAST(m.text AS BLOB))), 0), \
+             coalesce(sum(m.sender_key = ?2), 0), \
+             coalesce(sum(CASE WHEN m.sender_key = ?2 THEN length(CAST(m.text AS BLOB)) ELSE 0 END), 0) \
+             FROM undelivered u JOIN messages m ON m.id = u.message_id \
+             WHERE u.recipient_key = ?1",
+        )?;
+        let counts = query.query_row(
+            params![recipient.to_ascii_lowercase(), sender.to_ascii_lowercase()],
+            |row| {
+                let count = |i| row.get::<_, i64>(i).map(|n| n.max(0) as usize);
+                Ok(Mailbox {
+                    messages: count(0)?,
+                    bytes: count(1)?,
+                    from_sender: count(2)?,
+                    bytes_from_sender: count(3)?,
+                })
+            },
+        )?;
+        Ok(counts)
     }
 
     fn account(&self, name: &str) -> Result<Option<Account>, StoreError> {
@@ -1123,7 +1148,7 @@ mod tests {
         assert_index_whole(&store);
         let private = Thread::Private("alice".into(), "bob".into(), 0);
         assert_eq!(store.history(&private, None, 10).unwrap()[0].text, "psst");
-        assert_eq!(store.take_undelivered("bob").unwrap()[0].id, 1201);
+        assert_eq!(store.undelivered("bob", 0, 10).unwrap()[0].id, 1201);
         // The next message continues the ids, in a chunk of its own.
         store
             .append(&[message(1202, Some("lobby"), "bob", None, "new")], &[])
@@ -1161,12 +1186,25 @@ mod tests {
                 &[1, 2],
             )
             .unwrap();
-        let kept = store.take_undelivered("bob").unwrap();
-        assert_eq!(kept.iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2]);
-        assert!(
-            store.take_undelivered("bob").unwrap().is_empty(),
-            "taken once"
+        let ids = |kept: Vec<Stored>| kept.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.undelivered("bob", 0, 10).unwrap()), [1, 2]);
+        // Read in pages, and kept until marked delivered.
+        assert_eq!(ids(store.undelivered("bob", 0, 1).unwrap()), [1]);
+        assert_eq!(ids(store.undelivered("bob", 1, 1).unwrap()), [2]);
+        assert_eq!(
+            store.mailbox("BOB", "Alice").unwrap(),
+            Mailbox {
+                messages: 2,
+                bytes: "while you were out".len() + "and again".len(),
+                from_sender: 2,
+                bytes_from_sender: "while you were out".len() + "and again".len(),
+            }
         );
+        assert_eq!(store.mailbox("bob", "carol").unwrap().from_sender, 0);
+        store.mark_delivered("bob", 1).unwrap();
+        assert_eq!(ids(store.undelivered("bob", 0, 10).unwrap()), [2]);
+        store.mark_delivered("bob", 2).unwrap();
+        assert!(store.undelivered("bob", 0, 10).unwrap().is_empty());
 
         assert_eq!(store.accounts().unwrap().len(), 1);
         assert!(store.remove_account("BoB").unwrap());

@@ -1,0 +1,95 @@
+//! Messages kept for a registered user who is offline: a burst of them reaches its recipient
+//! whole, at the pace it reads, without cutting it off as too slow.
+
+use futures_util::future::join_all;
+use parley_client::{ClientEvent, ConnectOptions};
+use parley_proto::event::Event;
+use parley_proto::request::{Msg, Register};
+
+use crate::support::*;
+
+fn with_password(server: &TestServer, name: &str, password: &str) -> ConnectOptions {
+    ConnectOptions {
+        password: Some(password.into()),
+        ..server.options(name)
+    }
+}
+
+async fn register(server: &TestServer, name: &str, password: &str) {
+    let (client, mut events) = server.join(name).await;
+    client
+        .call(Register {
+            password: password.into(),
+        })
+        .await
+        .unwrap();
+    client.quit().await.unwrap();
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::Closed(_)).then_some(())
+    })
+    .await;
+}
+
+/// The attack of issue 23, scaled: 60 messages of 4,000 bytes, 240 KB, to a recipient whose
+/// outgoing queue holds 128 KiB. Pushed all at once at sign-in, they overflowed it, and the
+/// recipient was cut off with every kept message already gone, a friend's among them.
+#[tokio::test]
+async fn a_burst_of_kept_messages_reaches_its_recipient_whole() {
+    let server = TestServer::with_config(Config {
+        max_queue_bytes: 128 * 1024,
+        // The burst is sent as fast as the test can: flood control would only slow it.
+        flood: None,
+        ..Config::default()
+    })
+    .await;
+    register(&server, "bob", "bob's password").await;
+    let (alice, _alice_events) = server.join("alice").await;
+    let friend = alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "a real message".into(),
+        })
+        .await
+        .unwrap();
+    assert!(friend.queued);
+    let (mallory, _mallory_events) = server.join("mallory").await;
+    let burst = (0..60).map(|i| {
+        mallory.call(Msg {
+            to: "bob".into(),
+            text: format!("{i:04}{}", "x".repeat(3996)),
+        })
+    });
+    let sent = within("the burst", join_all(burst)).await;
+    let mut expected: Vec<u64> = vec![friend.id];
+    expected.extend(sent.into_iter().map(|sent| sent.unwrap().id));
+
+    let options = with_password(&server, "bob", "bob's password");
+    let (bob, mut bob_events) = parley_client::Client::connect(&options).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < expected.len() {
+        let id = wait_for(&mut bob_events, |e| match e {
+            ClientEvent::Server(Event::Private(p)) => Some(p.id),
+            _ => None,
+        })
+        .await;
+        got.push(id);
+    }
+    assert_eq!(got, expected, "every kept message, oldest first, once");
+    bob.quit().await.unwrap();
+
+    // Delivered and marked so: the next sign-in brings only what is new.
+    let (_bob, mut bob_events) = parley_client::Client::connect(&options).await.unwrap();
+    alice
+        .call(Msg {
+            to: "bob".into(),
+            text: "now live".into(),
+        })
+        .await
+        .unwrap();
+    let next = wait_for(&mut bob_events, |e| match e {
+        ClientEvent::Server(Event::Private(p)) => Some(p.text.clone()),
+        _ => None,
+    })
+    .await;
+    assert_eq!(next, "now live");
+}
