@@ -93,3 +93,75 @@ async fn a_burst_of_kept_messages_reaches_its_recipient_whole() {
     .await;
     assert_eq!(next, "now live");
 }
+
+/// One guest pipelining messages to an offline user gets `mailbox_full` past its share, a
+/// quarter of the mailbox, while another sender may still leave messages until it is full.
+#[tokio::test]
+async fn a_mailbox_is_bounded_and_one_sender_holds_at_most_a_quarter() {
+    let server = TestServer::with_config(Config {
+        mailbox_max: 8,
+        // Pipelined as fast as the test can: flood control would only slow it.
+        flood: None,
+        ..Config::default()
+    })
+    .await;
+    register(&server, "bob", "bob's password").await;
+    let (mallory, _mallory_events) = server.join("mallory").await;
+    let burst = (0..10).map(|i| {
+        mallory.call(Msg {
+            to: "bob".into(),
+            text: format!("spam {i}"),
+        })
+    });
+    let results = within("the burst", join_all(burst)).await;
+    let kept = results.iter().filter(|result| result.is_ok()).count();
+    assert_eq!(kept, 2, "a quarter of 8, however fast they come");
+    for result in results.into_iter().skip(2) {
+        assert_refused(result, parley_proto::ErrorCode::MailboxFull);
+    }
+    // Others may still leave messages, until the mailbox holds its 8.
+    for sender in ["alice", "carol", "dave"] {
+        let (client, _events) = server.join(sender).await;
+        for i in 0..2 {
+            let sent = client
+                .call(Msg {
+                    to: "bob".into(),
+                    text: format!("from {sender} {i}"),
+                })
+                .await
+                .unwrap();
+            assert!(sent.queued);
+        }
+    }
+    let (erin, _events) = server.join("erin").await;
+    let full = erin
+        .call(Msg {
+            to: "bob".into(),
+            text: "one too many".into(),
+        })
+        .await;
+    assert_refused(full, parley_proto::ErrorCode::MailboxFull);
+}
+
+/// The bytes bound works as the count does.
+#[tokio::test]
+async fn a_mailbox_is_bounded_in_bytes() {
+    let server = TestServer::with_config(Config {
+        mailbox_max_bytes: 16_000,
+        ..Config::default()
+    })
+    .await;
+    register(&server, "bob", "bob's password").await;
+    let (mallory, _mallory_events) = server.join("mallory").await;
+    let long = |i: usize| Msg {
+        to: "bob".into(),
+        text: format!("{i}{}", "x".repeat(3_000)),
+    };
+    assert!(mallory.call(long(0)).await.unwrap().queued);
+    assert_refused(
+        mallory.call(long(1)).await,
+        parley_proto::ErrorCode::MailboxFull,
+    );
+    let (alice, _alice_events) = server.join("alice").await;
+    assert!(alice.call(long(2)).await.unwrap().queued);
+}
