@@ -105,7 +105,7 @@ pub struct Args {
     max_queued_total: u64,
     /// Private messages kept for one offline registered user, at most (one sender: a
     /// quarter); past it senders get `mailbox_full`.
-    #[arg(long, default_value_t = Config::default().mailbox_max, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    #[arg(long, default_value_t = Config::default().mailbox_max as u64, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     mailbox_max: u64,
     /// Bytes of text kept for one offline registered user, at most (one sender: a quarter).
     #[arg(long, default_value = "4M", value_name = "SIZE", value_parser = parse_size)]
