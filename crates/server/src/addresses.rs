@@ -48,8 +48,9 @@ pub fn parse_networks(text: &str) -> Result<Vec<IpNet>, String> {
         .collect()
 }
 
-/// What a connection from one address is counted as: the address itself, or its /64.
-fn key(ip: IpAddr) -> IpAddr {
+/// What a connection from one address is counted as: the address itself, or its /64. Every
+/// per-address limit counts by it (connections here, upload reservations in `files`).
+pub(crate) fn key(ip: IpAddr) -> IpAddr {
     match canonical(ip) {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(v6.to_bits() & !u128::from(u64::MAX))),
         v4 => v4,

@@ -117,13 +117,9 @@ pub(crate) struct Holder {
 impl Holder {
     /// The holder for the connection of session `connection`, from `peer`.
     pub(crate) fn new(connection: SessionId, peer: IpAddr, guest: bool) -> Self {
-        let address = match peer.to_canonical() {
-            IpAddr::V6(v6) => IpAddr::V6((u128::from(v6) & !((1u128 << 64) - 1)).into()),
-            v4 => v4,
-        };
         Self {
             connection,
-            address,
+            address: crate::addresses::key(peer),
             guest,
         }
     }

@@ -26,21 +26,6 @@ async fn refused(options: &ConnectOptions) -> ErrorCode {
     }
 }
 
-async fn register(server: &TestServer, name: &str, password: &str) {
-    let (client, mut events) = server.join(name).await;
-    client
-        .call(Register {
-            password: password.into(),
-        })
-        .await
-        .unwrap();
-    client.quit().await.unwrap();
-    wait_for(&mut events, |e| {
-        matches!(e, ClientEvent::Closed(_)).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test]
 async fn a_registered_name_needs_its_password() {
     let server = TestServer::start().await;

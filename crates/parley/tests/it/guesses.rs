@@ -6,7 +6,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use parley_proto::request::Register;
 use parley_proto::{Frame, FrameCodec};
 use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
@@ -15,18 +14,6 @@ use tokio::time::Instant;
 use tokio_util::codec::FramedRead;
 
 use crate::support::*;
-
-/// Registers `name` with `password` through a guest session.
-async fn register(server: &TestServer, name: &str, password: &str) {
-    let (client, _events) = server.join(name).await;
-    client
-        .call(Register {
-            password: password.into(),
-        })
-        .await
-        .unwrap();
-    client.quit().await.unwrap();
-}
 
 /// Connects to `server` from 127.0.0.`host`: each guesser has an address of its own, so the
 /// per-address part of the throttle never slows it.

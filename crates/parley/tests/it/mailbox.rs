@@ -4,7 +4,7 @@
 use futures_util::future::join_all;
 use parley_client::{ClientEvent, ConnectOptions};
 use parley_proto::event::Event;
-use parley_proto::request::{Msg, Register};
+use parley_proto::request::Msg;
 
 use crate::support::*;
 
@@ -13,21 +13,6 @@ fn with_password(server: &TestServer, name: &str, password: &str) -> ConnectOpti
         password: Some(password.into()),
         ..server.options(name)
     }
-}
-
-async fn register(server: &TestServer, name: &str, password: &str) {
-    let (client, mut events) = server.join(name).await;
-    client
-        .call(Register {
-            password: password.into(),
-        })
-        .await
-        .unwrap();
-    client.quit().await.unwrap();
-    wait_for(&mut events, |e| {
-        matches!(e, ClientEvent::Closed(_)).then_some(())
-    })
-    .await;
 }
 
 /// The attack of issue 23, scaled: 60 messages of 4,000 bytes, 240 KB, to a recipient whose

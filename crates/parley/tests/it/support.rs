@@ -104,7 +104,23 @@ impl TestServer {
     }
 }
 
-/// Asserts that a request was refused with `code`.
+/// Registers `name` with `password` through a guest session, and waits until it has signed
+/// off, so that the name is free again.
+pub async fn register(server: &TestServer, name: &str, password: &str) {
+    let (client, mut events) = server.join(name).await;
+    client
+        .call(parley_proto::request::Register {
+            password: password.into(),
+        })
+        .await
+        .unwrap();
+    client.quit().await.unwrap();
+    wait_for(&mut events, |e| {
+        matches!(e, ClientEvent::Closed(_)).then_some(())
+    })
+    .await;
+}
+
 /// Puts `client` in `room`; the room's reply.
 pub async fn join_room(client: &Client, room: &str) -> Joined {
     client.call(Join { room: room.into() }).await.unwrap()
